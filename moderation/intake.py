@@ -1,0 +1,316 @@
+"""Image intake: decide by content whether IMM will accept a file, and make its safe derivatives.
+
+IMM's limits (CreateImageModerationTask, "Image requirements"):
+- PNG, JPG/JPEG, BMP, GIF and WEBP only; at most 20 MB;
+- width and height at most 30,000 px and at most 250,000,000 pixels;
+- GIF: at most 4,194,304 pixels in total and 30,000 px a side.
+
+How a GIF's total pixels are counted. A GIF is a canvas (the "logical screen") that every frame
+is drawn onto; a frame may not be larger than the canvas in a well-formed file, but decoders grow
+the canvas when one is. We count the pixels of that canvas: the logical screen, widened to cover
+any frame that sticks out of it. We do not sum over frames: "total pixels" in IMM's general rule
+means width x height, IMM samples a GIF's frames (Interval, MaxFrames) rather than reading all of
+them, and 4,194,304 is exactly 2048 x 2048, a canvas size. Per-canvas is the reading under which
+a GIF that IMM decodes frame by frame stays within the stated bound.
+
+Order of checks: size, then the header (format and dimensions, read without decoding any pixel),
+then structure (GIF blocks, PNG chunks and CRCs, the WEBP RIFF length), and only then a decode of
+the first frame to catch truncated or corrupt data. A decompression bomb is refused at the header.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from PIL import Image as PILImage
+from PIL import ImageOps, UnidentifiedImageError
+
+from .models import EXTENSIONS, LOW_RESOLUTION_SIDE
+
+MAX_BYTES = 20 * 1024 * 1024
+MAX_SIDE = 30_000
+MAX_PIXELS = 250_000_000
+MAX_GIF_PIXELS = 4_194_304
+ACCEPTED = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
+
+PREVIEW_SIDE = 1600
+THUMBNAIL_SIDE = 320
+
+# We enforce IMM's pixel limits ourselves, from the header, before any decode (inspect below);
+# Pillow's own guard would refuse legitimate images between 89M and 250M pixels, and would refuse
+# bombs with its own message before we could say which of IMM's rules they break.
+PILImage.MAX_IMAGE_PIXELS = None
+
+_CHUNK = 1024 * 1024
+
+
+class Refused(Exception):
+    """A file IMM would not accept, with the rule it broke in plain words."""
+
+    def __init__(self, rule: str, reason: str) -> None:
+        super().__init__(reason)
+        self.rule = rule
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Inspection:
+    format: str
+    width: int
+    height: int
+    frame_count: int
+    byte_size: int
+    sha256: str
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def extension(self) -> str:
+        return EXTENSIONS[self.format]
+
+
+def _n(value: int) -> str:
+    return f"{value:,}"
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MB"
+
+
+def _size_and_digest(fp: BinaryIO) -> tuple[int, str]:
+    fp.seek(0)
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := fp.read(_CHUNK):
+        size += len(chunk)
+        if size > MAX_BYTES:
+            raise Refused(
+                "max_bytes",
+                f"is larger than 20 MB (at least {_megabytes(size)}); IMM accepts at most 20 MB",
+            )
+        digest.update(chunk)
+    fp.seek(0)
+    return size, digest.hexdigest()
+
+
+def _what_it_looks_like(head: bytes) -> str:
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith(b"%pdf"):
+        return "it is a PDF document"
+    if text.startswith((b"<!doctype html", b"<html")) or b"<body" in text or b"<head" in text:
+        return "it looks like an HTML page"
+    if text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in text):
+        return "it is an SVG drawing, which IMM does not accept"
+    if text.startswith(b"<?xml") or text.startswith(b"<"):
+        return "it looks like an XML or HTML document"
+    if head.startswith(b"PK\x03\x04"):
+        return "it is a ZIP archive"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "its content is not a recognisable image"
+    return "it looks like a text file"
+
+
+def _walk_gif(fp: BinaryIO) -> tuple[int, int, int]:
+    """Walk a GIF's blocks without decoding: (canvas width, canvas height, frames).
+
+    Raises Refused when the block structure is cut short or malformed.
+    """
+    fp.seek(0)
+    data = fp.read()
+    if len(data) < 13:
+        raise Refused("truncated", "is truncated: the GIF header is incomplete")
+    width, height, packed = struct.unpack_from("<HHB", data, 6)
+    pos = 13
+    if packed & 0x80:
+        pos += 3 * (2 ** ((packed & 7) + 1))
+    canvas_w, canvas_h, frames = width, height, 0
+
+    def skip_sub_blocks(pos: int) -> int:
+        while True:
+            if pos >= len(data):
+                raise Refused("truncated", "is truncated: its last GIF frame is cut short")
+            size = data[pos]
+            pos += 1 + size
+            if size == 0:
+                return pos
+
+    while True:
+        if pos >= len(data):
+            raise Refused("truncated", "is truncated: it ends without the GIF trailer")
+        marker = data[pos]
+        if marker == 0x3B:  # trailer
+            break
+        if marker == 0x21:  # extension: label, then sub-blocks
+            pos = skip_sub_blocks(pos + 2)
+        elif marker == 0x2C:  # image descriptor
+            if pos + 10 > len(data):
+                raise Refused("truncated", "is truncated: a GIF frame header is cut short")
+            left, top, w, h, fpacked = struct.unpack_from("<HHHHB", data, pos + 1)
+            canvas_w, canvas_h = max(canvas_w, left + w), max(canvas_h, top + h)
+            pos += 10
+            if fpacked & 0x80:
+                pos += 3 * (2 ** ((fpacked & 7) + 1))
+            pos = skip_sub_blocks(pos + 1)  # after the LZW minimum code size byte
+            frames += 1
+        else:
+            raise Refused("corrupt", f"is corrupt: unexpected byte 0x{marker:02x} in the GIF data")
+    if frames == 0:
+        raise Refused("corrupt", "is corrupt: the GIF contains no image")
+    return canvas_w, canvas_h, frames
+
+
+def _walk_png(fp: BinaryIO) -> None:
+    """Check every PNG chunk's length and CRC, and that the file ends with IEND."""
+    fp.seek(8)
+    while True:
+        header = fp.read(8)
+        if len(header) < 8:
+            raise Refused("truncated", "is truncated: the PNG data stops before its end marker")
+        length, kind = struct.unpack(">I4s", header)
+        body = fp.read(length)
+        crc = fp.read(4)
+        if len(body) < length or len(crc) < 4:
+            raise Refused("truncated", "is truncated: a PNG chunk is cut short")
+        if zlib.crc32(kind + body) != struct.unpack(">I", crc)[0]:
+            name = kind.decode("latin-1")
+            raise Refused("corrupt", f"is corrupt: the PNG {name} chunk fails its checksum")
+        if kind == b"IEND":
+            return
+
+
+def _check_webp_length(fp: BinaryIO, size: int) -> None:
+    fp.seek(4)
+    (riff_size,) = struct.unpack("<I", fp.read(4))
+    if riff_size + 8 > size:
+        raise Refused(
+            "truncated",
+            f"is truncated: the WEBP says it holds {_n(riff_size + 8)} bytes "
+            f"but the file has {_n(size)}",
+        )
+
+
+def inspect(fp: BinaryIO) -> Inspection:
+    """Check a file against IMM's image requirements; raise Refused with the broken rule."""
+    size, sha256 = _size_and_digest(fp)
+    if size == 0:
+        raise Refused("empty", "is empty (0 bytes)")
+    head = fp.read(1024)
+    fp.seek(0)
+    try:
+        # Image.open reads the header only; no pixel is decoded here.
+        image = PILImage.open(fp)
+    except UnidentifiedImageError:
+        raise Refused(
+            "format",
+            f"is not an image IMM accepts: {_what_it_looks_like(head)}. "
+            "IMM accepts PNG, JPEG, BMP, GIF and WEBP",
+        ) from None
+    except Exception as exc:  # Pillow raises many types for a header it cannot parse
+        raise Refused("corrupt", f"is corrupt: its image header cannot be read ({exc})") from None
+
+    with image:
+        detected = "JPEG" if image.format == "MPO" else (image.format or "unknown")
+        if detected not in ACCEPTED:
+            raise Refused(
+                "format",
+                f"is a {detected} image; IMM accepts only PNG, JPEG, BMP, GIF and WEBP",
+            )
+        width, height = image.size
+        frames = 1
+        if detected == "GIF":
+            width, height, frames = _walk_gif(fp)
+        if width > MAX_SIDE or height > MAX_SIDE:
+            raise Refused(
+                "max_side",
+                f"is {_n(width)} x {_n(height)} px; IMM accepts at most 30,000 px on a side",
+            )
+        pixels = width * height
+        if detected == "GIF" and pixels > MAX_GIF_PIXELS:
+            raise Refused(
+                "gif_pixels",
+                f"is a GIF of {_n(pixels)} pixels ({_n(width)} x {_n(height)}); IMM accepts GIFs "
+                "of at most 4,194,304 pixels (2048 x 2048)",
+            )
+        if pixels > MAX_PIXELS:
+            raise Refused(
+                "max_pixels",
+                f"has {_n(pixels)} pixels ({_n(width)} x {_n(height)}); IMM accepts at most "
+                "250,000,000",
+            )
+        if detected == "PNG":
+            _walk_png(fp)
+        elif detected == "WEBP":
+            _check_webp_length(fp, size)
+        if detected != "GIF":
+            try:
+                frames = int(getattr(image, "n_frames", 1))
+            except Exception as exc:
+                raise Refused("corrupt", f"is corrupt: its frames cannot be read ({exc})") from None
+            if detected == "JPEG":
+                frames = 1  # an MPO's extra pictures are previews; IMM checks the main picture
+        fp.seek(0)
+        try:
+            image.seek(0)
+            image.load()
+        except Exception as exc:
+            message = str(exc) or type(exc).__name__
+            if "truncated" in message or isinstance(exc, EOFError):
+                raise Refused("truncated", f"is truncated: {message}") from None
+            raise Refused(
+                "corrupt", f"is corrupt: its pixels cannot be decoded ({message})"
+            ) from None
+
+    warnings = []
+    if width < LOW_RESOLUTION_SIDE or height < LOW_RESOLUTION_SIDE:
+        warnings.append(
+            f"Low resolution ({width} x {height} px): IMM recommends at least 256 x 256, "
+            "and detection may be less accurate."
+        )
+    return Inspection(
+        format=detected,
+        width=width,
+        height=height,
+        frame_count=frames,
+        byte_size=size,
+        sha256=sha256,
+        warnings=warnings,
+    )
+
+
+@dataclass(frozen=True)
+class Derivatives:
+    preview: bytes
+    thumbnail: bytes
+
+
+def _encode(image: PILImage.Image) -> bytes:
+    out = io.BytesIO()
+    # A fresh info dict: no EXIF, XMP, GPS or comments survive into what pages show.
+    image.info = {}
+    image.save(out, format="WEBP", quality=82, method=4)
+    return out.getvalue()
+
+
+def make_derivatives(fp: BinaryIO) -> Derivatives:
+    """A re-encoded preview and thumbnail (WEBP, first frame, orientation applied, no metadata)."""
+    fp.seek(0)
+    with PILImage.open(fp) as source:
+        source.seek(0)
+        # thumbnail() lets JPEG decode at a reduced scale (draft mode) before it resizes.
+        source.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+        oriented = ImageOps.exif_transpose(source)
+        mode = (
+            "RGBA"
+            if oriented.mode in ("RGBA", "LA", "PA") or "transparency" in oriented.info
+            else "RGB"
+        )
+        preview = oriented.convert(mode)
+    thumbnail = preview.copy()
+    thumbnail.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    return Derivatives(preview=_encode(preview), thumbnail=_encode(thumbnail))

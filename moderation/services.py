@@ -1,0 +1,164 @@
+"""Workflows that change images, each with its audit entry in the same transaction."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, BinaryIO, Literal
+
+from django.core.files.base import ContentFile, File
+from django.core.files.storage import Storage, default_storage
+from django.db import IntegrityError, transaction
+
+from . import audit, intake
+from .models import Image
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    """What happened to one file: stored, duplicate (of `image`) or refused (with `reason`)."""
+
+    outcome: Literal["stored", "duplicate", "refused"]
+    filename: str
+    image: Image | None = None
+    reason: str = ""
+    rule: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def message(self) -> str:
+        if self.outcome == "refused":
+            return f"{self.filename} {self.reason}"
+        return f"{self.filename}: {self.outcome}"
+
+
+def storage_key(sha256: str, extension: str, folder: str = "images") -> str:
+    return f"{folder}/{sha256[:2]}/{sha256}.{extension}"
+
+
+def _put(storage: Storage, key: str, content: File[bytes] | ContentFile[bytes]) -> str:
+    # Keys are content addresses: if the object is already there (an earlier attempt whose
+    # transaction rolled back, say), it holds these very bytes and is reused.
+    if storage.exists(key):
+        return key
+    saved = storage.save(key, content)
+    if saved != key:  # a concurrent writer won the race for the same content
+        storage.delete(saved)
+    return key
+
+
+def _clean_filename(name: str) -> str:
+    base = name.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    return (base or "unnamed")[:255]
+
+
+def ingest(
+    *,
+    fp: BinaryIO,
+    filename: str,
+    actor: AbstractBaseUser | AnonymousUser | None,
+    context: audit.AuditContext = audit.SYSTEM_CONTEXT,
+    via: str = "upload",
+) -> IntakeResult:
+    """Validate one file and store it once by content, writing the audit entry with it.
+
+    Never raises for bad input: a refused file comes back as a "refused" result (and is audited,
+    so an admin can see who tried to upload what). `actor=None` means the system imported it.
+    """
+    filename = _clean_filename(filename)
+    uploader = actor if actor is not None and actor.is_authenticated else None
+    try:
+        info = intake.inspect(fp)
+    except intake.Refused as refusal:
+        with transaction.atomic():
+            audit.record(
+                action="image.refused",
+                actor=uploader,
+                reason=refusal.reason,
+                detail={"filename": filename, "rule": refusal.rule, "via": via},
+                context=context,
+            )
+        return IntakeResult("refused", filename, reason=refusal.reason, rule=refusal.rule)
+
+    existing = Image.objects.filter(sha256=info.sha256).first()
+    if existing is not None:
+        return _record_duplicate(existing, filename, uploader, context, via)
+
+    derivatives = intake.make_derivatives(fp)
+    key = storage_key(info.sha256, info.extension)
+    try:
+        with transaction.atomic():
+            fp.seek(0)
+            image = Image.objects.create(
+                file=_put(default_storage, key, File(fp)),
+                preview=_put(
+                    default_storage,
+                    storage_key(info.sha256, "webp", "previews"),
+                    ContentFile(derivatives.preview),
+                ),
+                thumbnail=_put(
+                    default_storage,
+                    storage_key(info.sha256, "webp", "thumbnails"),
+                    ContentFile(derivatives.thumbnail),
+                ),
+                sha256=info.sha256,
+                format=info.format,
+                width=info.width,
+                height=info.height,
+                frame_count=info.frame_count,
+                byte_size=info.byte_size,
+                original_filename=filename,
+                uploaded_by=uploader,
+            )
+            audit.record(
+                action="image.uploaded",
+                actor=uploader,
+                image=image,
+                state_after=image.status,
+                detail={
+                    "filename": filename,
+                    "sha256": info.sha256,
+                    "format": info.format,
+                    "width": info.width,
+                    "height": info.height,
+                    "frames": info.frame_count,
+                    "bytes": info.byte_size,
+                    "via": via,
+                    "warnings": info.warnings,
+                },
+                context=context,
+            )
+    except IntegrityError:
+        # Someone stored the same content between our check and our insert; theirs stands.
+        existing = Image.objects.filter(sha256=info.sha256).first()
+        if existing is None:
+            raise
+        return _record_duplicate(existing, filename, uploader, context, via)
+    logger.info("stored image %s (%s) from %s", image.pk, info.sha256[:12], via)
+    return IntakeResult("stored", filename, image=image, warnings=info.warnings)
+
+
+def _record_duplicate(
+    image: Image,
+    filename: str,
+    uploader: AbstractBaseUser | AnonymousUser | None,
+    context: audit.AuditContext,
+    via: str,
+) -> IntakeResult:
+    with transaction.atomic():
+        audit.record(
+            action="image.duplicate",
+            actor=uploader,
+            image=image,
+            state_before=image.status,
+            state_after=image.status,
+            detail={"filename": filename, "sha256": image.sha256, "via": via},
+            context=context,
+        )
+    warnings = [] if not image.low_resolution else ["Low resolution (stored earlier)."]
+    return IntakeResult("duplicate", filename, image=image, warnings=warnings)

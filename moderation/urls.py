@@ -1,0 +1,20 @@
+from django.contrib import admin
+from django.urls import include, path, re_path
+
+from . import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("healthz", views.healthz, name="healthz"),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("images/", views.image_list, name="image_list"),
+    path("images/upload/", views.upload, name="upload"),
+    path("images/<int:pk>/", views.image_detail, name="image_detail"),
+    re_path(
+        r"^images/(?P<pk>[0-9]+)/(?P<variant>original|preview|thumbnail)$",
+        views.image_file,
+        name="image_file",
+    ),
+    path("reviews/", include("reviews.urls")),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,31 @@
+// Sensitive images are blurred until someone asks to see them: a click on the image (or its
+// Reveal button) toggles it, and V toggles every image on a detail page.
+(function () {
+  "use strict";
+  function toggle(figure) {
+    const revealed = figure.classList.toggle("revealed");
+    const button = figure.querySelector("[data-reveal]");
+    if (button) {
+      button.setAttribute("aria-pressed", String(revealed));
+      button.textContent = revealed ? "Hide" : "Reveal";
+    }
+  }
+  document.addEventListener("click", function (event) {
+    const trigger = event.target.closest("[data-reveal], .sensitive img");
+    if (!trigger) return;
+    const figure = trigger.closest(".sensitive");
+    if (!figure) return;
+    if (trigger.matches("img") && figure.closest("a")) return; // thumbnails in lists open the image
+    event.preventDefault();
+    toggle(figure);
+  });
+  document.addEventListener("keydown", function (event) {
+    if (event.defaultPrevented || event.ctrlKey || event.metaKey || event.altKey) return;
+    const tag = (event.target.tagName || "").toLowerCase();
+    if (tag === "input" || tag === "textarea" || tag === "select") return;
+    if (event.key === "v" || event.key === "V") {
+      const figures = document.querySelectorAll(".sensitive[data-keyboard-reveal]");
+      figures.forEach(toggle);
+    }
+  });
+})();
