@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+import pytest
+from django.db import connection
+from django.test import Client
+
+from moderation import services
+from moderation.accounts import create_user
+from moderation.models import Image
+
+from .factories import image_bytes
+
+PASSWORD = "correct-horse-battery"
+
+
+@pytest.fixture(autouse=True)
+def _media_root(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+
+
+@pytest.fixture
+def admin_user(db):
+    return create_user(username="ada", role="admin", password=PASSWORD, validate=False)
+
+
+@pytest.fixture
+def reviewer_user(db):
+    return create_user(username="rex", role="reviewer", password=PASSWORD, validate=False)
+
+
+@pytest.fixture
+def admin_client(admin_user) -> Client:
+    client = Client()
+    client.force_login(admin_user)
+    return client
+
+
+@pytest.fixture
+def reviewer_client(reviewer_user) -> Client:
+    client = Client()
+    client.force_login(reviewer_user)
+    return client
+
+
+@pytest.fixture
+def make_image(db, admin_user) -> Callable[..., Image]:
+    """Store a generated image through the real intake; each call makes distinct content."""
+    counter = iter(range(1, 10_000))
+
+    def make(status: str = Image.Status.RECEIVED, fmt: str = "PNG", **kwargs) -> Image:
+        n = next(counter)
+        data = image_bytes(fmt, color=(n % 256, (n // 256) % 256, 77), **kwargs)
+        result = services.ingest(
+            fp=io.BytesIO(data), filename=f"generated-{n}.{fmt.lower()}", actor=admin_user
+        )
+        assert result.image is not None, result.reason
+        if status != result.image.status:
+            Image.objects.filter(pk=result.image.pk).update(status=status)
+            result.image.refresh_from_db()
+        return result.image
+
+    return make
+
+
+postgres_only = pytest.mark.skipif(
+    connection.vendor != "postgresql",
+    reason="needs PostgreSQL: run with DATABASE_URL=postgres://... (CI does)",
+)
