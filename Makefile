@@ -5,6 +5,12 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
+# Settings from .env (see .env.example), exported to every command below.
+ifneq (,$(wildcard .env))
+include .env
+export
+endif
+
 .PHONY: install run test lint typecheck migrate clean
 
 $(STAMP): pyproject.toml

@@ -14,7 +14,7 @@ from . import audit, intake
 from .models import Image
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+    from django.contrib.auth.models import AnonymousUser, User
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def ingest(
     *,
     fp: BinaryIO,
     filename: str,
-    actor: AbstractBaseUser | AnonymousUser | None,
+    actor: User | AnonymousUser | None,
     context: audit.AuditContext = audit.SYSTEM_CONTEXT,
     via: str = "upload",
 ) -> IntakeResult:
@@ -146,7 +146,7 @@ def ingest(
 def _record_duplicate(
     image: Image,
     filename: str,
-    uploader: AbstractBaseUser | AnonymousUser | None,
+    uploader: User | AnonymousUser | None,
     context: audit.AuditContext,
     via: str,
 ) -> IntakeResult:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 from django.contrib.auth.decorators import login_not_required, permission_required
 from django.core.files.storage import default_storage
@@ -70,7 +70,10 @@ def upload(request: HtmxHttpRequest) -> HttpResponse:
         for uploaded in request.FILES.getlist("files"):
             results.append(
                 services.ingest(
-                    fp=uploaded, filename=uploaded.name or "", actor=request.user, context=context
+                    fp=cast(BinaryIO, uploaded),
+                    filename=uploaded.name or "",
+                    actor=request.user,
+                    context=context,
                 )
             )
     template = "images/upload.html"

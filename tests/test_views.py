@@ -1,0 +1,323 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+from django.urls import reverse
+
+from moderation.models import AuditEntry, Image
+
+from .factories import image_bytes
+
+pytestmark = pytest.mark.django_db
+
+
+def upload_file(name: str, data: bytes, content_type: str = "image/png") -> SimpleUploadedFile:
+    return SimpleUploadedFile(name, data, content_type=content_type)
+
+
+# The role matrix: every URL against anonymous, reviewer and admin.
+# Each row: (name, url builder, anonymous, reviewer, admin) with the expected status.
+# 302 for anonymous means a redirect to the login page.
+MATRIX = [
+    ("home", lambda img: reverse("home"), 302, 302, 302),
+    ("healthz", lambda img: reverse("healthz"), 200, 200, 200),
+    ("login", lambda img: reverse("login"), 200, 200, 200),
+    ("image list", lambda img: reverse("image_list"), 302, 403, 200),
+    ("upload", lambda img: reverse("upload"), 302, 403, 200),
+    (
+        "detail, received",
+        lambda img: reverse("image_detail", args=[img["received"]]),
+        302,
+        404,
+        200,
+    ),
+    ("detail, waiting", lambda img: reverse("image_detail", args=[img["waiting"]]), 302, 200, 200),
+    (
+        "original, received",
+        lambda img: reverse("image_file", args=[img["received"], "original"]),
+        302,
+        404,
+        200,
+    ),
+    (
+        "preview, waiting",
+        lambda img: reverse("image_file", args=[img["waiting"], "preview"]),
+        302,
+        200,
+        200,
+    ),
+    (
+        "thumbnail, waiting",
+        lambda img: reverse("image_file", args=[img["waiting"], "thumbnail"]),
+        302,
+        200,
+        200,
+    ),
+    ("review queue", lambda img: reverse("review_queue"), 302, 200, 200),
+    ("django admin", lambda img: "/admin/", 302, 302, 200),
+    ("admin audit log", lambda img: "/admin/moderation/auditentry/", 302, 302, 200),
+    ("admin images", lambda img: "/admin/moderation/image/", 302, 302, 200),
+]
+
+
+@pytest.fixture
+def images(make_image):
+    return {
+        "received": make_image().pk,
+        "waiting": make_image(status=Image.Status.AWAITING_REVIEW).pk,
+    }
+
+
+@pytest.mark.parametrize(("name", "url", "anonymous", "reviewer", "admin"), MATRIX)
+def test_the_role_matrix_holds_for_every_url(
+    name, url, anonymous, reviewer, admin, images, admin_client, reviewer_client
+):
+    path = url(images)
+    assert Client().get(path).status_code == anonymous, "anonymous"
+    assert reviewer_client.get(path).status_code == reviewer, "reviewer"
+    assert admin_client.get(path).status_code == admin, "admin"
+
+
+def test_anonymous_visitors_are_sent_to_the_login_page(images):
+    response = Client().get(reverse("image_list"))
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("login") + "?next=")
+
+
+def test_home_sends_each_role_to_its_start_page(admin_client, reviewer_client):
+    assert admin_client.get("/")["Location"] == reverse("image_list")
+    assert reviewer_client.get("/")["Location"] == reverse("review_queue")
+
+
+def test_a_user_without_a_role_is_told_so(django_user_model):
+    user = django_user_model.objects.create_user(username="nobody", password="x")
+    client = Client()
+    client.force_login(user)
+    response = client.get("/")
+    assert response.status_code == 403
+    assert b"No role yet" in response.content
+
+
+def test_reviewers_cannot_post_uploads(reviewer_client):
+    response = reviewer_client.post(
+        reverse("upload"), {"files": [upload_file("a.png", image_bytes())]}
+    )
+    assert response.status_code == 403
+    assert not Image.objects.exists()
+
+
+def test_the_login_page_signs_a_user_in(admin_user):
+    client = Client()
+    response = client.post(
+        reverse("login"), {"username": "ada", "password": "correct-horse-battery"}
+    )
+    assert response.status_code == 302
+    assert client.get(reverse("image_list")).status_code == 200
+
+
+def test_healthz_reports_the_database_as_json():
+    response = Client().get(reverse("healthz"))
+    assert response["Content-Type"] == "application/json"
+    assert json.loads(response.content) == {"status": "ok", "database": "ok"}
+
+
+def test_the_upload_page_renders_the_dropzone(admin_client):
+    response = admin_client.get(reverse("upload"))
+    assert response.status_code == 200
+    assert b'id="upload-form"' in response.content
+    assert b"multiple" in response.content
+    assert response.headers["Vary"].count("HX-Request") == 1
+
+
+def test_a_full_page_upload_stores_good_files_and_names_the_bad_one(admin_client, admin_user):
+    files = [
+        upload_file("one.png", image_bytes("PNG", color=(1, 2, 3))),
+        upload_file("evil.jpg", b"<html><script>alert(1)</script></html>", "image/jpeg"),
+        upload_file("two.jpg", image_bytes("JPEG", color=(200, 2, 3)), "image/jpeg"),
+    ]
+    response = admin_client.post(reverse("upload"), {"files": files})
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert "<html" in body.lower()  # the whole page, not a fragment
+    assert body.count('data-outcome="stored"') == 2
+    assert body.count('data-outcome="refused"') == 1
+    assert "evil.jpg" in body
+    assert "it looks like an HTML page" in body
+    assert "&lt;script&gt;" not in body  # the refused file's content never reaches the page
+    stored = Image.objects.order_by("id")
+    assert [i.original_filename for i in stored] == ["one.png", "two.jpg"]
+    assert all(i.uploaded_by == admin_user for i in stored)
+    assert [i.format for i in stored] == ["PNG", "JPEG"]
+    assert list(AuditEntry.objects.in_chain_order().values_list("action", flat=True))[-3:] == [
+        "image.uploaded",
+        "image.refused",
+        "image.uploaded",
+    ]
+
+
+def test_an_htmx_upload_returns_only_the_result_fragment(admin_client):
+    response = admin_client.post(
+        reverse("upload"),
+        {"files": [upload_file("one.png", image_bytes())]},
+        headers={"HX-Request": "true"},
+    )
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert "<html" not in body.lower()
+    assert body.strip().startswith("<li")
+    assert 'data-outcome="stored"' in body
+    image = Image.objects.get()
+    assert image.get_absolute_url() in body
+    assert "Vary" in response.headers
+    assert "HX-Request" in response.headers["Vary"]
+
+
+def test_the_same_content_uploaded_twice_is_stored_once_and_linked(admin_client):
+    data = image_bytes(color=(9, 9, 9))
+    admin_client.post(reverse("upload"), {"files": [upload_file("first.png", data)]})
+    response = admin_client.post(
+        reverse("upload"),
+        {"files": [upload_file("again.png", data)]},
+        headers={"HX-Request": "true"},
+    )
+    image = Image.objects.get()
+    assert image.original_filename == "first.png"
+    body = response.content.decode()
+    assert 'data-outcome="duplicate"' in body
+    assert image.get_absolute_url() in body
+    duplicate = AuditEntry.objects.in_chain_order().last()
+    assert duplicate.action == "image.duplicate"
+    assert duplicate.image == image
+    assert duplicate.detail["filename"] == "again.png"
+
+
+def test_a_low_resolution_upload_is_stored_with_a_visible_warning(admin_client):
+    response = admin_client.post(
+        reverse("upload"), {"files": [upload_file("tiny.png", image_bytes(size=(1, 1)))]}
+    )
+    assert b'data-outcome="stored"' in response.content
+    assert b"Low resolution (1 x 1 px)" in response.content
+    detail = admin_client.get(Image.objects.get().get_absolute_url())
+    assert b"Low resolution" in detail.content
+
+
+def test_uploads_record_who_from_where(admin_client, admin_user):
+    admin_client.post(
+        reverse("upload"),
+        {"files": [upload_file("one.png", image_bytes())]},
+        headers={"User-Agent": "pytest-browser/1.0"},
+        REMOTE_ADDR="203.0.113.7",
+    )
+    entry = AuditEntry.objects.get(action="image.uploaded")
+    assert entry.actor == admin_user
+    assert entry.actor_label == "ada"
+    assert entry.ip_address == "203.0.113.7"
+    assert entry.user_agent == "pytest-browser/1.0"
+    assert entry.state_after == Image.Status.RECEIVED
+
+
+def test_the_image_list_is_newest_first_and_filters_by_status(admin_client, make_image):
+    older = make_image()
+    waiting = make_image(status=Image.Status.AWAITING_REVIEW)
+    newest = make_image()
+    response = admin_client.get(reverse("image_list"))
+    assert list(response.context["page"].object_list) == [newest, waiting, older]
+    response = admin_client.get(reverse("image_list"), {"status": "awaiting_review"})
+    assert list(response.context["page"].object_list) == [waiting]
+    assert response.context["status"] == "awaiting_review"
+
+
+def test_the_image_list_ignores_an_unknown_status(admin_client, make_image):
+    make_image()
+    response = admin_client.get(reverse("image_list"), {"status": "nonsense"})
+    assert response.status_code == 200
+    assert response.context["status"] == ""
+    assert len(response.context["page"].object_list) == 1
+
+
+def test_the_image_list_is_paginated(admin_client, make_image, settings):
+    from moderation import views
+
+    for _ in range(views.IMAGES_PER_PAGE + 1):
+        make_image(size=(8, 8))
+    first = admin_client.get(reverse("image_list"))
+    second = admin_client.get(reverse("image_list"), {"page": 2})
+    assert len(first.context["page"].object_list) == views.IMAGES_PER_PAGE
+    assert len(second.context["page"].object_list) == 1
+    assert b'rel="next"' in first.content
+
+
+def test_the_detail_page_shows_metadata_source_uri_and_history(admin_client, make_image, settings):
+    image = make_image()
+    response = admin_client.get(image.get_absolute_url())
+    body = response.content.decode()
+    assert image.sha256 in body
+    assert f"oss://{settings.IMM_OSS_BUCKET}/images/{image.sha256[:2]}/{image.sha256}.png" in body
+    assert "Uploaded" in body
+    assert list(response.context["history"]) == list(AuditEntry.objects.filter(image=image))
+    assert 'class="sensitive preview"' in body  # blurred by default
+
+
+def test_image_bytes_are_served_with_their_detected_type_and_nosniff(admin_client, make_image):
+    image = make_image(fmt="JPEG")
+    response = admin_client.get(reverse("image_file", args=[image.pk, "original"]))
+    assert response.status_code == 200
+    assert response["Content-Type"] == "image/jpeg"
+    assert response["X-Content-Type-Options"] == "nosniff"
+    assert "sandbox" in response["Content-Security-Policy"]
+    assert response["Cache-Control"].startswith("private")
+    with image.file.open("rb") as stored:
+        assert b"".join(response.streaming_content) == stored.read()
+
+
+def test_previews_and_thumbnails_are_webp_re_encodings(admin_client, make_image):
+    image = make_image(fmt="JPEG")
+    for variant in ("preview", "thumbnail"):
+        response = admin_client.get(reverse("image_file", args=[image.pk, variant]))
+        assert response["Content-Type"] == "image/webp"
+        assert b"".join(response.streaming_content)[8:12] == b"WEBP"
+
+
+def test_image_bytes_are_never_at_a_public_media_url(admin_client, make_image, settings):
+    image = make_image()
+    assert Client().get(settings.MEDIA_URL + image.file.name).status_code in (302, 404)
+    assert admin_client.get(settings.MEDIA_URL + image.file.name).status_code == 404
+    assert admin_client.get("/media/" + image.file.name).status_code == 404
+
+
+def test_an_unknown_variant_is_not_found(admin_client, make_image):
+    image = make_image()
+    assert admin_client.get(f"/images/{image.pk}/secret").status_code == 404
+
+
+def test_the_review_queue_lists_waiting_images_oldest_first(reviewer_client, make_image):
+    first = make_image(status=Image.Status.AWAITING_REVIEW)
+    make_image()
+    second = make_image(status=Image.Status.AWAITING_REVIEW)
+    response = reviewer_client.get(reverse("review_queue"))
+    assert list(response.context["page"].object_list) == [first, second]
+    assert b"2 images waiting" in response.content
+
+
+def test_reviewers_see_no_upload_or_admin_links(reviewer_client):
+    body = reviewer_client.get(reverse("review_queue")).content.decode()
+    assert reverse("upload") not in body
+    assert "/admin/" not in body
+    assert reverse("review_queue") in body
+
+
+def test_the_admin_shows_audit_entries_read_only(admin_client, make_image):
+    make_image()
+    entry = AuditEntry.objects.in_chain_order().last()
+    page = admin_client.get(f"/admin/moderation/auditentry/{entry.pk}/change/")
+    assert page.status_code == 200
+    assert b'name="_save"' not in page.content
+    assert admin_client.get("/admin/moderation/auditentry/add/").status_code == 403
+    response = admin_client.post(
+        f"/admin/moderation/auditentry/{entry.pk}/delete/", {"post": "yes"}
+    )
+    assert response.status_code == 403
+    assert AuditEntry.objects.filter(pk=entry.pk).exists()
