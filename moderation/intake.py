@@ -16,10 +16,13 @@ a GIF that IMM decodes frame by frame stays within the stated bound.
 Order of checks: size, then the header (format and dimensions, read without decoding any pixel),
 then structure (GIF blocks, PNG chunks and CRCs, the WEBP RIFF length), and only then a decode of
 the first frame to catch truncated or corrupt data. A decompression bomb is refused at the header.
+A WEBP's canvas size and RIFF length are read from its bytes before Pillow opens it: libwebp
+allocates the whole canvas when its decoder is created, which Pillow does on open.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
 import struct
@@ -97,6 +100,19 @@ def _size_and_digest(fp: BinaryIO) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
+def _signature(head: bytes) -> str | None:
+    """The accepted format whose signature `head` starts with, if any (BMP's "BM" is too weak)."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "GIF"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
 def _what_it_looks_like(head: bytes) -> str:
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if text.startswith(b"%pdf"):
@@ -110,7 +126,8 @@ def _what_it_looks_like(head: bytes) -> str:
     if head.startswith(b"PK\x03\x04"):
         return "it is a ZIP archive"
     try:
-        head.decode("utf-8")
+        # Incremental, not final: `head` is the first 1024 bytes and may end inside a character.
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
     except UnicodeDecodeError:
         return "its content is not a recognisable image"
     return "it looks like a text file"
@@ -184,6 +201,46 @@ def _walk_png(fp: BinaryIO) -> None:
             return
 
 
+def _webp_canvas(head: bytes) -> tuple[int, int] | None:
+    """A WEBP's canvas size from its first chunk (VP8X, VP8L or VP8), without decoding."""
+    kind = head[12:16]
+    if kind == b"VP8X" and len(head) >= 30:
+        return (
+            int.from_bytes(head[24:27], "little") + 1,
+            int.from_bytes(head[27:30], "little") + 1,
+        )
+    if kind == b"VP8L" and len(head) >= 25 and head[20] == 0x2F:
+        bits = int.from_bytes(head[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if kind == b"VP8 " and len(head) >= 30 and head[23:26] == b"\x9d\x01\x2a":
+        return (
+            int.from_bytes(head[26:28], "little") & 0x3FFF,
+            int.from_bytes(head[28:30], "little") & 0x3FFF,
+        )
+    return None
+
+
+def _check_dimensions(detected: str, width: int, height: int) -> None:
+    if width > MAX_SIDE or height > MAX_SIDE:
+        raise Refused(
+            "max_side",
+            f"is {_n(width)} x {_n(height)} px; IMM accepts at most 30,000 px on a side",
+        )
+    pixels = width * height
+    if detected == "GIF" and pixels > MAX_GIF_PIXELS:
+        raise Refused(
+            "gif_pixels",
+            f"is a GIF of {_n(pixels)} pixels ({_n(width)} x {_n(height)}); IMM accepts GIFs "
+            "of at most 4,194,304 pixels (2048 x 2048)",
+        )
+    if pixels > MAX_PIXELS:
+        raise Refused(
+            "max_pixels",
+            f"has {_n(pixels)} pixels ({_n(width)} x {_n(height)}); IMM accepts at most "
+            "250,000,000",
+        )
+
+
 def _check_webp_length(fp: BinaryIO, size: int) -> None:
     fp.seek(4)
     (riff_size,) = struct.unpack("<I", fp.read(4))
@@ -202,17 +259,37 @@ def inspect(fp: BinaryIO) -> Inspection:
         raise Refused("empty", "is empty (0 bytes)")
     head = fp.read(1024)
     fp.seek(0)
+    signature = _signature(head)
+    if signature == "WEBP":
+        # Before Image.open, which creates libwebp's decoder and with it the whole canvas.
+        if canvas := _webp_canvas(head):
+            _check_dimensions("WEBP", *canvas)
+        _check_webp_length(fp, size)
+        fp.seek(0)
     try:
         # Image.open reads the header only; no pixel is decoded here.
         image = PILImage.open(fp)
     except UnidentifiedImageError:
+        if signature is not None:
+            raise Refused(
+                "corrupt",
+                f"is corrupt: it starts like a {signature} image but its header is cut short "
+                "or cannot be read",
+            ) from None
         raise Refused(
             "format",
             f"is not an image IMM accepts: {_what_it_looks_like(head)}. "
             "IMM accepts PNG, JPEG, BMP, GIF and WEBP",
         ) from None
     except Exception as exc:  # Pillow raises many types for a header it cannot parse
-        raise Refused("corrupt", f"is corrupt: its image header cannot be read ({exc})") from None
+        message = str(exc) or type(exc).__name__
+        if "truncated" in message.lower():  # "Truncated File Read": the file ends in its header
+            raise Refused(
+                "truncated", f"is truncated: its image header is cut short ({message})"
+            ) from None
+        raise Refused(
+            "corrupt", f"is corrupt: its image header cannot be read ({message})"
+        ) from None
 
     with image:
         detected = "JPEG" if image.format == "MPO" else (image.format or "unknown")
@@ -225,28 +302,9 @@ def inspect(fp: BinaryIO) -> Inspection:
         frames = 1
         if detected == "GIF":
             width, height, frames = _walk_gif(fp)
-        if width > MAX_SIDE or height > MAX_SIDE:
-            raise Refused(
-                "max_side",
-                f"is {_n(width)} x {_n(height)} px; IMM accepts at most 30,000 px on a side",
-            )
-        pixels = width * height
-        if detected == "GIF" and pixels > MAX_GIF_PIXELS:
-            raise Refused(
-                "gif_pixels",
-                f"is a GIF of {_n(pixels)} pixels ({_n(width)} x {_n(height)}); IMM accepts GIFs "
-                "of at most 4,194,304 pixels (2048 x 2048)",
-            )
-        if pixels > MAX_PIXELS:
-            raise Refused(
-                "max_pixels",
-                f"has {_n(pixels)} pixels ({_n(width)} x {_n(height)}); IMM accepts at most "
-                "250,000,000",
-            )
+        _check_dimensions(detected, width, height)
         if detected == "PNG":
-            _walk_png(fp)
-        elif detected == "WEBP":
-            _check_webp_length(fp, size)
+            _walk_png(fp)  # a WEBP's RIFF length was checked before it was opened
         if detected != "GIF":
             try:
                 frames = int(getattr(image, "n_frames", 1))

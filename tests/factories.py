@@ -70,3 +70,79 @@ def jpeg_with_gps() -> bytes:
     out = io.BytesIO()
     image.save(out, format="JPEG", exif=exif)
     return out.getvalue()
+
+
+def png_padded_to(total_bytes: int, size: tuple[int, int] = (1, 1)) -> bytes:
+    """A valid PNG of exactly total_bytes, padded with a private ancillary `prVt` chunk.
+
+    The chunk's CRC is correct, so decoders skip it and the file stays a well-formed PNG.
+    """
+    out = io.BytesIO()
+    Image.new("L", size, 128).save(out, format="PNG")
+    base = out.getvalue()
+    padding = total_bytes - len(base) - 12  # a chunk adds length, type and CRC: 12 bytes
+    if padding < 0:
+        raise ValueError(f"a {size} PNG needs at least {len(base) + 12} bytes")
+    after_ihdr = 8 + 25  # signature, then IHDR (4 length + 4 type + 13 data + 4 CRC)
+    return base[:after_ihdr] + _png_chunk(b"prVt", b"\x00" * padding) + base[after_ihdr:]
+
+
+def _gif_image_descriptor_offset(data: bytes) -> int:
+    """Where the first image descriptor (0x2C) of a GIF starts, walking its blocks."""
+    pos = 13
+    if data[10] & 0x80:
+        pos += 3 * 2 ** ((data[10] & 7) + 1)
+    while data[pos] == 0x21:  # extension: introducer, label, sub-blocks up to a 0 size
+        pos += 2
+        while data[pos]:
+            pos += 1 + data[pos]
+        pos += 1
+    if data[pos] != 0x2C:
+        raise ValueError("no image descriptor where one was expected")
+    return pos
+
+
+def gif_with_frame_at(
+    screen: tuple[int, int], frame: tuple[int, int], offset: tuple[int, int]
+) -> bytes:
+    """A real one-frame GIF whose frame (frame size, at offset) may stick out of its screen."""
+    out = io.BytesIO()
+    Image.new("RGB", frame, (10, 200, 30)).convert("P").save(out, format="GIF")
+    data = bytearray(out.getvalue())
+    data[6:10] = struct.pack("<HH", *screen)
+    descriptor = _gif_image_descriptor_offset(bytes(data))
+    data[descriptor + 1 : descriptor + 5] = struct.pack("<HH", *offset)
+    return bytes(data)
+
+
+def webp_bomb(width: int, height: int) -> bytes:
+    """A few hundred bytes of animated WEBP whose canvas is width x height, with 1x1 frames.
+
+    A WEBP decoder allocates the whole canvas (twice) when it is created, before any frame.
+    """
+    frames = [Image.new("RGB", (1, 1), (60 * i, 0, 0)) for i in range(2)]
+    out = io.BytesIO()
+    frames[0].save(out, format="WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    data = bytearray(out.getvalue())
+    if data[12:16] != b"VP8X":
+        raise ValueError("expected an extended (VP8X) WEBP")
+    data[24:27] = (width - 1).to_bytes(3, "little")
+    data[27:30] = (height - 1).to_bytes(3, "little")
+    return bytes(data)
+
+
+def jpeg_with_orientation(size: tuple[int, int] = (400, 300), orientation: int = 6) -> bytes:
+    """A JPEG whose pixels are stored size wide but whose EXIF says to rotate them on display."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # Orientation: 6 means rotate 90 degrees clockwise to view
+    out = io.BytesIO()
+    Image.new("RGB", size, (30, 60, 90)).save(out, format="JPEG", exif=exif)
+    return out.getvalue()
+
+
+def mpo_bytes(size: tuple[int, int] = (320, 240), pictures: int = 2) -> bytes:
+    """A multi-picture JPEG (MPO), as phones write for depth or stereo shots."""
+    images = [Image.new("RGB", size, (20 * i, 90, 150)) for i in range(pictures)]
+    out = io.BytesIO()
+    images[0].save(out, format="MPO", save_all=True, append_images=images[1:])
+    return out.getvalue()
