@@ -85,15 +85,22 @@ def _megabytes(size: int) -> str:
 
 
 def _size_and_digest(fp: BinaryIO) -> tuple[int, str]:
+    # The size first, from the end of the file, so an oversized one is refused unread.
+    total = fp.seek(0, io.SEEK_END)
+    if total > MAX_BYTES:
+        raise Refused(
+            "max_bytes",
+            f"is {_n(total)} bytes ({_megabytes(total)}); IMM accepts at most 20 MB "
+            f"({_n(MAX_BYTES)} bytes)",
+        )
     fp.seek(0)
     digest = hashlib.sha256()
     size = 0
     while chunk := fp.read(_CHUNK):
         size += len(chunk)
-        if size > MAX_BYTES:
+        if size > MAX_BYTES:  # the file grew while we read it
             raise Refused(
-                "max_bytes",
-                f"is larger than 20 MB (at least {_megabytes(size)}); IMM accepts at most 20 MB",
+                "max_bytes", f"is larger than 20 MB ({_n(MAX_BYTES)} bytes), the most IMM accepts"
             )
         digest.update(chunk)
     fp.seek(0)
@@ -347,11 +354,12 @@ class Derivatives:
     thumbnail: bytes
 
 
-def _encode(image: PILImage.Image) -> bytes:
+def _encode(image: PILImage.Image, icc_profile: bytes | None) -> bytes:
     out = io.BytesIO()
-    # A fresh info dict: no EXIF, XMP, GPS or comments survive into what pages show.
+    # A fresh info dict: no EXIF, XMP, GPS or comments survive into what pages show. The colour
+    # profile stays (it describes colours, not the person or place) so wide-gamut photos look right.
     image.info = {}
-    image.save(out, format="WEBP", quality=82, method=4)
+    image.save(out, format="WEBP", quality=82, method=4, icc_profile=icc_profile or b"")
     return out.getvalue()
 
 
@@ -360,6 +368,7 @@ def make_derivatives(fp: BinaryIO) -> Derivatives:
     fp.seek(0)
     with PILImage.open(fp) as source:
         source.seek(0)
+        icc_profile = source.info.get("icc_profile")
         # thumbnail() lets JPEG decode at a reduced scale (draft mode) before it resizes.
         source.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
         oriented = ImageOps.exif_transpose(source)
@@ -371,4 +380,6 @@ def make_derivatives(fp: BinaryIO) -> Derivatives:
         preview = oriented.convert(mode)
     thumbnail = preview.copy()
     thumbnail.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-    return Derivatives(preview=_encode(preview), thumbnail=_encode(thumbnail))
+    return Derivatives(
+        preview=_encode(preview, icc_profile), thumbnail=_encode(thumbnail, icc_profile)
+    )

@@ -459,3 +459,24 @@ def test_derivatives_of_an_exif_rotated_jpeg_come_out_upright(size, preview, thu
 
     assert _open(made.preview).size == preview
     assert _open(made.thumbnail).size == thumbnail
+
+
+def test_derivatives_keep_the_colour_profile_but_nothing_else():
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    source = io.BytesIO()
+    Image.new("RGB", (300, 300), (10, 200, 30)).save(source, format="JPEG", icc_profile=profile)
+    derivatives = intake.make_derivatives(source)
+    with Image.open(io.BytesIO(derivatives.preview)) as preview:
+        assert preview.info.get("icc_profile") == profile
+        assert not preview.getexif()
+
+
+def test_the_size_refusal_gives_the_exact_byte_count():
+    oversized = io.BytesIO(b"\x89PNG" + b"\0" * (intake.MAX_BYTES - 3))
+    with pytest.raises(intake.Refused) as refused:
+        intake.inspect(oversized)
+    assert refused.value.reason == (
+        "is 20,971,521 bytes (20.0 MB); IMM accepts at most 20 MB (20,971,520 bytes)"
+    )
