@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import string
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,12 +35,13 @@ from django.utils import timezone
 from .models import AuditEntry, Image
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+    from django.contrib.auth.models import AnonymousUser, User
     from django.http import HttpRequest
 
 GENESIS_HASH = "0" * 64
 # An arbitrary constant that names the audit chain's advisory lock on PostgreSQL.
 _PG_LOCK_KEY = 0x1A0D17  # "audit"
+_IP_FIELD = AuditEntry._meta.get_field("ip_address")
 
 
 @dataclass(frozen=True)
@@ -106,16 +108,36 @@ def entry_hash(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
 
 
-def _lock_chain() -> None:
+def _lock_chain_and_normalise(
+    detail: Mapping[str, Any] | None, ip_address: str | None
+) -> tuple[Any, str | None]:
+    """Take the chain's lock, and return `detail` and the client address as stored.
+
+    The hash must cover what the database hands back to walk_chain, and both values are
+    normalised on the way in: Django rewrites an IPv6 address to its compressed form
+    ("2001:DB8:0::1" is stored as "2001:db8::1") and an empty address to NULL; PostgreSQL's jsonb
+    keeps numbers as numeric, so 1e16 comes back as the integer 10000000000000000 and -0.0 as 0.0,
+    and its inet type prints some IPv6 addresses its own way. On SQLite a JSON round trip in
+    Python is what the database does; on PostgreSQL the database does the round trip itself, in
+    the same statement that takes the advisory lock (see the module docstring).
+    """
+    detail_text = json.dumps(dict(detail or {}), allow_nan=False)
+    ip = _IP_FIELD.get_prep_value(ip_address) or None
     if connection.vendor == "postgresql":
+        # Django reads jsonb and inet as text (no psycopg conversion), as the ORM does below.
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_PG_LOCK_KEY])
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(%s), %s::jsonb, %s::inet",
+                [_PG_LOCK_KEY, detail_text, ip],
+            )
+            _, detail_text, ip = cursor.fetchone()
+    return json.loads(detail_text), ip
 
 
 def record(
     *,
     action: str,
-    actor: AbstractBaseUser | AnonymousUser | None,
+    actor: User | AnonymousUser | None,
     image: Image | None = None,
     state_before: str = "",
     state_after: str = "",
@@ -131,15 +153,13 @@ def record(
     """
     if not connection.in_atomic_block:
         raise RuntimeError("audit.record must run inside the transaction that makes the change")
-    # A JSON round trip now means the hash covers exactly what the database will hand back.
-    detail_json = json.loads(json.dumps(dict(detail or {}), allow_nan=False))
     if actor is not None and actor.is_authenticated:
         actor_id: int | None = actor.pk
         actor_label = actor.get_username()
     else:
         actor_id, actor_label = None, AuditEntry.SYSTEM
 
-    _lock_chain()
+    detail_json, ip_address = _lock_chain_and_normalise(detail, context.ip_address)
     head = AuditEntry.objects.in_chain_order().values_list("seq", "entry_hash").last()
     seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS_HASH)
     created_at = timezone.now()
@@ -154,7 +174,7 @@ def record(
         "state_after": state_after,
         "reason": reason,
         "detail": detail_json,
-        "ip_address": context.ip_address,
+        "ip_address": ip_address,
         "user_agent": context.user_agent,
         "prev_hash": prev_hash,
     }
@@ -172,9 +192,12 @@ class ChainHead:
 
     @classmethod
     def parse(cls, text: str) -> ChainHead:
-        count, _, digest = text.partition(":")
-        if not count.isdigit() or len(digest) != 64:
-            raise ValueError(f"a chain head looks like COUNT:SHA256, not {text!r}")
+        count, _, digest = text.strip().partition(":")
+        # ASCII only: str.isdigit() accepts "²", which int() refuses, and a SHA-256 is hex.
+        if not (count.isascii() and count.isdigit() and int(count) > 0) or not (
+            len(digest) == 64 and all(c in string.hexdigits for c in digest)
+        ):
+            raise ValueError(f"a chain head looks like COUNT:SHA256 (COUNT from 1), not {text!r}")
         return cls(int(count), digest.lower())
 
 
@@ -216,8 +239,6 @@ def walk_chain(*, chunk_size: int = 2000) -> Iterator[ChainHead]:
         seq, entry_id = values.pop("seq"), values.pop("id")
         stored_hash = values.pop("entry_hash")
         if seq != prev_seq + 1:
-            if seq == prev_seq:
-                raise ChainBroken(seq, entry_id, "a second entry claims this position (inserted)")
             missing = f"#{prev_seq + 1}" + (f" to #{seq - 1}" if seq - 1 > prev_seq + 1 else "")
             raise ChainBroken(
                 seq, entry_id, f"entry {missing} before it is missing (deleted or cut)"

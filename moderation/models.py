@@ -7,7 +7,7 @@ from django.db import models
 from django.urls import reverse
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+    from django.contrib.auth.models import AnonymousUser, User
 
 # IMM's recommended minimum resolution; smaller images are accepted with a warning.
 LOW_RESOLUTION_SIDE = 256
@@ -23,7 +23,7 @@ EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "BMP": "bmp", "GIF": "gif", "WEBP": "
 
 
 class ImageQuerySet(models.QuerySet["Image"]):
-    def visible_to(self, user: AbstractBaseUser | AnonymousUser) -> ImageQuerySet:
+    def visible_to(self, user: User | AnonymousUser) -> ImageQuerySet:
         """Admins see every image; reviewers see the images waiting for a human."""
         if user.has_perm("moderation.view_image"):
             return self
@@ -118,7 +118,7 @@ class AuditEntryQuerySet(models.QuerySet["AuditEntry"]):
     def update(self, **kwargs: Any) -> NoReturn:
         raise AuditLogIsAppendOnly("audit entries cannot be updated")
 
-    def delete(self) -> NoReturn:  # type: ignore[override]
+    def delete(self) -> NoReturn:
         raise AuditLogIsAppendOnly("audit entries cannot be deleted")
 
     def in_chain_order(self) -> AuditEntryQuerySet:
@@ -175,5 +175,5 @@ class AuditEntry(models.Model):
             raise AuditLogIsAppendOnly("audit entries cannot be updated")
         super().save(*args, **kwargs)
 
-    def delete(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
+    def delete(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise AuditLogIsAppendOnly("audit entries cannot be deleted")

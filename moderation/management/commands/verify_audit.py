@@ -25,7 +25,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         expected = None
-        if options["expect_head"]:
+        # `is not None`: an empty value (an unset shell variable) must not skip the check.
+        if options["expect_head"] is not None:
             try:
                 expected = ChainHead.parse(options["expect_head"])
             except ValueError as exc:
