@@ -47,6 +47,16 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name} must be a whole number; got {raw!r}") from None
 
 
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number; got {raw!r}") from None
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     raw = os.environ.get(name)
     if raw is None:
@@ -201,9 +211,46 @@ TASKS = {
     }
 }
 
-# IMM. The bucket is the one IMM reads images from: every image's SourceURI is
-# oss://<IMM_OSS_BUCKET>/<storage key>.
+# IMM. The default endpoint is the project's own emulator (manage.py imm_emulator), which speaks
+# IMM's wire protocol, so the real client runs everywhere; real Alibaba Cloud is a change of
+# IMM_ENDPOINT, IMM_REGION, IMM_PROJECT and the keys. The bucket is the one IMM reads images from:
+# every image's SourceURI is oss://<IMM_OSS_BUCKET>/<storage key>.
+IMM_EMULATOR_PORT = env_int("IMM_EMULATOR_PORT", 8001)
+IMM_ENDPOINT = env_str("IMM_ENDPOINT", f"http://127.0.0.1:{IMM_EMULATOR_PORT}").rstrip("/")
+IMM_USES_EMULATOR = "IMM_ENDPOINT" not in os.environ
+IMM_REGION = env_str("IMM_REGION", "cn-hangzhou")
+IMM_PROJECT = env_str("IMM_PROJECT", "moderation-local")
+IMM_ACCESS_KEY_ID = env_secret("IMM_ACCESS_KEY_ID")
+IMM_ACCESS_KEY_SECRET = env_secret("IMM_ACCESS_KEY_SECRET")
+IMM_SECURITY_TOKEN = env_secret("IMM_SECURITY_TOKEN") or None
+if not (IMM_ACCESS_KEY_ID and IMM_ACCESS_KEY_SECRET):
+    if not IMM_USES_EMULATOR:
+        raise ImproperlyConfigured(
+            "IMM_ENDPOINT is set, so IMM_ACCESS_KEY_ID and IMM_ACCESS_KEY_SECRET must be set too."
+        )
+    # Development defaults that the emulator checks signatures against; not secrets.
+    IMM_ACCESS_KEY_ID = IMM_ACCESS_KEY_ID or "emulator-access-key-id"
+    IMM_ACCESS_KEY_SECRET = IMM_ACCESS_KEY_SECRET or "emulator-access-key-secret"
+IMM_SCENES = env_list("IMM_SCENES", ["porn", "terrorism", "ad"])
+IMM_INTERVAL = env_int("IMM_INTERVAL", 1)
+IMM_MAX_FRAMES = env_int("IMM_MAX_FRAMES", 1)
+# Where IMM sends task notifications: "none", "mns:<topic>" or "rocketmq:<instance id>:<topic>".
+IMM_NOTIFICATION = env_str("IMM_NOTIFICATION", "none")
 IMM_OSS_BUCKET = env_str("IMM_OSS_BUCKET", "imm-moderation-local")
+# The shared secret a notification must carry in X-IMM-Notify-Token (MNS pushes are checked by
+# their own signature instead). Unset: only MNS-signed pushes are accepted, except under DEBUG.
+IMM_NOTIFY_TOKEN = env_secret("IMM_NOTIFY_TOKEN") or ("dev-notify-token" if DEBUG else "")
+# Seconds after submission before polling asks IMM for a result nobody notified us of.
+IMM_POLL_AFTER = env_int("IMM_POLL_AFTER", 60)
+
+# The emulator (manage.py imm_emulator): where it delivers notifications, after how long, and
+# switches that make deliveries misbehave on purpose.
+IMM_EMULATOR_NOTIFY_URL = env_str(
+    "IMM_EMULATOR_NOTIFY_URL", f"http://127.0.0.1:{env_int('PORT', 8000)}/imm/notifications/"
+)
+IMM_EMULATOR_DELAY = env_float("IMM_EMULATOR_DELAY", 2.0)
+IMM_EMULATOR_RULES = env_str("IMM_EMULATOR_RULES", "")
+IMM_EMULATOR_STATE = env_str("IMM_EMULATOR_STATE", str(BASE_DIR / ".imm-emulator.sqlite3"))
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", not DEBUG)
