@@ -29,7 +29,6 @@
     state.className = "muted state";
     state.textContent = "Waiting";
     li.append(name, bar, state);
-    results.prepend(li);
     return { li, bar, state };
   }
 
@@ -96,9 +95,12 @@
   }
 
   function add(files) {
-    Array.from(files).forEach(function (file) {
-      queue.push({ file: file, view: row(file) });
+    // The newest batch goes on top, its files in the order they were chosen.
+    const batch = Array.from(files).map(function (file) {
+      return { file: file, view: row(file) };
     });
+    results.prepend(...batch.map(function (item) { return item.view.li; }));
+    batch.forEach(function (item) { queue.push(item); });
     pump();
   }
 

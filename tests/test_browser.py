@@ -1,0 +1,361 @@
+"""The pages in a real browser: upload (XHR per file, drag and drop), blur and reveal, roles.
+
+Drives Debian's Chromium (/usr/bin/chromium) through Playwright against pytest-django's
+live_server; never downloads a browser. Skipped when Chromium is not installed.
+
+README screenshots: `SCREENSHOTS=1 .venv/bin/python -m pytest tests/test_browser.py -k screenshots`
+writes docs/upload.png and docs/images.png (nothing is written otherwise).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.db import connection
+from PIL import Image as PILImage
+from PIL import ImageDraw
+from playwright.sync_api import expect, sync_playwright
+
+from moderation.models import Image
+
+from .conftest import PASSWORD
+from .factories import image_bytes
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+VIEWPORT = {"width": 1280, "height": 860}
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason=f"needs Debian's Chromium at {CHROMIUM} (apt-get install chromium)",
+    ),
+]
+
+EVIL_HTML = b"<!doctype html><html><body><script>alert('not an image')</script></body></html>"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _orm_beside_playwright() -> Iterator[None]:
+    """Playwright's sync API keeps an event loop running in the main thread, so Django would
+    refuse the test's own ORM calls (fixtures, assertions) as "async unsafe". They are not run
+    concurrently with anything, so allow them, for this module only."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        yield
+
+
+@pytest.fixture(scope="module")
+def browser(_orm_beside_playwright):
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, live_server):
+    context = browser.new_context(viewport=VIEWPORT, base_url=live_server.url)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    context.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+def sign_in(page, username: str) -> None:
+    page.goto("/accounts/login/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+
+
+def scene(fmt: str, sky: tuple[int, int, int], ground: tuple[int, int, int]) -> bytes:
+    """A small landscape (sky, sun, hills), so a blurred thumbnail visibly hides something."""
+    picture = PILImage.new("RGB", (800, 600), sky)
+    draw = ImageDraw.Draw(picture)
+    for y in range(300):
+        shade = tuple(min(255, c + y // 6) for c in sky)
+        draw.line([(0, y), (800, y)], fill=shade)
+    draw.ellipse([560, 80, 680, 200], fill=(250, 226, 160))
+    draw.polygon(
+        [(0, 420), (220, 300), (430, 400), (620, 280), (800, 380), (800, 600), (0, 600)],
+        fill=ground,
+    )
+    draw.rectangle([90, 380, 160, 470], fill=(60, 50, 45))
+    out = io.BytesIO()
+    picture.save(out, format=fmt)
+    return out.getvalue()
+
+
+def png(n: int) -> bytes:
+    return image_bytes("PNG", size=(640, 480), color=(40 + n, 90, 120))
+
+
+def three_files() -> list[dict]:
+    return [
+        {
+            "name": "harbour-at-dusk.png",
+            "mimeType": "image/png",
+            "buffer": scene("PNG", sky=(70, 110, 160), ground=(40, 80, 70)),
+        },
+        {
+            "name": "street-market.jpg",
+            "mimeType": "image/jpeg",
+            "buffer": scene("JPEG", sky=(200, 150, 110), ground=(120, 70, 60)),
+        },
+        {"name": "evil.jpg", "mimeType": "image/jpeg", "buffer": EVIL_HTML},
+    ]
+
+
+def shares_one_sqlite_connection() -> bool:
+    return connection.vendor == "sqlite" and connection.is_in_memory_db()
+
+
+def upload_three(page) -> None:
+    """Choose two good files and one HTML page named evil.jpg; wait for their three results."""
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Upload").click()
+    expect(page.get_by_role("heading", name="Upload images")).to_be_visible()
+
+    # Hold the uploads at the network so the in-flight state can be seen, then let them go.
+    held = []
+    page.route("**/images/upload/", lambda route: held.append(route))
+    page.set_input_files("#id_files", three_files())
+    results = page.locator("#upload-results > li")
+    expect(results).to_have_count(3)
+    bars = page.locator("#upload-results progress")
+    expect(bars).to_have_count(3)
+    for name in ("harbour-at-dusk.png", "street-market.jpg", "evil.jpg"):
+        expect(page.get_by_role("progressbar", name=f"Uploading {name}")).to_be_visible()
+    for _ in range(200):  # route handlers run whenever Playwright waits
+        if len(held) == 3:
+            break
+        page.wait_for_timeout(25)
+    assert len(held) == 3, f"expected 3 upload requests at once, saw {len(held)}"
+    if shares_one_sqlite_connection():
+        # live_server hands its threads the test's one in-memory SQLite connection, which
+        # cannot run concurrent transactions ("database table is locked"); let them through
+        # one at a time. Other databases take all three at once, as the page sends them.
+        for done, route in enumerate(held, start=1):
+            route.continue_()
+            expect(bars).to_have_count(len(held) - done)
+    else:
+        for route in held:
+            route.continue_()
+    page.unroute("**/images/upload/")
+
+    expect(page.locator("#upload-results progress")).to_have_count(0)
+    expect(results.and_(page.locator("[data-outcome=stored]"))).to_have_count(2)
+    expect(results.and_(page.locator("[data-outcome=refused]"))).to_have_count(1)
+
+
+def test_admin_uploads_two_good_files_and_one_bad(page, admin_user):
+    sign_in(page, "ada")
+    upload_three(page)
+
+    results = page.locator("#upload-results > li")
+    # One batch, listed in the order the files were chosen.
+    expect(results.locator(".filename")).to_have_text(
+        ["harbour-at-dusk.png", "street-market.jpg", "evil.jpg"]
+    )
+    for name in ("harbour-at-dusk.png", "street-market.jpg"):
+        row = results.filter(has=page.locator(".filename", has_text=name))
+        expect(row).to_have_attribute("data-outcome", "stored")
+        expect(row.locator(".badge")).to_have_text("Stored")
+        expect(row.get_by_role("link", name=re.compile(r"^Image \d+$"))).to_be_visible()
+    refused = results.filter(has=page.locator(".filename", has_text="evil.jpg"))
+    expect(refused).to_have_attribute("data-outcome", "refused")
+    expect(refused.locator(".badge")).to_have_text("Refused")
+    expect(refused).to_contain_text("evil.jpg")
+    expect(refused.locator(".reason")).to_contain_text("not an image IMM accepts")
+    expect(refused.locator(".reason")).to_contain_text("HTML page")
+
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Images").click()
+    expect(page.locator(".grid > .tile")).to_have_count(2)
+    expect(page.locator(".grid")).to_contain_text("harbour-at-dusk.png")
+    expect(page.locator(".grid")).to_contain_text("street-market.jpg")
+    expect(page.locator(".grid")).not_to_contain_text("evil.jpg")
+
+    assert Image.objects.count() == 2
+    assert set(Image.objects.values_list("original_filename", flat=True)) == {
+        "harbour-at-dusk.png",
+        "street-market.jpg",
+    }
+
+
+def drop_file(page, name: str, data: bytes, mime: str = "image/png") -> None:
+    transfer = page.evaluate_handle(
+        """([name, b64, type]) => {
+            const raw = atob(b64);
+            const bytes = Uint8Array.from(raw, (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], name, { type }));
+            return transfer;
+        }""",
+        [name, base64.b64encode(data).decode(), mime],
+    )
+    form = page.locator("#upload-form")
+    form.dispatch_event("dragenter", {"dataTransfer": transfer})
+    expect(form).to_have_class(re.compile(r"\bdragging\b"))
+    form.dispatch_event("drop", {"dataTransfer": transfer})
+    expect(form).not_to_have_class(re.compile(r"\bdragging\b"))
+
+
+def test_drop_a_file_then_the_same_content_again_is_a_duplicate(page, admin_user):
+    sign_in(page, "ada")
+    page.goto("/images/upload/")
+    data = png(7)
+
+    drop_file(page, "dropped.png", data)
+    stored = page.locator("#upload-results > li[data-outcome=stored]")
+    expect(stored).to_have_count(1)
+    expect(stored).to_contain_text("dropped.png")
+    first_link = stored.get_by_role("link", name=re.compile(r"^Image \d+$"))
+    first_href = first_link.get_attribute("href")
+    image = Image.objects.get()
+    assert first_href == image.get_absolute_url()
+
+    drop_file(page, "same-again.png", data)
+    duplicate = page.locator("#upload-results > li[data-outcome=duplicate]")
+    expect(duplicate).to_have_count(1)
+    expect(duplicate.locator(".badge")).to_have_text("Duplicate")
+    expect(duplicate).to_contain_text("same-again.png")
+    expect(duplicate).to_contain_text("dropped.png")  # names the image it duplicates
+    expect(duplicate.get_by_role("link")).to_have_attribute("href", first_href)
+    # The newest result is on top.
+    expect(page.locator("#upload-results > li").first).to_have_attribute(
+        "data-outcome", "duplicate"
+    )
+    assert Image.objects.count() == 1
+
+
+def assert_no_horizontal_overflow(page) -> None:
+    """Nothing sticks out of its row, tile or card (blurred images are clipped on purpose)."""
+    overflowing = page.evaluate(
+        """() => {
+            const out = [];
+            const root = document.documentElement;
+            if (root.scrollWidth > root.clientWidth) out.push("page is " + root.scrollWidth);
+            const boxes = "#upload-results > li, .tile, .card, .detail > *, .page-head";
+            for (const box of document.querySelectorAll(boxes)) {
+                const right = box.getBoundingClientRect().right;
+                for (const el of box.querySelectorAll("*")) {
+                    if (el.closest(".sensitive")) continue;
+                    const r = el.getBoundingClientRect().right;
+                    if (r > right + 1) out.push(`${el.tagName}.${el.className} in ${box.tagName}`);
+                }
+            }
+            return out;
+        }"""
+    )
+    assert overflowing == [], f"content wider than its box: {overflowing}"
+
+
+def test_a_very_long_filename_never_widens_the_page(page, admin_user):
+    # No spaces, no hyphens: nothing for the browser to break the line on.
+    name = "x" * 240 + ".png"
+    sign_in(page, "ada")
+    page.goto("/images/upload/")
+    drop_file(page, name, png(11))
+    expect(page.locator("#upload-results > li[data-outcome=stored]")).to_have_count(1)
+    drop_file(page, "copy-" + name, png(11))
+    expect(page.locator("#upload-results > li[data-outcome=duplicate]")).to_have_count(1)
+    assert_no_horizontal_overflow(page)
+
+    page.goto("/images/")
+    tile_name = page.locator(".tile-meta .filename")
+    expect(tile_name).to_have_attribute("title", name)  # shortened on screen, whole on hover
+    assert_no_horizontal_overflow(page)
+
+    page.goto(Image.objects.get().get_absolute_url())
+    expect(page.locator(".meta")).to_contain_text(name)
+    assert_no_horizontal_overflow(page)
+
+
+def test_detail_preview_is_blurred_until_revealed(page, admin_user, make_image):
+    image = make_image()
+    sign_in(page, "ada")
+    page.goto(image.get_absolute_url())
+    figure = page.locator("figure.sensitive")
+    preview = figure.locator("img")
+    reveal = figure.get_by_role("button", name="Reveal")
+    blurred = re.compile(r"blur\(")
+
+    expect(preview).to_have_css("filter", blurred)
+    expect(reveal).to_have_attribute("aria-pressed", "false")
+
+    reveal.click()
+    expect(preview).to_have_css("filter", "none")
+    hide = figure.get_by_role("button", name="Hide")
+    expect(hide).to_have_attribute("aria-pressed", "true")
+    hide.click()
+    expect(preview).to_have_css("filter", blurred)
+    expect(reveal).to_have_attribute("aria-pressed", "false")
+
+    page.keyboard.press("v")
+    expect(preview).to_have_css("filter", "none")
+    page.keyboard.press("v")
+    expect(preview).to_have_css("filter", blurred)
+
+    preview.click()
+    expect(preview).to_have_css("filter", "none")
+    preview.click()
+    expect(preview).to_have_css("filter", blurred)
+
+
+def test_list_thumbnails_are_blurred(page, admin_user, make_image):
+    make_image()
+    sign_in(page, "ada")
+    page.goto("/images/")
+    thumb = page.locator(".grid .sensitive img")
+    expect(thumb).to_have_count(1)
+    expect(thumb).to_have_css("filter", re.compile(r"blur\("))
+
+
+def test_reviewer_has_no_upload_link_and_upload_page_is_refused(page, reviewer_user):
+    sign_in(page, "rex")
+    nav = page.get_by_role("navigation", name="Main")
+    expect(nav.get_by_role("link", name="Review queue")).to_be_visible()
+    expect(nav.get_by_role("link", name="Upload")).to_have_count(0)
+    expect(page.get_by_role("link", name=re.compile("upload", re.I))).to_have_count(0)
+
+    response = page.goto("/images/upload/")
+    assert response is not None
+    assert response.status == 403
+    expect(page.get_by_role("heading", name="Not allowed")).to_be_visible()
+    expect(page.locator("#upload-form")).to_have_count(0)
+
+
+@pytest.mark.skipif(
+    os.environ.get("SCREENSHOTS") != "1", reason="writes docs/*.png only with SCREENSHOTS=1"
+)
+def test_readme_screenshots(page, admin_user):
+    sign_in(page, "ada")
+    upload_three(page)
+    DOCS.mkdir(exist_ok=True)
+    page.screenshot(path=DOCS / "upload.png")
+
+    page.goto("/images/")
+    expect(page.locator(".grid .tile img")).to_have_count(2)
+    page.wait_for_function(
+        "() => [...document.images].every((img) => img.complete && img.naturalWidth > 0)"
+    )
+    page.screenshot(path=DOCS / "images.png")
