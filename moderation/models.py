@@ -46,6 +46,7 @@ class Image(models.Model):
         APPROVED = "approved", "Approved"
         REJECTED = "rejected", "Rejected"
         FAILED = "failed", "Failed"
+        EXPIRED = "expired", "Expired at IMM"
 
     class Format(models.TextChoices):
         PNG = "PNG"
@@ -76,6 +77,8 @@ class Image(models.Model):
     uploaded_at = models.DateTimeField(auto_now_add=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.RECEIVED)
     status_changed_at = models.DateTimeField(auto_now_add=True)
+    # Set when a person decided the image; IMM's later messages are kept but never override it.
+    human_decided_at = models.DateTimeField(null=True, blank=True)
 
     objects = ImageQuerySet.as_manager()
 
@@ -133,6 +136,25 @@ class AuditEntry(models.Model):
     """One line of the append-only, hash-chained audit log; written only by audit.record."""
 
     SYSTEM = "system"
+    # How each action reads on pages; an action missing here shows as its code.
+    ACTION_LABELS = {
+        "image.uploaded": "Uploaded",
+        "image.duplicate": "Uploaded again (duplicate)",
+        "image.refused": "Upload refused",
+        "user.created": "Account created",
+        "imm.submitted": "Submitted to IMM",
+        "imm.resubmitted": "Resubmitted to IMM",
+        "imm.submit_failed": "Submission failed",
+        "imm.result_received": "IMM result received",
+        "imm.routed": "Routed",
+        "imm.failed": "IMM task failed",
+        "imm.expired": "Expired at IMM",
+        "imm.paused": "IMM submissions paused",
+        "imm.resumed": "IMM submissions resumed",
+        "image.retry_requested": "Retry requested",
+        "routing.rule_added": "Routing rule added",
+        "routing.rule_removed": "Routing rule removed",
+    }
 
     seq = models.PositiveBigIntegerField(unique=True, help_text="Position in the chain, from 1.")
     created_at = models.DateTimeField(db_index=True)
@@ -177,3 +199,132 @@ class AuditEntry(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise AuditLogIsAppendOnly("audit entries cannot be deleted")
+
+    @property
+    def action_label(self) -> str:
+        return self.ACTION_LABELS.get(self.action, self.action)
+
+
+class ModerationTask(models.Model):
+    """One CreateImageModerationTask attempt for an image, from sending to its final result.
+
+    `submission_key` is our idempotency token: it goes to IMM in Tags (and UserData), so after an
+    ambiguous failure ListTasks(TagSelector="submission=<key>") finds the task if IMM created it.
+    At most one live (sending or running) task per image, enforced by the database.
+    """
+
+    class State(models.TextChoices):
+        SENDING = "sending", "Sending"
+        RUNNING = "running", "Running at IMM"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        EXPIRED = "expired", "Expired"
+
+    LIVE_STATES = (State.SENDING, State.RUNNING)
+
+    image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="moderation_tasks")
+    submission_key = models.CharField(max_length=32, unique=True)
+    task_id = models.CharField(max_length=128, unique=True, null=True, blank=True)
+    request_id = models.CharField(max_length=64, blank=True)
+    event_id = models.CharField(max_length=128, blank=True)
+    state = models.CharField(max_length=12, choices=State.choices, default=State.SENDING)
+    scenes = models.JSONField(default=list)
+    interval = models.PositiveIntegerField(default=1)
+    max_frames = models.PositiveIntegerField(default=1)
+    attempts = models.PositiveIntegerField(default=0, help_text="Create requests sent.")
+    ambiguous = models.BooleanField(
+        default=False, help_text="A create request may have reached IMM with no answer back."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    submitted_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    next_poll_at = models.DateTimeField(null=True, blank=True)
+    poll_count = models.PositiveIntegerField(default=0)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    last_error_code = models.CharField(max_length=128, blank=True)
+    last_error_message = models.TextField(blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["image"],
+                condition=models.Q(state__in=["sending", "running"]),
+                name="one_live_task_per_image",
+            )
+        ]
+        indexes = [models.Index(fields=["state", "next_poll_at"], name="task_poll_due")]
+
+    def __str__(self) -> str:
+        return self.task_id or f"submission {self.submission_key}"
+
+
+class ModerationResult(models.Model):
+    """A result message from IMM, stored whole, keyed on TaskId; the same content is kept once."""
+
+    class Source(models.TextChoices):
+        NOTIFICATION = "notification", "Notification"
+        POLL = "poll", "Polling"
+
+    imm_task_id = models.CharField(max_length=128, db_index=True)
+    task = models.ForeignKey(
+        ModerationTask, null=True, blank=True, on_delete=models.PROTECT, related_name="results"
+    )
+    image = models.ForeignKey(
+        Image, null=True, blank=True, on_delete=models.PROTECT, related_name="moderation_results"
+    )
+    fingerprint = models.CharField(max_length=64, unique=True)
+    source = models.CharField(max_length=16, choices=Source.choices)
+    status = models.CharField(max_length=16)
+    suggestion = models.CharField(max_length=16, blank=True)
+    categories = models.JSONField(default=list)
+    frames_total = models.PositiveIntegerField(default=0)
+    block_frames = models.JSONField(default=list)
+    uri = models.CharField(max_length=1024, blank=True)
+    code = models.CharField(max_length=128, blank=True)
+    message = models.TextField(blank=True)
+    start_time = models.DateTimeField(null=True, blank=True)
+    end_time = models.DateTimeField(null=True, blank=True)
+    raw = models.JSONField()
+    received_at = models.DateTimeField(auto_now_add=True)
+    applied = models.BooleanField(default=False, help_text="This result set the image's status.")
+    outcome = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["received_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.imm_task_id}: {self.suggestion or self.status}"
+
+
+class RoutingRule(models.Model):
+    """Send images with this category to human review, whatever IMM suggested."""
+
+    category = models.CharField(max_length=64, unique=True)
+    note = models.CharField(max_length=200, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["category"]
+
+    def __str__(self) -> str:
+        return self.category
+
+
+class ImmStatus(models.Model):
+    """One row: whether submissions are paused by an access or configuration error, and why."""
+
+    paused = models.BooleanField(default=False)
+    reason_code = models.CharField(max_length=128, blank=True)
+    reason_message = models.TextField(blank=True)
+    changed_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"paused: {self.reason_code}" if self.paused else "submitting"
+
+    @classmethod
+    def current(cls) -> ImmStatus:
+        status, _ = cls.objects.get_or_create(pk=1)
+        return status

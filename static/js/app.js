@@ -9,6 +9,8 @@
       button.setAttribute("aria-pressed", String(revealed));
       button.textContent = revealed ? "Hide" : "Reveal";
     }
+    const hint = figure.querySelector("[data-reveal-hint]");
+    if (hint) hint.textContent = revealed ? "Revealed. Click or press V to blur it again." : hint.dataset.revealHint;
   }
   document.addEventListener("click", function (event) {
     const trigger = event.target.closest("[data-reveal], .sensitive img");
