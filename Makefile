@@ -24,10 +24,16 @@ install: $(STAMP)
 migrate: install
 	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py migrate --no-input
 
-# Web server, task worker (and, from the IMM issue on, the emulator) in one terminal; Ctrl-C stops all.
+# Web server, task worker, IMM poller and (unless IMM_ENDPOINT points at a real IMM) the IMM
+# emulator, in one terminal; one Ctrl-C stops them all. The first run on an empty database also
+# seeds a dozen generated sample images (DEMO_SEED=0 turns that off).
+PROCESSES := $(if $(IMM_ENDPOINT),web worker poller,)
 run: migrate
 	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py demo_users
-	PATH="$(CURDIR)/$(BIN):$$PATH" DEBUG=$${DEBUG:-1} $(BIN)/honcho --procfile Procfile start --port $(PORT)
+	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py demo_seed
+	PATH="$(CURDIR)/$(BIN):$$PATH" DEBUG=$${DEBUG:-1} \
+	  IMM_EMULATOR_NOTIFY_URL=$${IMM_EMULATOR_NOTIFY_URL:-http://127.0.0.1:$(PORT)/imm/notifications/} \
+	  $(BIN)/honcho --procfile Procfile start --port $(PORT) $(PROCESSES)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

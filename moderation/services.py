@@ -10,7 +10,7 @@ from django.core.files.base import ContentFile, File
 from django.core.files.storage import Storage, default_storage
 from django.db import IntegrityError, transaction
 
-from . import audit, intake
+from . import audit, intake, pipeline
 from .models import Image
 
 if TYPE_CHECKING:
@@ -133,6 +133,7 @@ def ingest(
                 },
                 context=context,
             )
+            pipeline.enqueue_submission(image.pk)
     except IntegrityError:
         # Someone stored the same content between our check and our insert; theirs stands.
         existing = Image.objects.filter(sha256=info.sha256).first()

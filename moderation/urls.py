@@ -15,6 +15,10 @@ urlpatterns = [
         views.image_file,
         name="image_file",
     ),
+    path("images/<int:pk>/retry", views.image_retry, name="image_retry"),
+    path("imm/notifications/", views.imm_notification, name="imm_notification"),
+    path("imm/routing/", views.routing_rules, name="routing_rules"),
+    path("imm/resume/", views.imm_resume, name="imm_resume"),
     path("reviews/", include("reviews.urls")),
     path("admin/", admin.site.urls),
 ]

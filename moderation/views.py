@@ -3,7 +3,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, BinaryIO, cast
 
+from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required, permission_required
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.core.files.storage import default_storage
 from django.core.paginator import Paginator
 from django.db import connection
@@ -12,10 +15,12 @@ from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_http_methods, require_safe
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from . import audit, services
-from .models import AuditEntry, Image
+from . import audit, notifications, pipeline, routing, services
+from .models import AuditEntry, Image, ModerationResult, RoutingRule
+from .tasks import fetch_result
 
 if TYPE_CHECKING:
     from django_htmx.middleware import HtmxDetails
@@ -105,7 +110,17 @@ def image_list(request: HttpRequest) -> HttpResponse:
 def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
     image = get_object_or_404(Image.objects.visible_to(request.user), pk=pk)
     history = AuditEntry.objects.filter(image=image).order_by("seq").select_related("actor")
-    return TemplateResponse(request, "images/detail.html", {"image": image, "history": history})
+    return TemplateResponse(
+        request,
+        "images/detail.html",
+        {
+            "image": image,
+            "history": history,
+            "tasks": image.moderation_tasks.order_by("created_at", "id"),
+            "results": image.moderation_results.all(),
+            "retryable": (Image.Status.FAILED, Image.Status.EXPIRED),
+        },
+    )
 
 
 _VARIANTS = {"original": "file", "preview": "preview", "thumbnail": "thumbnail"}
@@ -131,3 +146,117 @@ def image_file(request: HttpRequest, pk: int, variant: str) -> FileResponse:
     response["Content-Security-Policy"] = "default-src 'none'; sandbox"
     response["Cache-Control"] = "private, max-age=3600"
     return response
+
+
+@login_not_required
+@csrf_exempt
+@require_POST
+def imm_notification(request: HttpRequest) -> JsonResponse:
+    """Where IMM's deliveries land. Answers fast: it only stores and routes (no call to IMM)."""
+    from .imm import mns_certificate
+
+    mns = notifications.is_mns_push(request.headers)
+    try:
+        if mns:
+            notifications.verify_mns(
+                method=request.method or "POST",
+                path=request.get_full_path(),
+                headers=request.headers,
+                certificate_for=mns_certificate,
+            )
+        else:
+            notifications.check_token(
+                request.headers.get("X-IMM-Notify-Token"), settings.IMM_NOTIFY_TOKEN
+            )
+        try:
+            body = request.body
+        except RequestDataTooBig:
+            raise notifications.Refused(
+                413, "the body is larger than a notification can be"
+            ) from None
+        data = notifications.unwrap(body, request.content_type or "")
+        try:
+            message = pipeline.TaskMessage.parse(data)
+        except ValueError as exc:
+            raise notifications.Refused(400, str(exc)) from None
+    except notifications.Refused as refused:
+        logger.warning(
+            "IMM notification refused (%s) from %s: %s",
+            refused.status,
+            request.META.get("REMOTE_ADDR"),
+            refused.reason,
+        )
+        return JsonResponse({"error": refused.reason}, status=refused.status)
+    outcome = pipeline.record_result(message=message, source=ModerationResult.Source.NOTIFICATION)
+    if outcome.what == "needs_verdict":
+        fetch_result.enqueue(message.task_id)
+    logger.info("IMM notification for %s: %s", message.task_id, outcome.what)
+    # MNS wants a 2xx and its own sample answers 201; anything else retries later.
+    return JsonResponse(
+        {"status": outcome.what, "task_id": message.task_id}, status=201 if mns else 200
+    )
+
+
+@permission_required("moderation.change_image", raise_exception=True)
+@require_POST
+def image_retry(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    image = get_object_or_404(Image, pk=pk)
+    if pipeline.retry_image(
+        image=image, actor=request.user, context=audit.AuditContext.from_request(request)
+    ):
+        messages.success(request, f"Image {image.pk} is queued for IMM again.")
+    else:
+        messages.error(
+            request,
+            f"Image {image.pk} is {image.get_status_display().lower()}; "
+            "only failed or expired images can be retried.",
+        )
+    return redirect(image)
+
+
+@permission_required("moderation.change_image", raise_exception=True)
+@require_POST
+def imm_resume(request: HttpRequest) -> HttpResponse:
+    queued = pipeline.resume_submissions(
+        actor=request.user, context=audit.AuditContext.from_request(request)
+    )
+    messages.success(request, f"IMM submissions resumed; {queued} waiting image(s) queued.")
+    return redirect(request.POST.get("next") or "image_list")
+
+
+@permission_required("moderation.view_image", raise_exception=True)
+@require_http_methods(["GET", "HEAD", "POST"])
+def routing_rules(request: HttpRequest) -> HttpResponse:
+    """Categories that go to a person whatever IMM suggests. Changing them needs change_image."""
+    if request.method == "POST":
+        if not request.user.has_perm("moderation.change_image"):
+            raise PermissionDenied
+        context = audit.AuditContext.from_request(request)
+        if "remove" in request.POST:
+            removed = routing.remove_rule(
+                rule_id=request.POST["remove"], actor=request.user, context=context
+            )
+            if removed:
+                messages.success(request, f"Rule for “{removed}” removed.")
+        else:
+            try:
+                rule = routing.add_rule(
+                    category=request.POST.get("category", ""),
+                    note=request.POST.get("note", ""),
+                    actor=request.user,
+                    context=context,
+                )
+            except ValueError as exc:
+                messages.error(request, str(exc))
+            else:
+                messages.success(request, f"Images with “{rule.category}” now go to review.")
+        return redirect("routing_rules")
+    return TemplateResponse(
+        request,
+        "imm/routing.html",
+        {
+            "rules": RoutingRule.objects.select_related("created_by"),
+            "scenes": routing.SCENE_CATEGORIES,
+            "nav": "routing",
+        },
+    )

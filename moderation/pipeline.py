@@ -1,0 +1,724 @@
+"""The IMM pipeline: submit images, record every result, route each image by its verdict.
+
+Nothing here is called inside a web request except `record_result` (database only) and the
+admin actions; the network calls run in background tasks (moderation.tasks) and the poller.
+
+Submission. CreateImageModerationTask has no idempotency token, so every attempt carries our own
+`submission_key` in Tags and UserData. A create that may have reached IMM without an answer back
+(a timeout, a dropped connection) marks the task ambiguous; before sending again we ask ListTasks
+for that tag and adopt the task if IMM made it, so one image never has two live tasks. Throttling,
+5xx and transport failures are retried with capped exponential backoff (at most
+SUBMIT_BACKOFF_CAP), so images waiting through an outage go out within a minute of IMM's return.
+An access or configuration error pauses all submissions with one message for the admins
+instead of a retry storm; an admin resumes them once it is fixed.
+
+Results arrive three ways (notification, polling, a fetch when a notification carries no verdict)
+and all go through `record_result`, which keys on TaskId, stores each distinct message once, keeps
+later messages in the history, never lets IMM override a person's decision, and keeps a result
+for a TaskId it does not know yet until a task claims it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from . import audit
+from .imm import ImmClient, ImmConfig, ImmError, ModerationVerdict
+from .models import Image, ImmStatus, ModerationResult, ModerationTask, RoutingRule
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AnonymousUser, User
+
+logger = logging.getLogger(__name__)
+
+SUBMIT_BACKOFF_BASE = 2.0
+SUBMIT_BACKOFF_CAP = 30.0
+# How long one submit attempt may hold a task before another worker may try it.
+SEND_LEASE = timedelta(minutes=2)
+POLL_BACKOFF_CAP = timedelta(minutes=30)
+RETENTION = timedelta(days=7)
+# An image still "received" this long after upload, with nothing in flight, is sent again.
+STUCK_AFTER = timedelta(minutes=2)
+
+ROUTES = {
+    "pass": Image.Status.APPROVED,
+    "block": Image.Status.REJECTED,
+    "review": Image.Status.AWAITING_REVIEW,
+}
+# States a result may move an image out of (a person's decision is guarded separately).
+ROUTABLE = (
+    Image.Status.RECEIVED,
+    Image.Status.SUBMITTED,
+    Image.Status.AWAITING_REVIEW,
+    Image.Status.APPROVED,
+    Image.Status.REJECTED,
+    Image.Status.FAILED,
+    Image.Status.EXPIRED,
+)
+
+
+def make_client() -> ImmClient:
+    return ImmClient(ImmConfig.from_settings())
+
+
+def notification_parameter() -> dict[str, Any] | None:
+    """IMM_NOTIFICATION as CreateImageModerationTask's Notification object (None: no channel)."""
+    value = settings.IMM_NOTIFICATION.strip()
+    kind, _, rest = value.partition(":")
+    if kind == "mns" and rest:
+        return {"MNS": {"TopicName": rest}}
+    if kind == "rocketmq" and rest.count(":") == 1:
+        instance, topic = rest.split(":")
+        return {"RocketMQ": {"InstanceId": instance, "TopicName": topic}}
+    return None
+
+
+def _set_status(image: Image, status: str) -> str:
+    before = image.status
+    image.status = status
+    image.status_changed_at = timezone.now()
+    image.save(update_fields=["status", "status_changed_at"])
+    return before
+
+
+# --- Submission ------------------------------------------------------------------------------
+
+
+def enqueue_submission(image_id: int, *, delay: float = 0.0) -> None:
+    """Queue a submit task for the image once the current transaction commits."""
+    from .tasks import submit_image
+
+    def send() -> None:
+        task = submit_image
+        if delay > 0:
+            task = task.using(run_after=timezone.now() + timedelta(seconds=delay))
+        task.enqueue(image_id)
+
+    transaction.on_commit(send)
+
+
+def submit_backoff(attempts: int, retry_after: float | None = None) -> float:
+    """Seconds before the next attempt: capped exponential, jittered, at least retry_after."""
+    delay = min(SUBMIT_BACKOFF_CAP, SUBMIT_BACKOFF_BASE * 2 ** max(0, attempts - 1))
+    delay = delay / 2 + random.random() * delay / 2  # noqa: S311 - jitter, not security
+    if retry_after:
+        delay = max(delay, retry_after)
+    return min(delay, SUBMIT_BACKOFF_CAP)
+
+
+def is_configuration_error(error: ImmError) -> bool:
+    if error.access_denied:
+        return True
+    text = f"{error.code} {error.message}"
+    return "ProjectName" in text or error.code.startswith(("InvalidProject", "Project"))
+
+
+@dataclass(frozen=True)
+class SubmitOutcome:
+    what: str  # submitted, adopted, retrying, failed, paused, skipped
+    detail: str = ""
+
+
+def submit(*, image_id: int, client: ImmClient) -> SubmitOutcome:
+    """Send one image to CreateImageModerationTask, or adopt the task an earlier try created.
+
+    Safe to run twice, and concurrently: the image row is locked while the attempt is claimed,
+    and a claimed attempt holds a lease (next_attempt_at) that other runs respect.
+    """
+    if ImmStatus.current().paused:
+        return SubmitOutcome("paused")
+    now = timezone.now()
+    with transaction.atomic():
+        image = Image.objects.select_for_update().filter(pk=image_id).first()
+        if image is None or image.status != Image.Status.RECEIVED:
+            return SubmitOutcome("skipped", "nothing to submit")
+        task = image.moderation_tasks.filter(state=ModerationTask.State.SENDING).first()
+        if task is None:
+            task = ModerationTask.objects.create(
+                image=image,
+                submission_key=uuid.uuid4().hex,
+                scenes=list(settings.IMM_SCENES),
+                interval=settings.IMM_INTERVAL,
+                max_frames=settings.IMM_MAX_FRAMES,
+            )
+        elif task.next_attempt_at and task.next_attempt_at > now:
+            return SubmitOutcome("skipped", "another attempt holds this image")
+        task.attempts += 1
+        task.next_attempt_at = now + SEND_LEASE
+        task.save(update_fields=["attempts", "next_attempt_at"])
+
+    try:
+        if task.ambiguous:
+            found = next(client.iter_tasks(tag_selector=f"submission={task.submission_key}"), None)
+            if found is not None:
+                _mark_submitted(task, found.task_id, request_id="", event_id="", adopted=True)
+                return SubmitOutcome("adopted", found.task_id)
+        created = client.create_image_moderation_task(
+            source_uri=image.source_uri,
+            scenes=task.scenes,
+            interval=task.interval,
+            max_frames=task.max_frames,
+            tags={"image": str(image.pk), "submission": task.submission_key},
+            user_data=json.dumps(
+                {"image_id": image.pk, "submission": task.submission_key}, separators=(",", ":")
+            ),
+            notification=notification_parameter(),
+        )
+    except ImmError as error:
+        return _submit_failed(task, error)
+    _mark_submitted(task, created.task_id, request_id=created.request_id, event_id=created.event_id)
+    return SubmitOutcome("submitted", created.task_id)
+
+
+def _mark_submitted(
+    task: ModerationTask, task_id: str, *, request_id: str, event_id: str, adopted: bool = False
+) -> None:
+    now = timezone.now()
+    with transaction.atomic():
+        task = ModerationTask.objects.select_for_update().get(pk=task.pk)
+        if task.state != ModerationTask.State.SENDING:
+            return  # a notification for this submission arrived first and already adopted it
+        image = Image.objects.select_for_update().get(pk=task.image_id)
+        earlier = image.moderation_tasks.exclude(pk=task.pk).exists()
+        task.task_id = task_id
+        task.request_id = request_id
+        task.event_id = event_id
+        task.state = ModerationTask.State.RUNNING
+        task.submitted_at = now
+        task.next_attempt_at = None
+        task.next_poll_at = now + timedelta(seconds=settings.IMM_POLL_AFTER)
+        task.last_error_code = task.last_error_message = ""
+        task.save()
+        before = image.status
+        if image.status == Image.Status.RECEIVED:
+            _set_status(image, Image.Status.SUBMITTED)
+        audit.record(
+            action="imm.resubmitted" if earlier else "imm.submitted",
+            actor=None,
+            image=image,
+            state_before=before,
+            state_after=image.status,
+            detail={
+                "task_id": task_id,
+                "request_id": request_id,
+                "event_id": event_id,
+                "submission": task.submission_key,
+                "attempts": task.attempts,
+                "adopted": adopted,
+                "scenes": task.scenes,
+            },
+        )
+        _claim_unmatched_results(task)
+    logger.info("image %s submitted to IMM as %s", task.image_id, task_id)
+
+
+def _submit_failed(task: ModerationTask, error: ImmError) -> SubmitOutcome:
+    now = timezone.now()
+    with transaction.atomic():
+        task = ModerationTask.objects.select_for_update().get(pk=task.pk)
+        task.last_error_code = error.code
+        task.last_error_message = error.message[:2000]
+        if is_configuration_error(error):
+            task.next_attempt_at = None
+            task.save()
+            pause_submissions(error)
+            return SubmitOutcome("paused", error.code)
+        if error.retryable or error.ambiguous:
+            task.ambiguous = task.ambiguous or error.ambiguous
+            delay = submit_backoff(task.attempts, error.retry_after)
+            task.next_attempt_at = now + timedelta(seconds=delay)
+            task.save()
+            enqueue_submission(task.image_id, delay=delay)
+            logger.warning(
+                "IMM submission of image %s failed (%s); retrying in %.1f s",
+                task.image_id,
+                error,
+                delay,
+            )
+            return SubmitOutcome("retrying", error.code)
+        task.state = ModerationTask.State.FAILED
+        task.finished_at = now
+        task.next_attempt_at = None
+        task.save()
+        image = Image.objects.select_for_update().get(pk=task.image_id)
+        before = _set_status(image, Image.Status.FAILED)
+        audit.record(
+            action="imm.submit_failed",
+            actor=None,
+            image=image,
+            state_before=before,
+            state_after=image.status,
+            reason=f"{error.code}: {error.message}",
+            detail={"code": error.code, "request_id": error.request_id, "http": error.http_status},
+        )
+    return SubmitOutcome("failed", error.code)
+
+
+def pause_submissions(error: ImmError) -> None:
+    """Stop sending after an access or configuration error; admins see why and resume."""
+    with transaction.atomic():
+        status = ImmStatus.objects.select_for_update().get_or_create(pk=1)[0]
+        if status.paused:
+            return
+        status.paused = True
+        status.reason_code = error.code
+        status.reason_message = error.message[:2000]
+        status.changed_at = timezone.now()
+        status.save()
+        audit.record(
+            action="imm.paused",
+            actor=None,
+            reason=f"{error.code}: {error.message}",
+            detail={"code": error.code, "request_id": error.request_id, "http": error.http_status},
+        )
+    logger.error("IMM submissions paused: %s", error)
+
+
+def resume_submissions(
+    *, actor: User | AnonymousUser | None, context: audit.AuditContext = audit.SYSTEM_CONTEXT
+) -> int:
+    """Lift a pause and queue every image still waiting to be sent; returns how many."""
+    with transaction.atomic():
+        status = ImmStatus.objects.select_for_update().get_or_create(pk=1)[0]
+        was = f"{status.reason_code}: {status.reason_message}" if status.paused else ""
+        status.paused = False
+        status.changed_at = timezone.now()
+        status.save()
+        waiting = list(
+            Image.objects.filter(status=Image.Status.RECEIVED).values_list("pk", flat=True)
+        )
+        ModerationTask.objects.filter(
+            state=ModerationTask.State.SENDING, image_id__in=waiting
+        ).update(next_attempt_at=None)
+        audit.record(
+            action="imm.resumed",
+            actor=actor,
+            reason=was,
+            detail={"queued": len(waiting)},
+            context=context,
+        )
+        for image_id in waiting:
+            enqueue_submission(image_id)
+    return len(waiting)
+
+
+def retry_image(*, image: Image, actor: User | AnonymousUser, context: audit.AuditContext) -> bool:
+    """An admin sends a failed or expired image to IMM again. False if it is not retryable."""
+    with transaction.atomic():
+        image = Image.objects.select_for_update().get(pk=image.pk)
+        if image.status not in (Image.Status.FAILED, Image.Status.EXPIRED):
+            return False
+        before = _set_status(image, Image.Status.RECEIVED)
+        audit.record(
+            action="image.retry_requested",
+            actor=actor,
+            image=image,
+            state_before=before,
+            state_after=image.status,
+            context=context,
+        )
+        enqueue_submission(image.pk)
+    return True
+
+
+# --- Results ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskMessage:
+    """A task message from IMM (a notification's content, or GetImageModerationResult)."""
+
+    task_id: str
+    status: str
+    code: str
+    message: str
+    start_time: str
+    end_time: str
+    user_data: str
+    tags: Mapping[str, Any]
+    verdict: ModerationVerdict | None
+    raw: Mapping[str, Any]
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> TaskMessage:
+        """Raise ValueError when it is not a task message we can key on."""
+        task_id = data.get("TaskId")
+        if not isinstance(task_id, str) or not task_id:
+            raise ValueError("the message has no TaskId")
+        task_type = data.get("TaskType", "ImageModeration")
+        if task_type != "ImageModeration":
+            raise ValueError(f"the message is for a {task_type} task, not ImageModeration")
+        status = str(data.get("Status") or "")
+        verdict_source: Any = data.get("ModerationResult")
+        if not isinstance(verdict_source, Mapping) and "Suggestion" in data:
+            verdict_source = data  # the verdict at the top level
+        verdict = None
+        if isinstance(verdict_source, Mapping) and verdict_source.get("Suggestion"):
+            verdict = ModerationVerdict.from_dict(verdict_source)
+        tags = data.get("Tags")
+        return cls(
+            task_id=task_id,
+            status=status,
+            code=str(data.get("Code") or ""),
+            message=str(data.get("Message") or ""),
+            start_time=str(data.get("StartTime") or ""),
+            end_time=str(data.get("EndTime") or ""),
+            user_data=str(data.get("UserData") or ""),
+            tags=tags if isinstance(tags, Mapping) else {},
+            verdict=verdict,
+            raw=dict(data),
+        )
+
+    @property
+    def needs_verdict(self) -> bool:
+        return self.status == "Succeeded" and self.verdict is None
+
+    @property
+    def submission_key(self) -> str:
+        key = self.tags.get("submission")
+        if isinstance(key, str) and key:
+            return key
+        try:
+            data = json.loads(self.user_data)
+        except (TypeError, ValueError):
+            return ""
+        value = data.get("submission") if isinstance(data, dict) else None
+        return value if isinstance(value, str) else ""
+
+    def fingerprint(self) -> str:
+        """Same content, same fingerprint, whichever way (notification or poll) it came."""
+        content = {
+            "TaskId": self.task_id,
+            "Status": self.status,
+            "Code": self.code,
+            "Message": self.message,
+            "EndTime": self.end_time,
+            "Verdict": self.verdict.as_dict() if self.verdict else None,
+        }
+        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class RecordOutcome:
+    what: str  # recorded, duplicate, needs_verdict, unmatched
+    result: ModerationResult | None = None
+
+
+def _parse_time(value: str) -> datetime | None:
+    parsed = parse_datetime(value) if value else None
+    if parsed is not None and timezone.is_naive(parsed):
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed
+
+
+def record_result(*, message: TaskMessage, source: str) -> RecordOutcome:
+    """Store one result message and, if it is the newest word on a live image, route the image.
+
+    Idempotent: the same content twice changes nothing. A message without its verdict is not
+    stored; the caller fetches the verdict (GetImageModerationResult) and records that instead.
+    """
+    if message.needs_verdict:
+        return RecordOutcome("needs_verdict")
+    fingerprint = message.fingerprint()
+    try:
+        with transaction.atomic():
+            if ModerationResult.objects.filter(fingerprint=fingerprint).exists():
+                return RecordOutcome("duplicate")
+            task = _find_task(message)
+            verdict = message.verdict
+            result = ModerationResult.objects.create(
+                imm_task_id=message.task_id,
+                task=task,
+                image_id=task.image_id if task else None,
+                fingerprint=fingerprint,
+                source=source,
+                status=message.status,
+                suggestion=verdict.suggestion if verdict else "",
+                categories=list(verdict.categories) if verdict else [],
+                frames_total=verdict.frames_total if verdict else 0,
+                block_frames=[
+                    {"Label": f.label, "Offset": f.offset, "Rate": f.rate}
+                    for f in (verdict.block_frames if verdict else [])
+                ],
+                uri=verdict.uri if verdict else "",
+                code=message.code,
+                message=message.message,
+                start_time=_parse_time(message.start_time),
+                end_time=_parse_time(message.end_time),
+                raw=json.loads(json.dumps(message.raw, default=str)),
+            )
+            if task is None:
+                result.outcome = (
+                    "kept: no task with this TaskId yet; it is matched when one appears"
+                )
+                result.save(update_fields=["outcome"])
+                logger.warning("IMM result for unknown task %s kept for later", message.task_id)
+                return RecordOutcome("unmatched", result)
+            _apply(task, result)
+    except IntegrityError:
+        # A concurrent delivery of the same content won the insert.
+        if ModerationResult.objects.filter(fingerprint=fingerprint).exists():
+            return RecordOutcome("duplicate")
+        raise
+    return RecordOutcome("recorded", result)
+
+
+def _find_task(message: TaskMessage) -> ModerationTask | None:
+    """The task this message speaks of, locked; by TaskId, else by our submission tag."""
+    query = Q(task_id=message.task_id)
+    if message.submission_key:
+        query |= Q(submission_key=message.submission_key, task_id__isnull=True)
+    return ModerationTask.objects.select_for_update().filter(query).first()
+
+
+def _claim_unmatched_results(task: ModerationTask) -> None:
+    pending = ModerationResult.objects.select_for_update().filter(
+        imm_task_id=task.task_id, task__isnull=True
+    )
+    for result in pending.order_by("received_at", "id"):
+        result.task = task
+        result.image_id = task.image_id
+        result.save(update_fields=["task", "image"])
+        _apply(task, result)
+
+
+def claim_unmatched_results() -> int:
+    """Match kept results whose task has appeared since (the poller runs this); returns count."""
+    matched = 0
+    task_ids = set(
+        ModerationResult.objects.filter(task__isnull=True).values_list("imm_task_id", flat=True)
+    )
+    for task_id in task_ids:
+        with transaction.atomic():
+            task = ModerationTask.objects.select_for_update().filter(task_id=task_id).first()
+            if task is not None:
+                _claim_unmatched_results(task)
+                matched += 1
+    return matched
+
+
+def _apply(task: ModerationTask, result: ModerationResult) -> None:
+    """Route the task's image by this result if it is the newest word (inside a transaction)."""
+    image = Image.objects.select_for_update().get(pk=task.image_id)
+    verdict = {
+        "task_id": result.imm_task_id,
+        "status": result.status,
+        "suggestion": result.suggestion,
+        "categories": result.categories,
+        "frames_total": result.frames_total,
+        "block_frames": result.block_frames,
+        "code": result.code,
+        "source": result.source,
+        "result_id": result.pk,
+    }
+    if task.task_id is None:  # the notification beat the create response: adopt it now
+        task.task_id = result.imm_task_id
+        task.submitted_at = task.submitted_at or timezone.now()
+    newer = (
+        ModerationResult.objects.filter(task=task, applied=True)
+        .exclude(pk=result.pk)
+        .filter(end_time__gt=result.end_time)
+        .first()
+        if result.end_time
+        else None
+    )
+    latest_task = image.moderation_tasks.order_by("-created_at", "-id").first()
+    if newer is not None:
+        outcome = f"kept: older than result {newer.pk}, which stands (delivered out of order)"
+    elif image.human_decided_at is not None:
+        outcome = "kept: a person has decided this image; IMM's later word does not override it"
+    elif latest_task is not None and latest_task.pk != task.pk:
+        outcome = "kept: the image was submitted again since; the newer task decides"
+    elif result.status not in ("Succeeded", "Failed"):
+        outcome = f"kept: the task is {result.status or 'in an unknown state'}"
+    else:
+        outcome = ""
+    state_before = image.status
+    audit.record(
+        action="imm.result_received",
+        actor=None,
+        image=image,
+        state_before=state_before,
+        state_after=state_before,
+        reason=outcome,
+        detail=verdict,
+    )
+    if outcome:
+        result.outcome = outcome
+        result.save(update_fields=["outcome"])
+        task.save()
+        return
+
+    task.finished_at = timezone.now()
+    task.next_poll_at = None
+    if result.status == "Failed":
+        task.state = ModerationTask.State.FAILED
+        task.last_error_code, task.last_error_message = result.code, result.message
+        task.save()
+        _set_status(image, Image.Status.FAILED)
+        reason = f"IMM could not check the image: {result.code or 'Failed'}"
+        if result.message:
+            reason += f": {result.message}"
+        audit.record(
+            action="imm.failed",
+            actor=None,
+            image=image,
+            state_before=state_before,
+            state_after=image.status,
+            reason=reason,
+            detail=verdict,
+        )
+        result.outcome = "task failed"
+    else:
+        task.state = ModerationTask.State.SUCCEEDED
+        task.save()
+        target, reason = route(result.suggestion, result.categories)
+        _set_status(image, target)
+        audit.record(
+            action="imm.routed",
+            actor=None,
+            image=image,
+            state_before=state_before,
+            state_after=target,
+            reason=reason,
+            detail=verdict,
+        )
+        result.outcome = f"routed: {reason}"
+    result.applied = True
+    result.save(update_fields=["applied", "outcome"])
+
+
+def route(suggestion: str, categories: list[str]) -> tuple[str, str]:
+    """The image status for a verdict, and why: routing rules first, then IMM's suggestion."""
+    rules = set(
+        RoutingRule.objects.filter(category__in=categories).values_list("category", flat=True)
+    )
+    if rules and suggestion != "review":
+        listed = ", ".join(sorted(rules))
+        return Image.Status.AWAITING_REVIEW, f"IMM said {suggestion}; routing rule for {listed}"
+    if suggestion in ROUTES:
+        return ROUTES[suggestion], f"IMM said {suggestion}"
+    return Image.Status.AWAITING_REVIEW, f"IMM said {suggestion or 'nothing'}: a person decides"
+
+
+# --- Polling ---------------------------------------------------------------------------------
+
+
+def poll_backoff(poll_count: int) -> timedelta:
+    return min(POLL_BACKOFF_CAP, timedelta(seconds=settings.IMM_POLL_AFTER) * 2**poll_count)
+
+
+@dataclass
+class PollReport:
+    asked: int = 0
+    recorded: int = 0
+    expired: int = 0
+    failed: int = 0
+    resent: int = 0
+    matched: int = 0
+
+
+def poll_once(*, client: ImmClient, now: datetime | None = None, limit: int = 100) -> PollReport:
+    """Ask IMM about tasks nobody told us about, expire what IMM forgot, resend what got lost.
+
+    Several pollers may run: each task is claimed with a conditional UPDATE on its next_poll_at,
+    so only one of them asks about it.
+    """
+    now = now or timezone.now()
+    report = PollReport()
+    due = ModerationTask.objects.filter(
+        state=ModerationTask.State.RUNNING, next_poll_at__lte=now
+    ).order_by("next_poll_at")[:limit]
+    for task in due:
+        claimed = ModerationTask.objects.filter(
+            pk=task.pk, state=ModerationTask.State.RUNNING, next_poll_at=task.next_poll_at
+        ).update(
+            next_poll_at=now + poll_backoff(task.poll_count + 1), poll_count=task.poll_count + 1
+        )
+        if not claimed:
+            continue
+        if task.submitted_at and now - task.submitted_at > RETENTION:
+            expire(task, reason="IMM keeps tasks for 7 days and this one never reported a result")
+            report.expired += 1
+            continue
+        report.asked += 1
+        try:
+            answer = client.get_image_moderation_result(task.task_id or "")
+        except ImmError as error:
+            if error.code == "ResourceNotFound":
+                expire(task, reason=f"IMM no longer knows task {task.task_id}: {error.message}")
+                report.expired += 1
+            else:
+                logger.warning("polling task %s failed: %s", task.task_id, error)
+                report.failed += 1
+            continue
+        if answer.status in ("Succeeded", "Failed"):
+            message = TaskMessage.parse({**answer.raw, "TaskType": "ImageModeration"})
+            outcome = record_result(message=message, source=ModerationResult.Source.POLL)
+            report.recorded += outcome.what == "recorded"
+    report.matched = claim_unmatched_results()
+    report.resent = resend_stuck(now=now)
+    return report
+
+
+def expire(task: ModerationTask, *, reason: str) -> None:
+    with transaction.atomic():
+        task = ModerationTask.objects.select_for_update().get(pk=task.pk)
+        if task.state not in ModerationTask.LIVE_STATES:
+            return
+        task.state = ModerationTask.State.EXPIRED
+        task.finished_at = timezone.now()
+        task.next_poll_at = None
+        task.save()
+        image = Image.objects.select_for_update().get(pk=task.image_id)
+        before = image.status
+        if image.human_decided_at is None and image.status in (
+            Image.Status.SUBMITTED,
+            Image.Status.RECEIVED,
+        ):
+            _set_status(image, Image.Status.EXPIRED)
+        audit.record(
+            action="imm.expired",
+            actor=None,
+            image=image,
+            state_before=before,
+            state_after=image.status,
+            reason=reason,
+            detail={"task_id": task.task_id},
+        )
+
+
+def resend_stuck(*, now: datetime) -> int:
+    """Queue images whose submission got lost (no task in flight, or a lapsed attempt)."""
+    if ImmStatus.current().paused:
+        return 0
+    lapsed = Q(moderation_tasks__state=ModerationTask.State.SENDING) & (
+        Q(moderation_tasks__next_attempt_at__lt=now - SEND_LEASE)
+        | Q(moderation_tasks__next_attempt_at__isnull=True)
+    )
+    nothing_live = ~Q(moderation_tasks__state__in=ModerationTask.LIVE_STATES)
+    stuck = list(
+        Image.objects.filter(status=Image.Status.RECEIVED, status_changed_at__lt=now - STUCK_AFTER)
+        .filter(lapsed | nothing_live)
+        .values_list("pk", flat=True)
+        .distinct()[:500]
+    )
+    for image_id in stuck:
+        with transaction.atomic():
+            enqueue_submission(image_id)
+    return len(stuck)
