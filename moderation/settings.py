@@ -235,7 +235,8 @@ if not (IMM_ACCESS_KEY_ID and IMM_ACCESS_KEY_SECRET):
     IMM_ACCESS_KEY_SECRET = IMM_ACCESS_KEY_SECRET or "emulator-access-key-secret"
 IMM_SCENES = env_list("IMM_SCENES", ["porn", "terrorism", "ad"])
 IMM_INTERVAL = env_int("IMM_INTERVAL", 1)
-IMM_MAX_FRAMES = env_int("IMM_MAX_FRAMES", 1)
+# IMM checks only the first frame by default; a moderation tool wants more of a GIF than that.
+IMM_MAX_FRAMES = env_int("IMM_MAX_FRAMES", 10)
 # Where IMM sends task notifications: "none", "mns:<topic>" or "rocketmq:<instance id>:<topic>".
 IMM_NOTIFICATION = env_str("IMM_NOTIFICATION", "none")
 IMM_OSS_BUCKET = env_str("IMM_OSS_BUCKET", "imm-moderation-local")
@@ -269,5 +270,10 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # httpx logs every request URL at INFO; the IMM client logs what matters itself.
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+    },
 }
