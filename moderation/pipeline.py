@@ -59,16 +59,6 @@ ROUTES = {
     "block": Image.Status.REJECTED,
     "review": Image.Status.AWAITING_REVIEW,
 }
-# States a result may move an image out of (a person's decision is guarded separately).
-ROUTABLE = (
-    Image.Status.RECEIVED,
-    Image.Status.SUBMITTED,
-    Image.Status.AWAITING_REVIEW,
-    Image.Status.APPROVED,
-    Image.Status.REJECTED,
-    Image.Status.FAILED,
-    Image.Status.EXPIRED,
-)
 
 
 def make_client() -> ImmClient:
@@ -113,7 +103,8 @@ def enqueue_submission(image_id: int, *, delay: float = 0.0) -> None:
 
 def submit_backoff(attempts: int, retry_after: float | None = None) -> float:
     """Seconds before the next attempt: capped exponential, jittered, at least retry_after."""
-    delay = min(SUBMIT_BACKOFF_CAP, SUBMIT_BACKOFF_BASE * 2 ** max(0, attempts - 1))
+    # The exponent is bounded so a long outage cannot overflow the float (2.0 * 2**1024).
+    delay = min(SUBMIT_BACKOFF_CAP, SUBMIT_BACKOFF_BASE * 2 ** min(max(0, attempts - 1), 32))
     delay = delay / 2 + random.random() * delay / 2  # noqa: S311 - jitter, not security
     if retry_after:
         delay = max(delay, retry_after)
@@ -157,12 +148,16 @@ def submit(*, image_id: int, client: ImmClient) -> SubmitOutcome:
             )
         elif task.next_attempt_at and task.next_attempt_at > now:
             return SubmitOutcome("skipped", "another attempt holds this image")
+        was_ambiguous = task.ambiguous
         task.attempts += 1
         task.next_attempt_at = now + SEND_LEASE
-        task.save(update_fields=["attempts", "next_attempt_at"])
+        # Until IMM's answer is saved this attempt may have made a task: if the worker dies (or
+        # the save fails) after IMM acted, the next attempt looks it up instead of sending again.
+        task.ambiguous = True
+        task.save(update_fields=["attempts", "next_attempt_at", "ambiguous"])
 
     try:
-        if task.ambiguous:
+        if was_ambiguous:
             found = next(client.iter_tasks(tag_selector=f"submission={task.submission_key}"), None)
             if found is not None:
                 _mark_submitted(task, found.task_id, request_id="", event_id="", adopted=True)
@@ -179,7 +174,7 @@ def submit(*, image_id: int, client: ImmClient) -> SubmitOutcome:
             notification=notification_parameter(),
         )
     except ImmError as error:
-        return _submit_failed(task, error)
+        return _submit_failed(task, error, was_ambiguous=was_ambiguous)
     _mark_submitted(task, created.task_id, request_id=created.request_id, event_id=created.event_id)
     return SubmitOutcome("submitted", created.task_id)
 
@@ -191,13 +186,37 @@ def _mark_submitted(
     with transaction.atomic():
         task = ModerationTask.objects.select_for_update().get(pk=task.pk)
         if task.state != ModerationTask.State.SENDING:
-            return  # a notification for this submission arrived first and already adopted it
+            # A notification for this submission arrived first and already adopted the task;
+            # keep IMM's answer to the create and put the submission on the record.
+            if task.task_id == task_id and not task.request_id:
+                task.request_id, task.event_id = request_id, event_id
+                task.ambiguous = False
+                task.save(update_fields=["request_id", "event_id", "ambiguous"])
+                image = Image.objects.get(pk=task.image_id)
+                audit.record(
+                    action="imm.submitted",
+                    actor=None,
+                    image=image,
+                    state_before=image.status,
+                    state_after=image.status,
+                    detail={
+                        "task_id": task_id,
+                        "request_id": request_id,
+                        "event_id": event_id,
+                        "submission": task.submission_key,
+                        "attempts": task.attempts,
+                        "adopted": adopted,
+                        "notified_first": True,
+                    },
+                )
+            return
         image = Image.objects.select_for_update().get(pk=task.image_id)
         earlier = image.moderation_tasks.exclude(pk=task.pk).exists()
         task.task_id = task_id
         task.request_id = request_id
         task.event_id = event_id
         task.state = ModerationTask.State.RUNNING
+        task.ambiguous = False
         task.submitted_at = now
         task.next_attempt_at = None
         task.next_poll_at = now + timedelta(seconds=settings.IMM_POLL_AFTER)
@@ -226,10 +245,14 @@ def _mark_submitted(
     logger.info("image %s submitted to IMM as %s", task.image_id, task_id)
 
 
-def _submit_failed(task: ModerationTask, error: ImmError) -> SubmitOutcome:
+def _submit_failed(task: ModerationTask, error: ImmError, *, was_ambiguous: bool) -> SubmitOutcome:
     now = timezone.now()
     with transaction.atomic():
         task = ModerationTask.objects.select_for_update().get(pk=task.pk)
+        if task.state != ModerationTask.State.SENDING:
+            # A notification for this very submission arrived first and settled the task.
+            return SubmitOutcome("skipped", f"settled by a notification despite {error.code}")
+        task.ambiguous = was_ambiguous or error.ambiguous
         task.last_error_code = error.code
         task.last_error_message = error.message[:2000]
         if is_configuration_error(error):
@@ -238,7 +261,6 @@ def _submit_failed(task: ModerationTask, error: ImmError) -> SubmitOutcome:
             pause_submissions(error)
             return SubmitOutcome("paused", error.code)
         if error.retryable or error.ambiguous:
-            task.ambiguous = task.ambiguous or error.ambiguous
             delay = submit_backoff(task.attempts, error.retry_after)
             task.next_attempt_at = now + timedelta(seconds=delay)
             task.save()
@@ -301,9 +323,15 @@ def resume_submissions(
         waiting = list(
             Image.objects.filter(status=Image.Status.RECEIVED).values_list("pk", flat=True)
         )
-        ModerationTask.objects.filter(
-            state=ModerationTask.State.SENDING, image_id__in=waiting
-        ).update(next_attempt_at=None)
+        # An attempt still in flight or a retry already scheduled keeps its time: queue the
+        # image for then, so nothing is sent twice and nothing waits for the stuck-sweeper.
+        held = dict(
+            ModerationTask.objects.filter(
+                state=ModerationTask.State.SENDING,
+                image_id__in=waiting,
+                next_attempt_at__gt=status.changed_at,
+            ).values_list("image_id", "next_attempt_at")
+        )
         audit.record(
             action="imm.resumed",
             actor=actor,
@@ -312,7 +340,9 @@ def resume_submissions(
             context=context,
         )
         for image_id in waiting:
-            enqueue_submission(image_id)
+            at = held.get(image_id)
+            delay = (at - status.changed_at).total_seconds() + 1 if at else 0.0
+            enqueue_submission(image_id, delay=delay)
     return len(waiting)
 
 
@@ -500,8 +530,12 @@ def _claim_unmatched_results(task: ModerationTask) -> None:
 def claim_unmatched_results() -> int:
     """Match kept results whose task has appeared since (the poller runs this); returns count."""
     matched = 0
+    # Past IMM's retention no task of ours can still appear for a kept result.
+    recent = timezone.now() - RETENTION
     task_ids = set(
-        ModerationResult.objects.filter(task__isnull=True).values_list("imm_task_id", flat=True)
+        ModerationResult.objects.filter(task__isnull=True, received_at__gte=recent).values_list(
+            "imm_task_id", flat=True
+        )
     )
     for task_id in task_ids:
         with transaction.atomic():
@@ -620,7 +654,11 @@ def route(suggestion: str, categories: list[str]) -> tuple[str, str]:
 
 
 def poll_backoff(poll_count: int) -> timedelta:
-    return min(POLL_BACKOFF_CAP, timedelta(seconds=settings.IMM_POLL_AFTER) * 2**poll_count)
+    # The exponent is bounded: 60 s * 2**41 overflows a timedelta, and a task polled every
+    # 30 minutes gets there within a day; the poller would then crash on it every round.
+    return min(
+        POLL_BACKOFF_CAP, timedelta(seconds=settings.IMM_POLL_AFTER) * 2 ** min(poll_count, 20)
+    )
 
 
 @dataclass

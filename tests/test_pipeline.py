@@ -1,0 +1,1376 @@
+"""The IMM pipeline against a fake IMM at the transport: submission, results, routing, polling."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+import time_machine
+from django.apps import apps
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from django_tasks import default_task_backend
+
+from moderation import audit, pipeline, tasks
+from moderation.imm import ImmClient, ImmConfig, ImmError
+from moderation.models import (
+    AuditEntry,
+    Image,
+    ImmStatus,
+    ModerationResult,
+    ModerationTask,
+    RoutingRule,
+)
+
+SECRET = "the-secret-value"
+CREATE = "CreateImageModerationTask"
+LIST = "ListTasks"
+RESULT = "GetImageModerationResult"
+T0 = datetime(2025, 5, 20, 8, 0, tzinfo=UTC)
+
+# A fault stands in for IMM's answer to one request. `act` does what IMM would have done and
+# returns its answer, so a fault can fail before IMM acts or after (the answer lost on the way).
+Act = Callable[[], httpx.Response]
+Fault = Callable[[httpx.Request, Act], httpx.Response]
+
+
+def connect_error(request: httpx.Request, act: Act) -> httpx.Response:
+    raise httpx.ConnectError("connection refused", request=request)
+
+
+def read_timeout(request: httpx.Request, act: Act) -> httpx.Response:
+    raise httpx.ReadTimeout("timed out", request=request)
+
+
+def acts_then_times_out(request: httpx.Request, act: Act) -> httpx.Response:
+    act()
+    raise httpx.ReadTimeout("timed out", request=request)
+
+
+def error_response(
+    status: int, code: str, message: str = "", retry_after_ms: int | None = None
+) -> httpx.Response:
+    headers = {"x-acs-retry-after": str(retry_after_ms)} if retry_after_ms else {}
+    body = {
+        "RequestId": f"req-{code}",
+        "HostId": "imm.cn-hangzhou.aliyuncs.com",
+        "Code": code,
+        "Message": message,
+        "Recommend": f"https://api.aliyun.com/troubleshoot?q={code}",
+    }
+    return httpx.Response(status, json=body, headers=headers)
+
+
+def imm_error(
+    status: int,
+    code: str,
+    message: str = "",
+    *,
+    retry_after_ms: int | None = None,
+    acts: bool = False,
+) -> Fault:
+    """IMM answers with an error; with `acts`, after doing the work anyway (a 5xx may)."""
+
+    def fault(request: httpx.Request, act: Act) -> httpx.Response:
+        if acts:
+            act()
+        return error_response(status, code, message, retry_after_ms)
+
+    return fault
+
+
+def throttled(retry_after_ms: int | None = None) -> Fault:
+    return imm_error(
+        400,
+        "Throttling.User",
+        "Request was denied due to user flow control.",
+        retry_after_ms=retry_after_ms,
+    )
+
+
+class FakeImm:
+    """IMM as the pipeline sees it: the four operations, tasks kept with their Tags, faults on cue.
+
+    `faults[action]` are used one per request, then `down[action]` (if set) for every request.
+    """
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, dict[str, Any]] = {}
+        self.calls: list[tuple[str, httpx.QueryParams]] = []
+        self.requests: list[httpx.Request] = []
+        self.faults: dict[str, deque[Fault]] = defaultdict(deque)
+        self.down: dict[str, Fault] = {}
+        self.task_ids: deque[str] = deque()
+        self.count = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        action = request.headers["x-acs-action"]
+        params = httpx.QueryParams(request.url.query.decode())
+        self.requests.append(request)
+        self.calls.append((action, params))
+        fault = self.faults[action].popleft() if self.faults[action] else self.down.get(action)
+
+        def act() -> httpx.Response:
+            return self.answer(action, params)
+
+        return fault(request, act) if fault else act()
+
+    def sent(self, action: str) -> list[httpx.QueryParams]:
+        return [params for name, params in self.calls if name == action]
+
+    def answer(self, action: str, params: httpx.QueryParams) -> httpx.Response:
+        self.count += 1
+        if action == CREATE:
+            task_id = (
+                self.task_ids.popleft() if self.task_ids else f"ImageModeration-{uuid.uuid4()}"
+            )
+            self.tasks[task_id] = {
+                "TaskId": task_id,
+                "TaskType": "ImageModeration",
+                "Status": "Running",
+                "Code": "",
+                "Message": "",
+                "StartTime": "2025-05-20T08:00:00.000Z",
+                "EndTime": "",
+                "Tags": json.loads(params.get("Tags", "{}")),
+                "UserData": params.get("UserData", ""),
+                "SourceURI": params["SourceURI"],
+                "EventId": f"evt-{self.count}",
+            }
+            return httpx.Response(
+                200,
+                json={
+                    "RequestId": f"req-{self.count}",
+                    "TaskId": task_id,
+                    "EventId": f"evt-{self.count}",
+                },
+            )
+        if action == LIST:
+            key, _, value = params.get("TagSelector", "").partition("=")
+            found = [t for t in self.tasks.values() if t["Tags"].get(key) == value]
+            return httpx.Response(
+                200,
+                json={
+                    "RequestId": f"req-{self.count}",
+                    "ProjectName": params["ProjectName"],
+                    "NextToken": "",
+                    "MaxResults": "100",
+                    "Tasks": [
+                        {k: v for k, v in t.items() if k != "ModerationResult"} for t in found
+                    ],
+                },
+            )
+        if action == RESULT:
+            task = self.tasks.get(params["TaskId"])
+            if task is None:
+                return error_response(
+                    400, "ResourceNotFound", "The specified resource TaskId is not found."
+                )
+            body = {k: v for k, v in task.items() if k not in ("Tags", "SourceURI")}
+            return httpx.Response(
+                200, json={"RequestId": f"req-{self.count}", "ProjectName": "p", **body}
+            )
+        return error_response(400, "InvalidAction.NotFound", f"no action {action}")
+
+    def finish(
+        self,
+        task_id: str,
+        suggestion: str,
+        categories: tuple[str, ...] = (),
+        *,
+        end: str = "2025-05-20T08:00:03.000Z",
+    ) -> None:
+        task = self.tasks[task_id]
+        task["Status"] = "Succeeded"
+        task["EndTime"] = end
+        task["ModerationResult"] = {
+            "URI": task["SourceURI"],
+            "Suggestion": suggestion,
+            "Categories": list(categories),
+            "Frames": {"TotalCount": 1, "BlockFrames": []},
+        }
+
+
+def client_for(fake: FakeImm, sleeps: list[float] | None = None) -> ImmClient:
+    config = ImmConfig(
+        endpoint="http://imm.test",
+        region="cn-hangzhou",
+        project="p",
+        access_key_id="AK",
+        access_key_secret=SECRET,
+    )
+    sleep = sleeps.append if sleeps is not None else (lambda seconds: None)
+    return ImmClient(config, transport=httpx.MockTransport(fake), sleep=sleep)
+
+
+@pytest.fixture(autouse=True)
+def _imm_settings(settings):
+    settings.IMM_OSS_BUCKET = "review-bucket"
+    settings.IMM_SCENES = ["porn", "terrorism"]
+    settings.IMM_POLL_AFTER = 60
+    settings.IMM_NOTIFICATION = "none"
+
+
+@pytest.fixture(autouse=True)
+def queued() -> Iterator[Callable[[], list[tuple[str, list[Any], datetime | None]]]]:
+    """What was enqueued (task name, args, run_after), with the recorded tasks cleared first."""
+    default_task_backend.clear()
+
+    def read() -> list[tuple[str, list[Any], datetime | None]]:
+        return [(r.task.name, list(r.args), r.task.run_after) for r in default_task_backend.results]
+
+    yield read
+    default_task_backend.clear()
+
+
+@pytest.fixture
+def fake() -> FakeImm:
+    return FakeImm()
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    return []
+
+
+@pytest.fixture
+def imm(fake, sleeps) -> Iterator[ImmClient]:
+    with client_for(fake, sleeps) as client:
+        yield client
+
+
+def entries(action: str, image: Image | None = None) -> list[AuditEntry]:
+    found = AuditEntry.objects.filter(action=action).order_by("seq")
+    if image is not None:
+        found = found.filter(image=image)
+    return list(found)
+
+
+def assert_chain_intact() -> None:
+    heads = list(audit.walk_chain())
+    assert heads[-1].count == AuditEntry.objects.count()
+
+
+def submitted(make_image, imm) -> tuple[Image, ModerationTask]:
+    image = make_image()
+    assert pipeline.submit(image_id=image.pk, client=imm).what == "submitted"
+    image.refresh_from_db()
+    return image, image.moderation_tasks.get()
+
+
+def deliver(
+    task_id: str,
+    suggestion: str = "pass",
+    *,
+    categories: tuple[str, ...] = (),
+    status: str = "Succeeded",
+    end: str = "2025-05-20T08:00:03.000Z",
+    tags: dict[str, str] | None = None,
+    top_level: bool = False,
+    code: str = "",
+    text: str = "",
+    uri: str = "oss://review-bucket/images/x.png",
+    user_data: str = "",
+    source: str = ModerationResult.Source.NOTIFICATION,
+) -> pipeline.RecordOutcome:
+    data: dict[str, Any] = {
+        "ProjectName": "p",
+        "TaskType": "ImageModeration",
+        "TaskId": task_id,
+        "Status": status,
+        "Code": code,
+        "Message": text,
+        "StartTime": "2025-05-20T08:00:01.000Z",
+        "EndTime": end,
+        "UserData": user_data,
+    }
+    if tags is not None:
+        data["Tags"] = tags
+    if suggestion:
+        verdict = {
+            "URI": uri,
+            "Suggestion": suggestion,
+            "Categories": list(categories),
+            "Frames": {"TotalCount": 1, "BlockFrames": []},
+        }
+        if top_level:
+            data.update(verdict)
+        else:
+            data["ModerationResult"] = verdict
+    return pipeline.record_result(message=pipeline.TaskMessage.parse(data), source=source)
+
+
+def open_savepoints_at(queries: list[dict[str, str]], marker: str) -> list[tuple[str, ...]]:
+    """For each query containing `marker`, the savepoints open when it ran (outermost first)."""
+    stack: list[str] = []
+    found = []
+    for query in queries:
+        sql = query["sql"]
+        if sql.startswith("SAVEPOINT "):
+            stack.append(sql.split()[1])
+        elif sql.startswith("RELEASE SAVEPOINT "):
+            stack = stack[: stack.index(sql.split()[2])]
+        elif marker in sql:
+            found.append(tuple(stack))
+    return found
+
+
+# --- Submission ------------------------------------------------------------------------------
+
+
+def test_a_received_image_is_submitted_with_its_key_in_tags_and_user_data(make_image, fake, imm):
+    image = make_image()
+
+    outcome = pipeline.submit(image_id=image.pk, client=imm)
+
+    image.refresh_from_db()
+    task = image.moderation_tasks.get()
+    assert image.status == Image.Status.SUBMITTED
+    assert outcome == pipeline.SubmitOutcome("submitted", task.task_id)
+    assert task.state == ModerationTask.State.RUNNING
+    assert task.task_id in fake.tasks
+    assert (task.request_id, task.event_id) == ("req-1", "evt-1")
+    assert task.attempts == 1
+    assert task.next_poll_at == task.submitted_at + timedelta(seconds=60)
+    [create] = fake.sent(CREATE)
+    assert create["ProjectName"] == "p"
+    assert create["SourceURI"] == f"oss://review-bucket/{image.file.name}"
+    assert create["SourceURI"].startswith("oss://review-bucket/images/")
+    assert json.loads(create["Scenes"]) == ["porn", "terrorism"]
+    assert json.loads(create["Tags"]) == {"image": str(image.pk), "submission": task.submission_key}
+    assert json.loads(create["UserData"]) == {
+        "image_id": image.pk,
+        "submission": task.submission_key,
+    }
+    [entry] = entries("imm.submitted")
+    assert entry.image == image
+    assert entry.actor is None
+    assert entry.actor_label == AuditEntry.SYSTEM
+    assert (entry.state_before, entry.state_after) == ("received", "submitted")
+    assert entry.detail["task_id"] == task.task_id
+    assert entry.detail["request_id"] == "req-1"
+    assert entry.detail["adopted"] is False
+
+
+def test_the_submitted_audit_entry_is_written_in_the_transaction_that_changes_the_status(
+    make_image, imm
+):
+    image = make_image()
+
+    with CaptureQueriesContext(connection) as captured:
+        pipeline.submit(image_id=image.pk, client=imm)
+
+    [status_change] = open_savepoints_at(captured.captured_queries, 'UPDATE "moderation_image"')
+    [audit_insert] = open_savepoints_at(captured.captured_queries, 'INSERT INTO "moderation_audit')
+    assert status_change, "the status change ran in no atomic block"
+    assert status_change[-1] in audit_insert
+
+
+def test_submitting_twice_sends_one_create(make_image, fake, imm):
+    image = make_image()
+
+    first = pipeline.submit(image_id=image.pk, client=imm)
+    second = pipeline.submit(image_id=image.pk, client=imm)
+
+    assert first.what == "submitted"
+    assert second == pipeline.SubmitOutcome("skipped", "nothing to submit")
+    assert len(fake.sent(CREATE)) == 1
+    assert image.moderation_tasks.count() == 1
+    assert len(entries("imm.submitted")) == 1
+
+
+def test_a_second_worker_leaves_an_attempt_in_flight_alone(make_image, fake, imm):
+    image = make_image()
+    meanwhile = []
+
+    def second_worker(request: httpx.Request, act: Act) -> httpx.Response:
+        with client_for(fake) as other:
+            meanwhile.append(pipeline.submit(image_id=image.pk, client=other))
+        return act()
+
+    fake.faults[CREATE].append(second_worker)
+
+    assert pipeline.submit(image_id=image.pk, client=imm).what == "submitted"
+    assert meanwhile == [pipeline.SubmitOutcome("skipped", "another attempt holds this image")]
+    assert len(fake.sent(CREATE)) == 1
+
+
+def test_imm_unreachable_leaves_the_image_waiting_with_a_retry_queued(
+    make_image, fake, imm, queued, django_capture_on_commit_callbacks
+):
+    image = make_image()
+    fake.down[CREATE] = connect_error
+
+    with time_machine.travel(T0, tick=False), django_capture_on_commit_callbacks(execute=True):
+        outcome = pipeline.submit(image_id=image.pk, client=imm)
+
+    assert outcome == pipeline.SubmitOutcome("retrying", "Transport")
+    assert len(fake.sent(CREATE)) == 4  # the client's own attempts: nothing was ever sent
+    image.refresh_from_db()
+    task = image.moderation_tasks.get()
+    assert image.status == Image.Status.RECEIVED
+    assert task.state == ModerationTask.State.SENDING
+    assert task.ambiguous is False
+    assert task.last_error_code == "Transport"
+    assert T0 < task.next_attempt_at <= T0 + timedelta(seconds=30)
+    [(name, args, run_after)] = queued()
+    assert (name, args) == ("submit_image", [image.pk])
+    assert run_after == task.next_attempt_at
+    assert entries("imm.submitted") == []
+
+
+def test_the_retry_goes_out_once_imm_answers_again(make_image, fake, imm):
+    image = make_image()
+    fake.down[CREATE] = connect_error
+    with time_machine.travel(T0, tick=False) as traveller:
+        pipeline.submit(image_id=image.pk, client=imm)
+        task = image.moderation_tasks.get()
+        del fake.down[CREATE]
+
+        early = pipeline.submit(image_id=image.pk, client=imm)
+        traveller.move_to(task.next_attempt_at)
+        later = pipeline.submit(image_id=image.pk, client=imm)
+
+    assert early == pipeline.SubmitOutcome("skipped", "another attempt holds this image")
+    assert later.what == "submitted"
+    assert fake.sent(LIST) == []  # a refused connection is not ambiguous: no lookup needed
+    image.refresh_from_db()
+    task.refresh_from_db()
+    assert image.status == Image.Status.SUBMITTED
+    assert task.state == ModerationTask.State.RUNNING
+    assert task.attempts == 2
+    assert task.next_attempt_at is None
+    assert task.last_error_code == ""
+    [entry] = entries("imm.submitted", image)
+    assert entry.detail["attempts"] == 2
+
+
+@pytest.mark.parametrize("attempts", [1, 2, 5, 10, 100, 5000])
+def test_the_submit_backoff_is_capped_at_30_seconds_even_after_many_failures(attempts):
+    delays = [pipeline.submit_backoff(attempts) for _ in range(50)]
+
+    assert all(0 < delay <= 30 for delay in delays)
+    if attempts >= 10:
+        assert min(delays) >= 15  # half the cap at least, after the jitter
+
+
+def test_many_failed_attempts_still_schedule_a_retry_within_30_seconds(make_image, fake, imm):
+    image = make_image()
+    fake.down[CREATE] = connect_error
+    with time_machine.travel(T0, tick=False):
+        pipeline.submit(image_id=image.pk, client=imm)
+        ModerationTask.objects.filter(image=image).update(attempts=2000, next_attempt_at=None)
+
+        outcome = pipeline.submit(image_id=image.pk, client=imm)
+
+    task = image.moderation_tasks.get()
+    assert outcome.what == "retrying"
+    assert task.attempts == 2001
+    assert T0 + timedelta(seconds=15) <= task.next_attempt_at <= T0 + timedelta(seconds=30)
+
+
+AMBIGUOUS = {
+    "timeout": acts_then_times_out,
+    "5xx": imm_error(503, "ServiceUnavailable", "The service is unavailable.", acts=True),
+}
+NEVER_MADE = {
+    "timeout": read_timeout,
+    "5xx": imm_error(500, "InternalError", "The request processing has failed."),
+}
+
+
+@pytest.mark.parametrize("failure", list(AMBIGUOUS))
+def test_an_ambiguous_create_that_imm_made_is_found_and_adopted(failure, make_image, fake, imm):
+    image = make_image()
+    fake.faults[CREATE].append(AMBIGUOUS[failure])
+
+    first = pipeline.submit(image_id=image.pk, client=imm)
+    task = image.moderation_tasks.get()
+    assert first.what == "retrying"
+    assert task.ambiguous is True
+    assert len(fake.sent(CREATE)) == 1  # the client does not repeat a create that may have landed
+    [made] = fake.tasks
+    ModerationTask.objects.filter(pk=task.pk).update(next_attempt_at=None)
+
+    second = pipeline.submit(image_id=image.pk, client=imm)
+
+    assert second == pipeline.SubmitOutcome("adopted", made)
+    [lookup] = fake.sent(LIST)
+    assert lookup["TagSelector"] == f"submission={task.submission_key}"
+    assert json.loads(lookup["TaskTypes"]) == ["ImageModeration"]
+    assert len(fake.sent(CREATE)) == 1
+    assert [name for name, _ in fake.calls] == [CREATE, LIST]
+    task.refresh_from_db()
+    image.refresh_from_db()
+    assert task.task_id == made
+    assert task.state == ModerationTask.State.RUNNING
+    assert image.status == Image.Status.SUBMITTED
+    [entry] = entries("imm.submitted", image)
+    assert entry.detail["adopted"] is True
+    assert entry.detail["task_id"] == made
+
+
+@pytest.mark.parametrize("imm_acted", [True, False])
+def test_an_attempt_whose_answer_was_never_saved_is_looked_up_before_sending_again(
+    imm_acted, make_image, fake, imm
+):
+    image = make_image()
+
+    def worker_dies(request: httpx.Request, act: Act) -> httpx.Response:
+        if imm_acted:
+            act()
+        raise RuntimeError("worker killed before the answer was saved")
+
+    fake.faults[CREATE].append(worker_dies)
+    with time_machine.travel(T0, tick=False) as traveller:
+        with pytest.raises(RuntimeError):
+            pipeline.submit(image_id=image.pk, client=imm)
+        assert image.moderation_tasks.get().ambiguous is True
+        traveller.shift(pipeline.SEND_LEASE)
+
+        outcome = pipeline.submit(image_id=image.pk, client=imm)
+
+    [made] = fake.tasks
+    if imm_acted:
+        assert outcome == pipeline.SubmitOutcome("adopted", made)
+        assert [name for name, _ in fake.calls] == [CREATE, LIST]
+    else:
+        assert outcome == pipeline.SubmitOutcome("submitted", made)
+        assert [name for name, _ in fake.calls] == [CREATE, LIST, CREATE]
+    task = image.moderation_tasks.get()
+    assert task.task_id == made
+    assert task.ambiguous is False
+    assert task.attempts == 2
+
+
+@pytest.mark.parametrize("failure", list(NEVER_MADE))
+def test_an_ambiguous_create_that_imm_never_made_is_sent_again(failure, make_image, fake, imm):
+    image = make_image()
+    fake.faults[CREATE].append(NEVER_MADE[failure])
+    assert pipeline.submit(image_id=image.pk, client=imm).what == "retrying"
+    ModerationTask.objects.filter(image=image).update(next_attempt_at=None)
+
+    outcome = pipeline.submit(image_id=image.pk, client=imm)
+
+    assert outcome.what == "submitted"
+    assert [name for name, _ in fake.calls] == [CREATE, LIST, CREATE]
+    key = image.moderation_tasks.get().submission_key
+    assert [json.loads(p["Tags"])["submission"] for p in fake.sent(CREATE)] == [key, key]
+    assert len(fake.tasks) == 1
+    [entry] = entries("imm.submitted", image)
+    assert entry.detail["adopted"] is False
+
+
+def test_throttling_is_retried_by_the_client_honouring_the_hint(make_image, fake, imm, sleeps):
+    image = make_image()
+    fake.faults[CREATE].extend([throttled(retry_after_ms=1500), throttled(retry_after_ms=1500)])
+
+    outcome = pipeline.submit(image_id=image.pk, client=imm)
+
+    assert outcome.what == "submitted"
+    assert len(fake.sent(CREATE)) == 3
+    assert sleeps == [1.5, 1.5]
+    assert len(fake.tasks) == 1
+
+
+@pytest.mark.parametrize(("hint_ms", "at_least"), [(None, 0.0), (8000, 8.0), (45_000, 30.0)])
+def test_persistent_throttling_reschedules_no_sooner_than_the_hint_and_within_30_seconds(
+    hint_ms, at_least, make_image, fake, imm, queued, django_capture_on_commit_callbacks
+):
+    image = make_image()
+    fake.down[CREATE] = throttled(retry_after_ms=hint_ms)
+
+    with time_machine.travel(T0, tick=False), django_capture_on_commit_callbacks(execute=True):
+        outcome = pipeline.submit(image_id=image.pk, client=imm)
+
+    assert outcome == pipeline.SubmitOutcome("retrying", "Throttling.User")
+    assert len(fake.sent(CREATE)) == 4
+    task = image.moderation_tasks.get()
+    assert task.ambiguous is False
+    delay = (task.next_attempt_at - T0).total_seconds()
+    assert at_least <= delay <= 30
+    [(_, _, run_after)] = queued()
+    assert run_after == task.next_attempt_at
+
+
+ACCESS_ERRORS = [
+    pytest.param(400, "SignatureDoesNotMatch", id="signature"),
+    pytest.param(404, "InvalidAccessKeyId.NotFound", id="access-key"),
+]
+
+
+def refuse_access(fake: FakeImm, status: int, code: str) -> None:
+    # A server that echoes the secret back must not get it stored or logged either.
+    fake.down[CREATE] = imm_error(status, code, f"Specified access key is not valid ({SECRET}).")
+
+
+@pytest.mark.parametrize(("status", "code"), ACCESS_ERRORS)
+def test_bad_credentials_pause_submissions_with_one_audit_entry(
+    status, code, make_image, fake, imm, queued, django_capture_on_commit_callbacks
+):
+    first, second, third = make_image(), make_image(), make_image()
+    refuse_access(fake, status, code)
+    meanwhile = []
+
+    def second_worker(request: httpx.Request, act: Act) -> httpx.Response:
+        # Another worker's create fails while this one's is in flight: both see the error.
+        with client_for(fake) as other:
+            meanwhile.append(pipeline.submit(image_id=second.pk, client=other))
+        return fake.down[CREATE](request, act)
+
+    fake.faults[CREATE].append(second_worker)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        outcome = pipeline.submit(image_id=first.pk, client=imm)
+        later = pipeline.submit(image_id=third.pk, client=imm)
+
+    assert outcome == meanwhile[0] == pipeline.SubmitOutcome("paused", code)
+    assert later == pipeline.SubmitOutcome("paused")
+    assert len(fake.sent(CREATE)) == 2  # no retries, and nothing at all once paused
+    status_row = ImmStatus.current()
+    assert status_row.paused is True
+    assert status_row.reason_code == code
+    assert "Specified access key is not valid" in status_row.reason_message
+    [entry] = entries("imm.paused")
+    assert entry.actor is None
+    assert entry.reason.startswith(f"{code}: ")
+    assert entry.detail == {"code": code, "request_id": f"req-{code}", "http": status}
+    for image in (first, second, third):
+        image.refresh_from_db()
+        assert image.status == Image.Status.RECEIVED
+    assert queued() == []
+    assert entries("imm.submit_failed") == []
+    assert pipeline.resend_stuck(now=timezone.now() + timedelta(days=1)) == 0
+
+
+@pytest.mark.parametrize(("status", "code"), ACCESS_ERRORS)
+def test_the_access_key_secret_is_never_stored_or_logged(
+    status, code, make_image, fake, imm, caplog
+):
+    caplog.set_level(logging.DEBUG)
+    refuse_access(fake, status, code)
+
+    def refused_naming_the_secret(request: httpx.Request, act: Act) -> httpx.Response:
+        raise httpx.ConnectError(f"refused, key {SECRET}", request=request)
+
+    fake.faults[CREATE].append(refused_naming_the_secret)
+
+    pipeline.submit(image_id=make_image().pk, client=imm)
+
+    assert ImmStatus.current().paused
+    assert fake.sent(CREATE)
+    for model in apps.get_models():
+        for row in model.objects.values():
+            assert SECRET not in repr(row), f"{model.__name__} row holds the secret"
+    assert caplog.records
+    for record in caplog.records:
+        assert SECRET not in record.getMessage()
+    assert SECRET not in caplog.text
+    for request in fake.requests:
+        assert SECRET not in str(request.url)
+        assert all(SECRET not in value for value in request.headers.values())
+
+
+def test_admins_see_the_pause_and_resuming_queues_the_waiting_images(
+    admin_user, admin_client, make_image, fake, imm, queued, django_capture_on_commit_callbacks
+):
+    first, second = make_image(), make_image()
+    approved = make_image(status=Image.Status.APPROVED)
+    refuse_access(fake, 400, "SignatureDoesNotMatch")
+    pipeline.submit(image_id=first.pk, client=imm)
+    pipeline.submit(image_id=second.pk, client=imm)
+
+    page = admin_client.get("/images/")
+    assert page.status_code == 200
+    assert "IMM submissions are paused" in page.content.decode()
+    assert "SignatureDoesNotMatch" in page.content.decode()
+    assert SECRET not in page.content.decode()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post("/imm/resume/", {"next": "/images/"})
+
+    assert response.status_code == 302
+    assert response["Location"] == "/images/"
+    assert ImmStatus.current().paused is False
+    [entry] = entries("imm.resumed")
+    assert entry.actor == admin_user
+    assert entry.reason.startswith("SignatureDoesNotMatch: ")
+    assert entry.detail == {"queued": 2}
+    assert sorted(args for name, args, _ in queued() if name == "submit_image") == [
+        [first.pk],
+        [second.pk],
+    ]
+    assert [approved.pk] not in [args for _, args, _ in queued()]
+    assert "IMM submissions are paused" not in admin_client.get("/images/").content.decode()
+
+    del fake.down[CREATE]
+    assert pipeline.submit(image_id=first.pk, client=imm).what == "submitted"
+    assert pipeline.submit(image_id=second.pk, client=imm).what == "submitted"
+    assert first.moderation_tasks.get().attempts == 2  # the task that was paused goes out
+    assert_chain_intact()
+
+
+def test_resuming_keeps_a_retry_that_was_already_scheduled(
+    make_image, fake, imm, queued, django_capture_on_commit_callbacks
+):
+    waiting, scheduled = make_image(), make_image()
+    refuse_access(fake, 400, "SignatureDoesNotMatch")
+    pipeline.submit(image_id=waiting.pk, client=imm)
+    # Another image's retry was scheduled for a minute from now when the pause came.
+    later = timezone.now() + timedelta(minutes=1)
+    ModerationTask.objects.create(
+        image=scheduled, submission_key="s" * 32, next_attempt_at=later, attempts=1
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        pipeline.resume_submissions(actor=None)
+    runs = {args[0]: run_after for name, args, run_after in queued() if name == "submit_image"}
+    assert runs[waiting.pk] is None
+    assert runs[scheduled.pk] is not None
+    assert runs[scheduled.pk] >= later
+
+
+def test_an_invalid_argument_fails_the_image_and_audits_the_code(make_image, fake, imm):
+    image = make_image()
+    fake.faults[CREATE].append(
+        imm_error(400, "InvalidArgument", "The parameter SourceURI is not valid.")
+    )
+
+    outcome = pipeline.submit(image_id=image.pk, client=imm)
+
+    assert outcome == pipeline.SubmitOutcome("failed", "InvalidArgument")
+    assert len(fake.sent(CREATE)) == 1
+    image.refresh_from_db()
+    task = image.moderation_tasks.get()
+    assert image.status == Image.Status.FAILED
+    assert task.state == ModerationTask.State.FAILED
+    assert task.finished_at is not None
+    assert task.last_error_code == "InvalidArgument"
+    [entry] = entries("imm.submit_failed", image)
+    assert (entry.state_before, entry.state_after) == ("received", "failed")
+    assert entry.reason == "InvalidArgument: The parameter SourceURI is not valid."
+    assert entry.detail == {
+        "code": "InvalidArgument",
+        "request_id": "req-InvalidArgument",
+        "http": 400,
+    }
+    assert ImmStatus.current().paused is False
+
+
+def test_a_project_misconfiguration_pauses_instead_of_failing_the_image(make_image, fake, imm):
+    image = make_image()
+    fake.down[CREATE] = imm_error(
+        400, "InvalidArgument", "The parameter ProjectName is required but not provided."
+    )
+
+    outcome = pipeline.submit(image_id=image.pk, client=imm)
+
+    assert outcome == pipeline.SubmitOutcome("paused", "InvalidArgument")
+    assert ImmStatus.current().paused is True
+    image.refresh_from_db()
+    assert image.status == Image.Status.RECEIVED
+    assert image.moderation_tasks.get().state == ModerationTask.State.SENDING
+    assert entries("imm.submit_failed") == []
+    assert len(entries("imm.paused")) == 1
+
+
+def test_an_admin_retry_puts_a_failed_image_back_in_the_queue(
+    admin_user, admin_client, make_image, fake, imm, queued, django_capture_on_commit_callbacks
+):
+    image = make_image()
+    fake.faults[CREATE].append(imm_error(400, "InvalidArgument", "bad"))
+    pipeline.submit(image_id=image.pk, client=imm)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(f"/images/{image.pk}/retry", follow=True)
+
+    assert response.redirect_chain == [(f"/images/{image.pk}/", 302)]
+    assert f"Image {image.pk} is queued for IMM again." in response.content.decode()
+    image.refresh_from_db()
+    assert image.status == Image.Status.RECEIVED
+    [entry] = entries("image.retry_requested", image)
+    assert entry.actor == admin_user
+    assert (entry.state_before, entry.state_after) == ("failed", "received")
+    assert queued() == [("submit_image", [image.pk], None)]
+
+    assert pipeline.submit(image_id=image.pk, client=imm).what == "submitted"
+    image.refresh_from_db()
+    assert image.status == Image.Status.SUBMITTED
+    assert image.moderation_tasks.count() == 2
+    assert len(entries("imm.resubmitted", image)) == 1
+
+
+def test_retrying_an_image_that_has_not_failed_is_refused(
+    admin_client, make_image, queued, django_capture_on_commit_callbacks
+):
+    image = make_image(status=Image.Status.APPROVED)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(f"/images/{image.pk}/retry", follow=True)
+
+    assert "only failed or expired images can be retried" in response.content.decode()
+    image.refresh_from_db()
+    assert image.status == Image.Status.APPROVED
+    assert entries("image.retry_requested") == []
+    assert queued() == []
+
+
+# --- Results ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("suggestion", "status"),
+    [
+        ("pass", Image.Status.APPROVED),
+        ("block", Image.Status.REJECTED),
+        ("review", Image.Status.AWAITING_REVIEW),
+    ],
+)
+def test_each_suggestion_routes_the_image(suggestion, status, make_image, imm):
+    image, task = submitted(make_image, imm)
+
+    outcome = deliver(
+        task.task_id, suggestion, categories=("porn",) if suggestion == "block" else ()
+    )
+
+    assert outcome.what == "recorded"
+    image.refresh_from_db()
+    task.refresh_from_db()
+    assert image.status == status
+    assert task.state == ModerationTask.State.SUCCEEDED
+    [result] = ModerationResult.objects.all()
+    assert (result.task, result.image, result.applied) == (task, image, True)
+    assert result.suggestion == suggestion
+    assert result.source == "notification"
+    assert result.outcome == f"routed: IMM said {suggestion}"
+    [received] = entries("imm.result_received", image)
+    assert received.detail["suggestion"] == suggestion
+    [routed] = entries("imm.routed", image)
+    assert (routed.state_before, routed.state_after) == ("submitted", status)
+    assert routed.reason == f"IMM said {suggestion}"
+    assert routed.actor is None
+
+
+def test_a_routing_rule_sends_a_blocked_category_to_review(make_image, imm):
+    RoutingRule.objects.create(category="sexy")
+    image, task = submitted(make_image, imm)
+
+    deliver(task.task_id, "block", categories=("sexy",))
+
+    image.refresh_from_db()
+    assert image.status == Image.Status.AWAITING_REVIEW
+    [routed] = entries("imm.routed", image)
+    assert routed.reason == "IMM said block; routing rule for sexy"
+    assert routed.detail["categories"] == ["sexy"]
+
+
+def test_a_routing_rule_for_another_category_changes_nothing(make_image, imm):
+    RoutingRule.objects.create(category="sexy")
+    image, task = submitted(make_image, imm)
+
+    deliver(task.task_id, "block", categories=("porn",))
+
+    image.refresh_from_db()
+    assert image.status == Image.Status.REJECTED
+
+
+def test_the_same_message_twice_changes_nothing(make_image, imm):
+    _image, task = submitted(make_image, imm)
+    deliver(task.task_id, "pass")
+    audit_count = AuditEntry.objects.count()
+
+    again = deliver(task.task_id, "pass", source=ModerationResult.Source.POLL)
+
+    assert again == pipeline.RecordOutcome("duplicate")
+    assert ModerationResult.objects.count() == 1
+    assert AuditEntry.objects.count() == audit_count
+
+
+def test_a_verdict_at_the_top_level_is_read_too(make_image, imm):
+    image, task = submitted(make_image, imm)
+
+    outcome = deliver(task.task_id, "block", categories=("porn",), top_level=True)
+
+    assert outcome.what == "recorded"
+    image.refresh_from_db()
+    assert image.status == Image.Status.REJECTED
+    assert outcome.result.categories == ["porn"]
+    # The same verdict wrapped in ModerationResult is the same message.
+    assert deliver(task.task_id, "block", categories=("porn",)).what == "duplicate"
+
+
+def test_a_succeeded_message_without_its_verdict_is_not_stored(make_image, imm):
+    image, task = submitted(make_image, imm)
+    audit_count = AuditEntry.objects.count()
+
+    outcome = deliver(task.task_id, suggestion="")
+
+    assert outcome == pipeline.RecordOutcome("needs_verdict")
+    assert not ModerationResult.objects.exists()
+    assert AuditEntry.objects.count() == audit_count
+    image.refresh_from_db()
+    assert image.status == Image.Status.SUBMITTED
+
+
+def test_a_failed_task_fails_the_image(make_image, imm):
+    image, task = submitted(make_image, imm)
+
+    outcome = deliver(
+        task.task_id, suggestion="", status="Failed", code="InvalidArgument", text="cannot read"
+    )
+
+    assert outcome.what == "recorded"
+    image.refresh_from_db()
+    task.refresh_from_db()
+    assert image.status == Image.Status.FAILED
+    assert task.state == ModerationTask.State.FAILED
+    assert task.last_error_code == "InvalidArgument"
+    assert outcome.result.outcome == "task failed"
+    [failed] = entries("imm.failed", image)
+    assert (failed.state_before, failed.state_after) == ("submitted", "failed")
+    assert failed.reason == "IMM could not check the image: InvalidArgument: cannot read"
+    assert entries("imm.routed", image) == []
+
+
+def test_an_older_verdict_delivered_late_is_stored_but_not_applied(make_image, imm):
+    image, task = submitted(make_image, imm)
+    newer = deliver(task.task_id, "pass", end="2025-05-20T09:00:00.000Z")
+
+    older = deliver(task.task_id, "review", end="2025-05-20T08:00:03.000Z")
+
+    assert older.what == "recorded"
+    assert older.result.applied is False
+    assert older.result.outcome == (
+        f"kept: older than result {newer.result.pk}, which stands (delivered out of order)"
+    )
+    image.refresh_from_db()
+    assert image.status == Image.Status.APPROVED
+    assert ModerationResult.objects.count() == 2
+    assert len(entries("imm.routed", image)) == 1
+    assert entries("imm.result_received", image)[-1].reason == older.result.outcome
+    assert_chain_intact()
+
+
+def test_imm_s_manual_review_after_review_reroutes_the_image(make_image, imm):
+    image, task = submitted(make_image, imm)
+    deliver(task.task_id, "review", categories=("sexy",), end="2025-05-20T08:00:03.000Z")
+    image.refresh_from_db()
+    assert image.status == Image.Status.AWAITING_REVIEW
+
+    outcome = deliver(task.task_id, "pass", end="2025-05-20T10:00:00.000Z")
+
+    assert outcome.what == "recorded"
+    assert outcome.result.applied is True
+    image.refresh_from_db()
+    assert image.status == Image.Status.APPROVED
+    second_route = entries("imm.routed", image)[-1]
+    assert (second_route.state_before, second_route.state_after) == ("awaiting_review", "approved")
+
+
+def test_imm_never_overrides_a_person_s_decision(make_image, imm):
+    image, task = submitted(make_image, imm)
+    deliver(task.task_id, "review", end="2025-05-20T08:00:03.000Z")
+    # A reviewer rejects it (the reviews app sets human_decided_at with the status).
+    Image.objects.filter(pk=image.pk).update(
+        status=Image.Status.REJECTED, human_decided_at=T0 + timedelta(hours=1)
+    )
+
+    outcome = deliver(task.task_id, "pass", end="2025-05-20T10:00:00.000Z")
+
+    assert outcome.what == "recorded"
+    assert outcome.result.applied is False
+    assert outcome.result.outcome.startswith("kept: a person has decided this image")
+    image.refresh_from_db()
+    assert image.status == Image.Status.REJECTED
+    assert len(entries("imm.routed", image)) == 1
+    assert ModerationResult.objects.count() == 2
+
+
+def test_a_result_for_an_unknown_task_is_kept_and_claimed_when_the_task_appears(
+    make_image, fake, imm
+):
+    task_id = "ImageModeration-00000000-1111-2222-3333-444444444444"
+
+    outcome = deliver(task_id, "block", categories=("porn",))
+
+    assert outcome.what == "unmatched"
+    [kept] = ModerationResult.objects.all()
+    assert (kept.task, kept.image, kept.applied) == (None, None, False)
+    assert kept.outcome.startswith("kept: no task with this TaskId yet")
+    assert not AuditEntry.objects.filter(action__startswith="imm.").exists()
+
+    fake.task_ids.append(task_id)
+    image, task = submitted(make_image, imm)
+
+    kept.refresh_from_db()
+    assert (kept.task, kept.image, kept.applied) == (task, image, True)
+    assert image.status == Image.Status.REJECTED
+    assert task.state == ModerationTask.State.SUCCEEDED
+    assert [e.action for e in AuditEntry.objects.filter(image=image).order_by("seq")] == [
+        "image.uploaded",
+        "imm.submitted",
+        "imm.result_received",
+        "imm.routed",
+    ]
+
+
+@pytest.mark.parametrize("carrier", ["Tags", "UserData"])
+def test_a_notification_that_beats_the_create_response_adopts_the_task(
+    carrier, make_image, fake, imm
+):
+    image = make_image()
+    early = []
+
+    def notify_first(request: httpx.Request, act: Act) -> httpx.Response:
+        response = act()
+        task_id = response.json()["TaskId"]
+        made = fake.tasks[task_id]
+        # IMM's message carries our key; the task has no TaskId on our side yet.
+        if carrier == "Tags":
+            early.append(deliver(task_id, "pass", tags=made["Tags"]))
+        else:
+            early.append(deliver(task_id, "pass", user_data=made["UserData"]))
+        return response
+
+    fake.faults[CREATE].append(notify_first)
+
+    outcome = pipeline.submit(image_id=image.pk, client=imm)
+
+    assert outcome.what == "submitted"
+    assert early[0].what == "recorded"
+    image.refresh_from_db()
+    task = image.moderation_tasks.get()
+    assert image.status == Image.Status.APPROVED
+    assert task.task_id == outcome.detail
+    assert task.state == ModerationTask.State.SUCCEEDED
+    assert task.submitted_at is not None
+    [result] = ModerationResult.objects.all()
+    assert (result.task, result.image, result.applied) == (task, image, True)
+    assert len(entries("imm.routed", image)) == 1
+    assert len(entries("imm.result_received", image)) == 1
+    # The submission is still on the record, after the result it raced, with IMM's answer.
+    [submitted_entry] = entries("imm.submitted", image)
+    assert submitted_entry.detail["notified_first"] is True
+    assert submitted_entry.detail["task_id"] == task.task_id
+    assert task.request_id
+    assert_chain_intact()
+
+
+def test_a_late_poll_of_a_notified_result_is_a_duplicate(make_image, fake, imm):
+    image, task = submitted(make_image, imm)
+    fake.finish(task.task_id, "pass")
+    deliver(task.task_id, "pass", uri=image.source_uri)
+    ModerationTask.objects.filter(pk=task.pk).update(
+        state=ModerationTask.State.RUNNING, next_poll_at=T0
+    )
+
+    report = pipeline.poll_once(client=imm, now=T0)
+
+    assert report.asked == 1
+    assert report.recorded == 0
+    assert ModerationResult.objects.count() == 1
+
+
+# --- Polling ---------------------------------------------------------------------------------
+
+
+def test_the_poller_does_not_ask_about_a_task_that_is_not_due(make_image, fake, imm):
+    with time_machine.travel(T0, tick=False):
+        _, task = submitted(make_image, imm)
+
+    report = pipeline.poll_once(client=imm, now=T0 + timedelta(seconds=59))
+
+    assert report.asked == 0
+    assert fake.sent(RESULT) == []
+    task.refresh_from_db()
+    assert task.poll_count == 0
+
+
+def test_a_task_still_running_is_asked_again_later_and_later_up_to_30_minutes(
+    make_image, fake, imm
+):
+    with time_machine.travel(T0, tick=False):
+        _, task = submitted(make_image, imm)
+    gaps = []
+
+    for _ in range(7):
+        now = task.next_poll_at
+        report = pipeline.poll_once(client=imm, now=now)
+        assert report.asked == 1
+        task.refresh_from_db()
+        gaps.append(int((task.next_poll_at - now).total_seconds()))
+
+    assert gaps == [120, 240, 480, 960, 1800, 1800, 1800]
+    assert task.poll_count == 7
+    assert task.state == ModerationTask.State.RUNNING
+    assert len(fake.sent(RESULT)) == 7
+    assert fake.sent(RESULT)[0]["TaskId"] == task.task_id
+
+
+def test_a_task_polled_for_a_day_is_still_asked_every_30_minutes(make_image, fake, imm):
+    with time_machine.travel(T0, tick=False):
+        _, task = submitted(make_image, imm)
+    now = T0 + timedelta(days=1)
+    ModerationTask.objects.filter(pk=task.pk).update(poll_count=48, next_poll_at=now)
+
+    report = pipeline.poll_once(client=imm, now=now)
+
+    assert report.asked == 1
+    task.refresh_from_db()
+    assert task.next_poll_at == now + timedelta(minutes=30)
+    assert task.poll_count == 49
+
+
+def test_a_finished_task_found_by_polling_is_recorded_and_routed(make_image, fake, imm):
+    with time_machine.travel(T0, tick=False):
+        image, task = submitted(make_image, imm)
+    fake.finish(task.task_id, "block", ("porn",))
+
+    report = pipeline.poll_once(client=imm, now=T0 + timedelta(minutes=1))
+
+    assert (report.asked, report.recorded) == (1, 1)
+    image.refresh_from_db()
+    task.refresh_from_db()
+    assert image.status == Image.Status.REJECTED
+    assert task.state == ModerationTask.State.SUCCEEDED
+    assert task.next_poll_at is None
+    [result] = ModerationResult.objects.all()
+    assert result.source == "poll"
+    assert result.applied is True
+    [routed] = entries("imm.routed", image)
+    assert routed.detail["source"] == "poll"
+
+    pipeline.poll_once(client=imm, now=T0 + timedelta(hours=1))
+    assert len(fake.sent(RESULT)) == 1  # a finished task is not polled again
+
+
+def test_a_task_imm_no_longer_knows_is_expired(make_image, fake, imm):
+    with time_machine.travel(T0, tick=False):
+        image, task = submitted(make_image, imm)
+    del fake.tasks[task.task_id]
+
+    report = pipeline.poll_once(client=imm, now=T0 + timedelta(minutes=1))
+
+    assert (report.asked, report.expired) == (1, 1)
+    image.refresh_from_db()
+    task.refresh_from_db()
+    assert image.status == Image.Status.EXPIRED
+    assert task.state == ModerationTask.State.EXPIRED
+    [entry] = entries("imm.expired", image)
+    assert (entry.state_before, entry.state_after) == ("submitted", "expired")
+    assert entry.reason.startswith(f"IMM no longer knows task {task.task_id}")
+
+
+def test_a_task_past_imm_s_7_day_retention_is_expired_without_asking(make_image, fake, imm):
+    with time_machine.travel(T0, tick=False) as traveller:
+        image, _task = submitted(make_image, imm)
+        traveller.shift(timedelta(days=7, minutes=1))
+
+        report = pipeline.poll_once(client=imm, now=T0 + timedelta(days=7, minutes=1))
+
+    assert (report.asked, report.expired) == (0, 1)
+    assert fake.sent(RESULT) == []
+    image.refresh_from_db()
+    assert image.status == Image.Status.EXPIRED
+    [entry] = entries("imm.expired", image)
+    assert "7 days" in entry.reason
+
+
+def test_a_failed_poll_is_counted_and_tried_again_later(make_image, fake, imm):
+    with time_machine.travel(T0, tick=False):
+        _image, task = submitted(make_image, imm)
+    fake.down[RESULT] = imm_error(503, "ServiceUnavailable", "busy")
+
+    report = pipeline.poll_once(client=imm, now=T0 + timedelta(minutes=1))
+
+    assert (report.asked, report.failed) == (1, 1)
+    task.refresh_from_db()
+    assert task.state == ModerationTask.State.RUNNING
+    assert task.next_poll_at > T0 + timedelta(minutes=1)
+
+
+def test_two_pollers_ask_imm_once_per_task(make_image, fake, imm):
+    with time_machine.travel(T0, tick=False):
+        _, first = submitted(make_image, imm)
+        _, second = submitted(make_image, imm)
+    now = T0 + timedelta(minutes=5)
+    reports = []
+
+    def other_poller(request: httpx.Request, act: Act) -> httpx.Response:
+        # A second poller runs while the first waits on IMM for its first task.
+        with client_for(fake) as other:
+            reports.append(pipeline.poll_once(client=other, now=now))
+        return act()
+
+    fake.faults[RESULT].append(other_poller)
+
+    report = pipeline.poll_once(client=imm, now=now)
+    again = pipeline.poll_once(client=imm, now=now)
+
+    assert report.asked + reports[0].asked == 2
+    assert again.asked == 0
+    asked = [params["TaskId"] for params in fake.sent(RESULT)]
+    assert sorted(asked) == sorted([first.task_id, second.task_id])
+
+
+def test_resend_stuck_queues_an_image_left_waiting_and_not_a_fresh_one(
+    make_image, fake, imm, queued, django_capture_on_commit_callbacks
+):
+    def crash(request: httpx.Request, act: Act) -> httpx.Response:
+        raise RuntimeError("worker killed mid-request")
+
+    with time_machine.travel(T0, tick=False) as traveller:
+        forgotten = make_image()  # its submit task was lost
+        crashed = make_image()
+        fake.faults[CREATE].append(crash)
+        with pytest.raises(RuntimeError):
+            pipeline.submit(image_id=crashed.pk, client=imm)
+        in_flight = make_image()
+        fake.down[CREATE] = connect_error
+        traveller.shift(timedelta(minutes=3))
+        pipeline.submit(image_id=in_flight.pk, client=imm)  # retry queued, lease held
+        fresh = make_image()
+        sent = make_image()
+        del fake.down[CREATE]
+        pipeline.submit(image_id=sent.pk, client=imm)
+        queued_before = len(queued())
+
+        with django_capture_on_commit_callbacks(execute=True):
+            early = pipeline.resend_stuck(now=T0 + timedelta(minutes=3))
+        traveller.shift(timedelta(minutes=2))
+        with django_capture_on_commit_callbacks(execute=True):
+            late = pipeline.resend_stuck(now=T0 + timedelta(minutes=5))
+
+    assert queued_before == 0
+    assert early == 1
+    assert late == 2
+    resent = [args[0] for name, args, _ in queued() if name == "submit_image"]
+    assert resent[0] == forgotten.pk
+    assert sorted(resent[1:]) == sorted([forgotten.pk, crashed.pk])
+    assert fresh.pk not in resent
+    assert in_flight.pk not in resent
+    assert sent.pk not in resent
+
+
+def test_resend_stuck_sends_nothing_while_paused(
+    make_image, queued, django_capture_on_commit_callbacks
+):
+    with time_machine.travel(T0, tick=False):
+        make_image()
+    pipeline.pause_submissions(ImmError("SignatureDoesNotMatch", "bad signature", http_status=400))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        count = pipeline.resend_stuck(now=T0 + timedelta(hours=1))
+
+    assert count == 0
+    assert queued() == []
+
+
+def test_a_poller_round_also_resends_lost_submissions(
+    make_image, fake, imm, queued, django_capture_on_commit_callbacks
+):
+    with time_machine.travel(T0, tick=False):
+        waiting = make_image()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        report = pipeline.poll_once(client=imm, now=T0 + timedelta(minutes=10))
+
+    assert report.resent == 1
+    assert queued() == [("submit_image", [waiting.pk], None)]
+
+
+# --- The background tasks, against a fake IMM on a loopback port -------------------------------
+
+
+class _Relay(BaseHTTPRequestHandler):
+    fake: FakeImm
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        request = httpx.Request(
+            "POST",
+            f"http://{self.headers['host']}{self.path}",
+            headers=dict(self.headers.items()),
+            content=self.rfile.read(length),
+        )
+        response = self.fake(request)
+        self.send_response(response.status_code)
+        for name, value in response.headers.items():
+            if name.lower() not in ("content-length", "connection"):
+                self.send_header(name, value)
+        self.send_header("content-length", str(len(response.content)))
+        self.end_headers()
+        self.wfile.write(response.content)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def imm_server(fake, settings) -> Iterator[FakeImm]:
+    """The fake served over HTTP on 127.0.0.1, with IMM_ENDPOINT pointing at it."""
+    relay = type("Relay", (_Relay,), {"fake": fake})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), relay)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    settings.IMM_ENDPOINT = f"http://127.0.0.1:{server.server_address[1]}"
+    settings.IMM_PROJECT = "p"
+    settings.IMM_ACCESS_KEY_ID = "AK"
+    settings.IMM_ACCESS_KEY_SECRET = SECRET
+    settings.IMM_SECURITY_TOKEN = None
+    settings.IMM_TIMEOUT = 5.0
+    settings.IMM_MAX_ATTEMPTS = 1
+    yield fake
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_the_submit_image_task_sends_the_image_to_imm(make_image, imm_server):
+    image = make_image()
+
+    assert tasks.submit_image.call(image.pk) == "submitted"
+    assert tasks.submit_image.call(image.pk) == "skipped"
+
+    image.refresh_from_db()
+    assert image.status == Image.Status.SUBMITTED
+    [create] = imm_server.sent(CREATE)
+    assert create["ProjectName"] == "p"
+    assert create["SourceURI"] == image.source_uri
+    assert image.moderation_tasks.get().task_id in imm_server.tasks
+
+
+def test_the_fetch_result_task_records_the_verdict_a_notification_lacked(make_image, imm_server):
+    image = make_image()
+    tasks.submit_image.call(image.pk)
+    task = image.moderation_tasks.get()
+    assert deliver(task.task_id, suggestion="").what == "needs_verdict"
+
+    assert tasks.fetch_result.call(task.task_id) == "running"
+    imm_server.finish(task.task_id, "review", ("sexy",))
+    assert tasks.fetch_result.call(task.task_id) == "recorded"
+    assert tasks.fetch_result.call(task.task_id) == "duplicate"
+
+    image.refresh_from_db()
+    assert image.status == Image.Status.AWAITING_REVIEW
+    [result] = ModerationResult.objects.all()
+    assert (result.source, result.suggestion, result.categories) == ("poll", "review", ["sexy"])
+    assert len(entries("imm.routed", image)) == 1
+
+
+def test_the_fetch_result_task_gives_up_quietly_when_imm_fails(db, imm_server, caplog):
+    with caplog.at_level(logging.WARNING, logger="moderation.tasks"):
+        outcome = tasks.fetch_result.call("ImageModeration-unknown")
+
+    assert outcome == "failed"
+    assert "ResourceNotFound" in caplog.text
+    assert not ModerationResult.objects.exists()
