@@ -7,7 +7,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.urls import reverse
 
-from moderation.models import AuditEntry, Image
+from moderation.models import AuditEntry, Image, RoutingRule
 
 from .factories import image_bytes
 
@@ -57,6 +57,8 @@ MATRIX = [
         200,
     ),
     ("review queue", lambda img: reverse("review_queue"), 302, 200, 200),
+    ("routing rules", lambda img: reverse("routing_rules"), 302, 403, 200),
+    ("notifications (GET)", lambda img: reverse("imm_notification"), 405, 405, 405),
     ("django admin", lambda img: "/admin/", 302, 302, 200),
     ("admin audit log", lambda img: "/admin/moderation/auditentry/", 302, 302, 200),
     ("admin images", lambda img: "/admin/moderation/image/", 302, 302, 200),
@@ -321,3 +323,50 @@ def test_the_admin_shows_audit_entries_read_only(admin_client, make_image):
     )
     assert response.status_code == 403
     assert AuditEntry.objects.filter(pk=entry.pk).exists()
+
+
+def test_admins_add_and_remove_routing_rules_with_audit_entries(admin_client, admin_user):
+    response = admin_client.post(reverse("routing_rules"), {"category": "sexy", "note": "confirm"})
+    assert response.status_code == 302
+    rule = RoutingRule.objects.get()
+    assert (rule.category, rule.note, rule.created_by) == ("sexy", "confirm", admin_user)
+    page = admin_client.get(reverse("routing_rules")).content.decode()
+    assert "<code>sexy</code>" in page
+    added = AuditEntry.objects.get(action="routing.rule_added")
+    assert added.detail == {"category": "sexy"}
+    assert added.actor == admin_user
+
+    again = admin_client.post(reverse("routing_rules"), {"category": "sexy"}, follow=True)
+    assert "There is already a rule for" in again.content.decode()
+    blank = admin_client.post(reverse("routing_rules"), {"category": "two words"}, follow=True)
+    assert "A category is one word" in blank.content.decode()
+    assert RoutingRule.objects.count() == 1
+
+    admin_client.post(reverse("routing_rules"), {"remove": str(rule.pk)})
+    assert not RoutingRule.objects.exists()
+    assert AuditEntry.objects.get(action="routing.rule_removed").detail == {"category": "sexy"}
+    admin_client.post(reverse("routing_rules"), {"remove": "not-a-number"})
+    assert AuditEntry.objects.filter(action="routing.rule_removed").count() == 1
+
+
+def test_reviewers_cannot_change_routing_rules(reviewer_client):
+    response = reviewer_client.post(reverse("routing_rules"), {"category": "sexy"})
+    assert response.status_code == 403
+    assert not RoutingRule.objects.exists()
+
+
+def test_the_detail_page_offers_a_retry_only_for_failed_or_expired_images(admin_client, make_image):
+    failed = make_image(status=Image.Status.FAILED)
+    approved = make_image(status=Image.Status.APPROVED)
+    retry = reverse("image_retry", args=[failed.pk])
+    assert retry in admin_client.get(failed.get_absolute_url()).content.decode()
+    other = reverse("image_retry", args=[approved.pk])
+    assert other not in admin_client.get(approved.get_absolute_url()).content.decode()
+
+
+def test_reviewers_cannot_retry_or_resume(reviewer_client, make_image):
+    failed = make_image(status=Image.Status.FAILED)
+    assert reviewer_client.post(reverse("image_retry", args=[failed.pk])).status_code == 403
+    assert reviewer_client.post(reverse("imm_resume")).status_code == 403
+    failed.refresh_from_db()
+    assert failed.status == Image.Status.FAILED
