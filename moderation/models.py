@@ -320,6 +320,9 @@ class ImmStatus(models.Model):
     reason_code = models.CharField(max_length=128, blank=True)
     reason_message = models.TextField(blank=True)
     changed_at = models.DateTimeField(null=True, blank=True)
+    poller_seen_at = models.DateTimeField(
+        null=True, blank=True, help_text="The last round of manage.py imm_poller (a heartbeat)."
+    )
 
     def __str__(self) -> str:
         return f"paused: {self.reason_code}" if self.paused else "submitting"

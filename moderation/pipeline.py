@@ -679,6 +679,8 @@ def poll_once(*, client: ImmClient, now: datetime | None = None, limit: int = 10
     """
     now = now or timezone.now()
     report = PollReport()
+    ImmStatus.objects.get_or_create(pk=1)
+    ImmStatus.objects.filter(pk=1).update(poller_seen_at=timezone.now())
     due = ModerationTask.objects.filter(
         state=ModerationTask.State.RUNNING, next_poll_at__lte=now
     ).order_by("next_poll_at")[:limit]

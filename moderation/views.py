@@ -10,16 +10,19 @@ from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.core.files.storage import default_storage
 from django.core.paginator import Paginator
 from django.db import connection
+from django.db.models import Min
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
+from django.utils import timezone
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
+from django_tasks_db.models import DBTaskResult, get_date_max
 
 from . import audit, notifications, pipeline, routing, services
-from .models import AuditEntry, Image, ModerationResult, RoutingRule
+from .models import AuditEntry, Image, ImmStatus, ModerationResult, RoutingRule
 from .tasks import fetch_result
 
 if TYPE_CHECKING:
@@ -32,6 +35,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 IMAGES_PER_PAGE = 48
+HEALTH_BACKLOG_SECONDS = 300
+HEALTH_POLLER_SECONDS = 120
 
 
 @require_safe
@@ -47,16 +52,42 @@ def home(request: HttpRequest) -> HttpResponse:
 @never_cache
 @require_safe
 def healthz(request: HttpRequest) -> JsonResponse:
+    """For load balancers and monitors: 503 only when the database is unreachable; the rest
+    (IMM paused, the task backlog, the poller's heartbeat) says what else needs a look."""
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
-        database = "ok"
     except Exception:
         logger.exception("health check: database unreachable")
-        database = "unreachable"
-    status = 200 if database == "ok" else 503
+        return JsonResponse({"status": "down", "database": "unreachable"}, status=503)
+    now = timezone.now()
+    imm = ImmStatus.objects.filter(pk=1).first()
+    # A task waits from when it was enqueued, or from its run_after if it was deferred.
+    ready = DBTaskResult.objects.ready()
+    starts = [
+        ready.filter(run_after=get_date_max()).aggregate(t=Min("enqueued_at"))["t"],
+        ready.exclude(run_after=get_date_max()).aggregate(t=Min("run_after"))["t"],
+    ]
+    oldest = min((t for t in starts if t is not None), default=None)
+    backlog = max(0, int((now - oldest).total_seconds())) if oldest else 0
+    seen = imm.poller_seen_at if imm else None
+    poller_age = int((now - seen).total_seconds()) if seen else None
+    problems = []
+    if imm and imm.paused:
+        problems.append("IMM submissions are paused")
+    if backlog > HEALTH_BACKLOG_SECONDS:
+        problems.append("tasks are waiting: is a db_worker running?")
+    if poller_age is None or poller_age > HEALTH_POLLER_SECONDS:
+        problems.append("the IMM poller has not run recently: is imm_poller running?")
     return JsonResponse(
-        {"status": "ok" if status == 200 else "degraded", "database": database}, status=status
+        {
+            "status": "degraded" if problems else "ok",
+            "database": "ok",
+            "imm_submissions": "paused" if imm and imm.paused else "running",
+            "oldest_waiting_task_seconds": backlog,
+            "poller_last_round_seconds_ago": poller_age,
+            "problems": problems,
+        }
     )
 
 

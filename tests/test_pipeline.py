@@ -1374,3 +1374,9 @@ def test_the_fetch_result_task_gives_up_quietly_when_imm_fails(db, imm_server, c
     assert outcome == "failed"
     assert "ResourceNotFound" in caplog.text
     assert not ModerationResult.objects.exists()
+
+
+def test_each_poller_round_leaves_a_heartbeat_for_healthz(db, imm):
+    assert ImmStatus.objects.filter(poller_seen_at__isnull=False).count() == 0
+    pipeline.poll_once(client=imm)
+    assert ImmStatus.current().poller_seen_at is not None

@@ -120,10 +120,45 @@ def test_the_login_page_signs_a_user_in(admin_user):
     assert client.get(reverse("image_list")).status_code == 200
 
 
-def test_healthz_reports_the_database_as_json():
+def test_healthz_reports_what_needs_a_look_as_json():
     response = Client().get(reverse("healthz"))
+    assert response.status_code == 200
     assert response["Content-Type"] == "application/json"
-    assert json.loads(response.content) == {"status": "ok", "database": "ok"}
+    assert json.loads(response.content) == {
+        "status": "degraded",
+        "database": "ok",
+        "imm_submissions": "running",
+        "oldest_waiting_task_seconds": 0,
+        "poller_last_round_seconds_ago": None,
+        "problems": ["the IMM poller has not run recently: is imm_poller running?"],
+    }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_healthz_is_ok_with_a_recent_poller_round_and_sees_a_stale_backlog(settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+    from django_tasks_db.models import DBTaskResult
+
+    from moderation.models import ImmStatus
+    from moderation.tasks import submit_image
+
+    ImmStatus.objects.create(pk=1, poller_seen_at=timezone.now())
+    assert Client().get(reverse("healthz")).json()["status"] == "ok"
+
+    settings.TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+    submit_image.enqueue(12345)
+    DBTaskResult.objects.update(enqueued_at=timezone.now() - timedelta(minutes=10))
+    ImmStatus.objects.filter(pk=1).update(paused=True)
+    body = Client().get(reverse("healthz")).json()
+    assert body["status"] == "degraded"
+    assert body["imm_submissions"] == "paused"
+    assert body["oldest_waiting_task_seconds"] >= 600
+    assert body["problems"] == [
+        "IMM submissions are paused",
+        "tasks are waiting: is a db_worker running?",
+    ]
 
 
 def test_the_upload_page_renders_the_dropzone(admin_client):
