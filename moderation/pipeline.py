@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import random
+import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -61,8 +62,22 @@ ROUTES = {
 }
 
 
+_clients: dict[ImmConfig, ImmClient] = {}
+_clients_lock = threading.Lock()
+
+
 def make_client() -> ImmClient:
-    return ImmClient(ImmConfig.from_settings())
+    """The process's client for the configured IMM, so a worker reuses its connections.
+
+    One per configuration (tests and reconfigured settings get their own); httpx.Client is safe
+    to share between threads. Callers do not close it.
+    """
+    config = ImmConfig.from_settings()
+    with _clients_lock:
+        client = _clients.get(config)
+        if client is None:
+            client = _clients[config] = ImmClient(config)
+    return client
 
 
 def notification_parameter() -> dict[str, Any] | None:

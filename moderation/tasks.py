@@ -17,21 +17,18 @@ logger = logging.getLogger(__name__)
 @task()
 def submit_image(image_id: int) -> str:
     """Send one image to IMM (or adopt the task an earlier attempt created)."""
-    with pipeline.make_client() as client:
-        outcome = pipeline.submit(image_id=image_id, client=client)
-    return outcome.what
+    return pipeline.submit(image_id=image_id, client=pipeline.make_client()).what
 
 
 @task()
 def fetch_result(task_id: str) -> str:
     """Fetch a verdict a notification did not carry, and record it."""
-    with pipeline.make_client() as client:
-        try:
-            answer = client.get_image_moderation_result(task_id)
-        except ImmError as error:
-            # The poller asks again later; nothing is lost by giving up here.
-            logger.warning("fetching the result of %s failed: %s", task_id, error)
-            return "failed"
+    try:
+        answer = pipeline.make_client().get_image_moderation_result(task_id)
+    except ImmError as error:
+        # The poller asks again later; nothing is lost by giving up here.
+        logger.warning("fetching the result of %s failed: %s", task_id, error)
+        return "failed"
     if answer.status not in ("Succeeded", "Failed"):
         return "running"
     message = pipeline.TaskMessage.parse({**answer.raw, "TaskType": "ImageModeration"})

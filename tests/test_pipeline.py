@@ -1380,3 +1380,12 @@ def test_each_poller_round_leaves_a_heartbeat_for_healthz(db, imm):
     assert ImmStatus.objects.filter(poller_seen_at__isnull=False).count() == 0
     pipeline.poll_once(client=imm)
     assert ImmStatus.current().poller_seen_at is not None
+
+
+def test_a_worker_process_reuses_one_client_per_imm_configuration(settings):
+    first = pipeline.make_client()
+    assert pipeline.make_client() is first
+    settings.IMM_ENDPOINT = "http://127.0.0.1:9"
+    other = pipeline.make_client()
+    assert other is not first
+    assert other.config.endpoint == "http://127.0.0.1:9"

@@ -26,13 +26,13 @@ class Command(BaseCommand):
         if not options["once"]:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: stop.set())
-        with pipeline.make_client() as client:
-            while True:
-                close_old_connections()
-                report = pipeline.poll_once(client=client)
-                if any(vars(report).values()):
-                    self.stdout.write(
-                        ", ".join(f"{name} {count}" for name, count in vars(report).items())
-                    )
-                if options["once"] or stop.wait(options["interval"]):
-                    break
+        client = pipeline.make_client()
+        while True:
+            close_old_connections()
+            report = pipeline.poll_once(client=client)
+            if any(vars(report).values()):
+                self.stdout.write(
+                    ", ".join(f"{name} {count}" for name, count in vars(report).items())
+                )
+            if options["once"] or stop.wait(options["interval"]):
+                break
