@@ -47,6 +47,7 @@ class Image(models.Model):
         REJECTED = "rejected", "Rejected"
         FAILED = "failed", "Failed"
         EXPIRED = "expired", "Expired at IMM"
+        ESCALATED = "escalated", "Escalated to an admin"
 
     class Format(models.TextChoices):
         PNG = "PNG"
@@ -79,6 +80,10 @@ class Image(models.Model):
     status_changed_at = models.DateTimeField(auto_now_add=True)
     # Set when a person decided the image; IMM's later messages are kept but never override it.
     human_decided_at = models.DateTimeField(null=True, blank=True)
+    # IMM's verdict that set the status (copied from the applied result, for lists and filters).
+    imm_suggestion = models.CharField(max_length=16, blank=True)
+    imm_categories = models.JSONField(default=list, blank=True)
+    imm_rate = models.FloatField(null=True, blank=True, help_text="Highest frame rate, if any.")
 
     objects = ImageQuerySet.as_manager()
 
@@ -86,6 +91,12 @@ class Image(models.Model):
         indexes = [
             models.Index(fields=["-uploaded_at", "-id"], name="image_newest"),
             models.Index(fields=["status", "-uploaded_at", "-id"], name="image_status_newest"),
+            # The review queue: oldest first within a status, and per uploader.
+            models.Index(fields=["status", "status_changed_at", "id"], name="image_status_age"),
+            models.Index(
+                fields=["status", "uploaded_by", "status_changed_at", "id"],
+                name="image_status_uploader_age",
+            ),
         ]
         permissions = [("review_image", "Can review images waiting for a human decision")]
 
@@ -154,6 +165,11 @@ class AuditEntry(models.Model):
         "image.retry_requested": "Retry requested",
         "routing.rule_added": "Routing rule added",
         "routing.rule_removed": "Routing rule removed",
+        "review.approved": "Approved by a reviewer",
+        "review.rejected": "Rejected by a reviewer",
+        "review.escalated": "Escalated to an admin",
+        "review.undone": "Decision undone",
+        "review.released": "Skipped (released to the queue)",
     }
 
     seq = models.PositiveBigIntegerField(unique=True, help_text="Position in the chain, from 1.")
@@ -331,3 +347,36 @@ class ImmStatus(models.Model):
     def current(cls) -> ImmStatus:
         status, _ = cls.objects.get_or_create(pk=1)
         return status
+
+
+class ImageCategory(models.Model):
+    """One category of the IMM verdict that routed an image, for filtering the review queue."""
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="category_rows")
+    category = models.CharField(max_length=64)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["image", "category"], name="image_category_once")
+        ]
+        indexes = [models.Index(fields=["category", "image"], name="category_image")]
+
+    def __str__(self) -> str:
+        return f"{self.image_id}: {self.category}"
+
+
+class ChainCheck(models.Model):
+    """The outcome of one walk of the audit chain (manage.py verify_audit, or the log page)."""
+
+    checked_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    ok = models.BooleanField()
+    entries = models.PositiveBigIntegerField()
+    head_hash = models.CharField(max_length=64, blank=True)
+    problem = models.TextField(blank=True)
+    seconds = models.FloatField()
+
+    class Meta:
+        ordering = ["-checked_at"]
+
+    def __str__(self) -> str:
+        return f"{'ok' if self.ok else 'BROKEN'} at {self.checked_at:%Y-%m-%d %H:%M}"

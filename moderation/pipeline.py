@@ -39,7 +39,14 @@ from django.utils.dateparse import parse_datetime
 
 from . import audit
 from .imm import ImmClient, ImmConfig, ImmError, ModerationVerdict
-from .models import Image, ImmStatus, ModerationResult, ModerationTask, RoutingRule
+from .models import (
+    Image,
+    ImageCategory,
+    ImmStatus,
+    ModerationResult,
+    ModerationTask,
+    RoutingRule,
+)
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser, User
@@ -637,6 +644,7 @@ def _apply(task: ModerationTask, result: ModerationResult) -> None:
         task.state = ModerationTask.State.SUCCEEDED
         task.save()
         target, reason = route(result.suggestion, result.categories)
+        _remember_verdict(image, result)
         _set_status(image, target)
         audit.record(
             action="imm.routed",
@@ -650,6 +658,19 @@ def _apply(task: ModerationTask, result: ModerationResult) -> None:
         result.outcome = f"routed: {reason}"
     result.applied = True
     result.save(update_fields=["applied", "outcome"])
+
+
+def _remember_verdict(image: Image, result: ModerationResult) -> None:
+    """Copy the verdict onto the image (and its category rows) for lists and queue filters."""
+    image.imm_suggestion = result.suggestion
+    image.imm_categories = list(result.categories)
+    rates = [float(f.get("Rate") or 0) for f in result.block_frames if isinstance(f, dict)]
+    image.imm_rate = max(rates) if rates else None
+    image.save(update_fields=["imm_suggestion", "imm_categories", "imm_rate"])
+    ImageCategory.objects.filter(image=image).delete()
+    ImageCategory.objects.bulk_create(
+        [ImageCategory(image=image, category=c) for c in sorted(set(result.categories))]
+    )
 
 
 def route(suggestion: str, categories: list[str]) -> tuple[str, str]:

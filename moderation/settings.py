@@ -255,6 +255,10 @@ IMM_EMULATOR_DELAY = env_float("IMM_EMULATOR_DELAY", 2.0)
 IMM_EMULATOR_RULES = env_str("IMM_EMULATOR_RULES", "")
 IMM_EMULATOR_STATE = env_str("IMM_EMULATOR_STATE", str(BASE_DIR / ".imm-emulator.sqlite3"))
 
+# The review queue: how long a claim lasts without activity, and how long a decision can be undone.
+REVIEW_LEASE_SECONDS = env_int("REVIEW_LEASE_SECONDS", 300)
+REVIEW_UNDO_SECONDS = env_int("REVIEW_UNDO_SECONDS", 10)
+
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE

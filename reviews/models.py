@@ -1,2 +1,90 @@
-# The review queue is read from moderation.Image's status; claims and decisions arrive with the
-# reviewer queue issue.
+"""The reviewer queue's own records: claims, decisions, reveals and preferences.
+
+The queue itself is read from moderation.Image's status (awaiting review, escalated); this app
+depends on moderation, never the reverse.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+from moderation.models import Image
+
+
+class Claim(models.Model):
+    """A reviewer's lease on one image. At most one per image (the primary key is the image)."""
+
+    image = models.OneToOneField(
+        Image, on_delete=models.CASCADE, primary_key=True, related_name="claim"
+    )
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="claims"
+    )
+    claimed_at = models.DateTimeField()
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["reviewer", "expires_at"], name="claim_reviewer")]
+
+    def __str__(self) -> str:
+        return f"image {self.image_id} held by {self.reviewer_id} until {self.expires_at:%H:%M:%S}"
+
+
+class Decision(models.Model):
+    """One human decision, never edited: an undo is a new Decision pointing at the one it undoes."""
+
+    class Verdict(models.TextChoices):
+        APPROVE = "approve", "Approved"
+        REJECT = "reject", "Rejected"
+        ESCALATE = "escalate", "Escalated"
+        UNDO = "undo", "Undone"
+
+    image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="decisions")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="decisions"
+    )
+    verdict = models.CharField(max_length=10, choices=Verdict.choices)
+    reason = models.CharField(max_length=500, blank=True)
+    status_before = models.CharField(max_length=20)
+    status_after = models.CharField(max_length=20)
+    undoes = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="undone_by"
+    )
+    seconds = models.FloatField(null=True, blank=True, help_text="From claim to decision.")
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["reviewer", "created_at"], name="decision_reviewer_time")]
+
+    def __str__(self) -> str:
+        return f"{self.get_verdict_display()} image {self.image_id}"
+
+
+class Reveal(models.Model):
+    """A reviewer unblurred an image: exposure that admins will want to see and limit."""
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="reveals")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="reveals"
+    )
+    revealed_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["reviewer", "revealed_at"], name="reveal_reviewer_time")]
+
+    def __str__(self) -> str:
+        return f"{self.reviewer_id} revealed {self.image_id}"
+
+
+class ReviewerPreference(models.Model):
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        primary_key=True,
+        related_name="review_preference",
+    )
+    greyscale = models.BooleanField(default=False)
+
+    def __str__(self) -> str:
+        return f"preferences of {self.user_id}"

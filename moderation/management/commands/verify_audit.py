@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from moderation.audit import ChainBroken, ChainHead, walk_chain
+from moderation.audit import ChainBroken, ChainHead, save_check, walk_chain
 
 
 class Command(BaseCommand):
@@ -47,11 +47,17 @@ class Command(BaseCommand):
                         f"{expected.last_hash}: the chain was rewritten up to here",
                     )
         except ChainBroken as broken:
+            save_check(head=head, problem=str(broken), seconds=time.monotonic() - started)
             self.stderr.write(self.style.ERROR(f"Audit chain BROKEN at {broken}."))
             if head.count:
                 self.stderr.write(f"The first {head.count} entries verified.")
             sys.exit(1)
         if expected and head.count < expected.count:
+            save_check(
+                head=head,
+                problem=f"entries after #{head.count} were cut (expected #{expected.count})",
+                seconds=time.monotonic() - started,
+            )
             self.stderr.write(
                 self.style.ERROR(
                     f"Audit chain BROKEN: it has {head.count} entries but the expected head is "
@@ -60,6 +66,7 @@ class Command(BaseCommand):
             )
             sys.exit(1)
         elapsed = time.monotonic() - started
+        save_check(head=head, problem="", seconds=elapsed)
         self.stdout.write(
             self.style.SUCCESS(f"Audit chain OK: {head.count} entries verified in {elapsed:.2f} s.")
         )

@@ -1,0 +1,331 @@
+"""Claims, decisions and undo: each a transaction with its audit entry.
+
+Claims are settled in the database. `claim_next` locks the oldest waiting, unclaimed image:
+on PostgreSQL with SELECT ... FOR UPDATE SKIP LOCKED, so concurrent reviewers each get a
+different row without waiting on each other; on SQLite every transaction begins with BEGIN
+IMMEDIATE (see settings), which takes the database's one write lock, so claims are serialised.
+Either way Claim's primary key is the image, so a second claim on the same image cannot be
+inserted: two reviewers never hold the same item. An expired lease simply stops counting, and
+the next claim replaces it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef, QuerySet
+from django.utils import timezone
+
+from moderation import audit
+from moderation.models import Image
+
+from .models import Claim, Decision
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AnonymousUser, User
+
+DECIDABLE = (Image.Status.AWAITING_REVIEW, Image.Status.ESCALATED)
+FINAL_STATUS: dict[str, str] = {
+    Decision.Verdict.APPROVE: Image.Status.APPROVED,
+    Decision.Verdict.REJECT: Image.Status.REJECTED,
+    Decision.Verdict.ESCALATE: Image.Status.ESCALATED,
+}
+AUDIT_ACTION: dict[str, str] = {
+    Decision.Verdict.APPROVE: "review.approved",
+    Decision.Verdict.REJECT: "review.rejected",
+    Decision.Verdict.ESCALATE: "review.escalated",
+    Decision.Verdict.UNDO: "review.undone",
+}
+
+
+def lease() -> timedelta:
+    return timedelta(seconds=settings.REVIEW_LEASE_SECONDS)
+
+
+def undo_window() -> timedelta:
+    return timedelta(seconds=settings.REVIEW_UNDO_SECONDS)
+
+
+def is_admin(user: User | AnonymousUser) -> bool:
+    return user.has_perm("moderation.change_image")
+
+
+class ReviewError(Exception):
+    """A decision that cannot be made, with a message for the pane and an HTTP status."""
+
+    status = 409
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class AlreadyDecided(ReviewError):
+    status = 409
+
+
+class NotYours(ReviewError):
+    status = 403
+
+
+class UndoRefused(ReviewError):
+    status = 409
+
+
+def waiting(*, now: datetime | None = None) -> QuerySet[Image]:
+    """Images waiting for a reviewer, oldest first (escalated ones wait for admins instead)."""
+    return Image.objects.filter(status=Image.Status.AWAITING_REVIEW).order_by(
+        "status_changed_at", "id"
+    )
+
+
+def unclaimed(queryset: QuerySet[Image], *, now: datetime) -> QuerySet[Image]:
+    held = Claim.objects.filter(image=OuterRef("pk"), expires_at__gt=now)
+    return queryset.filter(~Exists(held))
+
+
+def current_claim(reviewer: User, *, now: datetime | None = None) -> Claim | None:
+    now = now or timezone.now()
+    return (
+        Claim.objects.select_related("image")
+        .filter(reviewer=reviewer, expires_at__gt=now, image__status__in=DECIDABLE)
+        .order_by("claimed_at")
+        .first()
+    )
+
+
+def claim_next(
+    *,
+    reviewer: User,
+    queryset: QuerySet[Image] | None = None,
+    now: datetime | None = None,
+    exclude: Iterable[int] = (),
+) -> Claim | None:
+    """The reviewer's current item, or the oldest unclaimed waiting one, leased to them.
+
+    `queryset` narrows the queue (the queue page's filters); `exclude` skips images (the one
+    just skipped). Returns None when nothing is waiting.
+    """
+    now = now or timezone.now()
+    held = current_claim(reviewer, now=now)
+    if held is not None and held.image_id not in set(exclude):
+        return renew(claim=held, now=now)
+    candidates = unclaimed(queryset if queryset is not None else waiting(), now=now)
+    candidates = candidates.exclude(pk__in=list(exclude)).filter(
+        status=Image.Status.AWAITING_REVIEW
+    )
+    for _ in range(5):  # a lost race on the same row is retried with the next one
+        try:
+            with transaction.atomic():
+                image = (
+                    candidates.order_by("status_changed_at", "id")
+                    .select_for_update(skip_locked=True, of=("self",))
+                    .first()
+                )
+                if image is None:
+                    return None
+                Claim.objects.filter(image=image, expires_at__lte=now).delete()
+                return Claim.objects.create(
+                    image=image, reviewer=reviewer, claimed_at=now, expires_at=now + lease()
+                )
+        except IntegrityError:
+            continue
+    return None
+
+
+def renew(*, claim: Claim, now: datetime | None = None) -> Claim:
+    """Extend a live claim (the pane does this while the reviewer is active)."""
+    now = now or timezone.now()
+    Claim.objects.filter(pk=claim.pk, reviewer=claim.reviewer, expires_at__gt=now).update(
+        expires_at=now + lease()
+    )
+    claim.refresh_from_db()
+    return claim
+
+
+def release(
+    *, image: Image, reviewer: User, context: audit.AuditContext = audit.SYSTEM_CONTEXT
+) -> bool:
+    """Skip: give the item back to the queue (audited). False if the reviewer did not hold it."""
+    with transaction.atomic():
+        claim = Claim.objects.select_for_update().filter(image=image, reviewer=reviewer).first()
+        if claim is None:
+            return False
+        claim.delete()
+        audit.record(
+            action="review.released",
+            actor=reviewer,
+            image=image,
+            state_before=image.status,
+            state_after=image.status,
+            detail=_imm_detail(image),
+            context=context,
+        )
+    return True
+
+
+def _imm_detail(image: Image, **extra: Any) -> dict[str, Any]:
+    return {
+        "imm_suggestion": image.imm_suggestion,
+        "imm_categories": image.imm_categories,
+        "imm_rate": image.imm_rate,
+        **extra,
+    }
+
+
+@dataclass(frozen=True)
+class Outcome:
+    decision: Decision
+    image: Image
+
+
+def decide(
+    *,
+    image_id: int,
+    reviewer: User,
+    verdict: str,
+    reason: str = "",
+    context: audit.AuditContext = audit.SYSTEM_CONTEXT,
+    now: datetime | None = None,
+) -> Outcome:
+    """Approve, reject or escalate one image: decision, status and audit entry in one transaction.
+
+    Only the reviewer holding a live claim, or an admin, may decide; only admins decide escalated
+    images. An image that is no longer waiting raises AlreadyDecided (HTTP 409): nothing is
+    overwritten.
+    """
+    if verdict not in FINAL_STATUS:
+        raise ValueError(f"unknown verdict {verdict!r}")
+    reason = reason.strip()
+    if verdict == Decision.Verdict.REJECT and not reason:
+        raise ReviewError("Say why: pick a category or write a reason.")
+    if verdict == Decision.Verdict.ESCALATE and not reason:
+        raise ReviewError("Add a note for the admin who will look at it.")
+    now = now or timezone.now()
+    admin = is_admin(reviewer)
+    with transaction.atomic():
+        image = Image.objects.select_for_update().get(pk=image_id)
+        if image.status not in DECIDABLE:
+            last = image.decisions.order_by("-created_at", "-id").first()
+            who = f" by {last.reviewer.get_username()}" if last else ""
+            raise AlreadyDecided(
+                f"Image {image.pk} was already decided{who}: it is "
+                f"{image.get_status_display().lower()}. Nothing was changed."
+            )
+        claim = Claim.objects.select_for_update().filter(image=image).first()
+        live = claim is not None and claim.expires_at > now
+        if image.status == Image.Status.ESCALATED and not admin:
+            raise NotYours("Only an admin decides an escalated image.")
+        if not admin and not (live and claim is not None and claim.reviewer_id == reviewer.pk):
+            holder = (
+                f"{claim.reviewer.get_username()} holds it now"
+                if live and claim is not None
+                else "your claim on it has expired"
+            )
+            raise NotYours(f"You can no longer decide image {image.pk}: {holder}.")
+        if verdict == Decision.Verdict.ESCALATE and image.status == Image.Status.ESCALATED:
+            raise AlreadyDecided(f"Image {image.pk} is already escalated.")
+        before = image.status
+        after = FINAL_STATUS[verdict]
+        image.status = after
+        image.status_changed_at = now
+        image.human_decided_at = now if after != Image.Status.ESCALATED else None
+        image.save(update_fields=["status", "status_changed_at", "human_decided_at"])
+        seconds = (
+            (now - claim.claimed_at).total_seconds()
+            if claim is not None and claim.reviewer_id == reviewer.pk
+            else None
+        )
+        decision = Decision.objects.create(
+            image=image,
+            reviewer=reviewer,
+            verdict=verdict,
+            reason=reason[:500],
+            status_before=before,
+            status_after=after,
+            seconds=seconds,
+            created_at=now,
+        )
+        if claim is not None:
+            claim.delete()
+        audit.record(
+            action=AUDIT_ACTION[verdict],
+            actor=reviewer,
+            image=image,
+            state_before=before,
+            state_after=after,
+            reason=reason,
+            detail=_imm_detail(image, decision=decision.pk, seconds=seconds),
+            context=context,
+        )
+    return Outcome(decision, image)
+
+
+def undo(
+    *,
+    decision_id: int,
+    reviewer: User,
+    context: audit.AuditContext = audit.SYSTEM_CONTEXT,
+    now: datetime | None = None,
+) -> Outcome:
+    """Take back one's own decision within the undo window: a new audited event, not an edit.
+
+    The image goes back to where it was and the reviewer holds it again.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        original = (
+            Decision.objects.select_for_update()
+            .filter(pk=decision_id, reviewer=reviewer)
+            .exclude(verdict=Decision.Verdict.UNDO)
+            .first()
+        )
+        if original is None:
+            raise UndoRefused("There is no decision of yours to undo.")
+        if now - original.created_at > undo_window():
+            raise UndoRefused(
+                f"Too late to undo: decisions can be undone for {settings.REVIEW_UNDO_SECONDS} "
+                "seconds."
+            )
+        if Decision.objects.filter(undoes=original).exists():
+            raise UndoRefused("That decision was already undone.")
+        image = Image.objects.select_for_update().get(pk=original.image_id)
+        if image.status != original.status_after:
+            raise UndoRefused(
+                f"Image {image.pk} has changed since ({image.get_status_display().lower()}); "
+                "it cannot be undone."
+            )
+        image.status = original.status_before
+        image.status_changed_at = now
+        image.human_decided_at = None
+        image.save(update_fields=["status", "status_changed_at", "human_decided_at"])
+        decision = Decision.objects.create(
+            image=image,
+            reviewer=reviewer,
+            verdict=Decision.Verdict.UNDO,
+            undoes=original,
+            status_before=original.status_after,
+            status_after=original.status_before,
+            created_at=now,
+        )
+        Claim.objects.filter(image=image).delete()
+        if image.status == Image.Status.AWAITING_REVIEW:
+            Claim.objects.create(
+                image=image, reviewer=reviewer, claimed_at=now, expires_at=now + lease()
+            )
+        audit.record(
+            action=AUDIT_ACTION[Decision.Verdict.UNDO],
+            actor=reviewer,
+            image=image,
+            state_before=original.status_after,
+            state_after=original.status_before,
+            reason=f"undid {original.get_verdict_display().lower()} (decision {original.pk})",
+            detail=_imm_detail(image, decision=decision.pk, undoes=original.pk),
+            context=context,
+        )
+    return Outcome(decision, image)
