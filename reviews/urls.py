@@ -4,4 +4,13 @@ from . import views
 
 urlpatterns = [
     path("", views.queue, name="review_queue"),
+    path("next/", views.next_item, name="review_next"),
+    path("escalated/", views.escalated, name="review_escalated"),
+    path("bulk/", views.bulk, name="review_bulk"),
+    path("preferences/", views.preferences, name="review_preferences"),
+    path("<int:pk>/", views.item, name="review_item"),
+    path("<int:pk>/decide/", views.decide, name="review_decide"),
+    path("<int:pk>/reveal/", views.reveal, name="review_reveal"),
+    path("<int:pk>/renew/", views.renew, name="review_renew"),
+    path("decisions/<int:pk>/undo/", views.undo, name="review_undo"),
 ]

@@ -1,20 +1,362 @@
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
-from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
-from django.views.decorators.http import require_safe
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.cache import patch_vary_headers
+from django.views.decorators.http import require_POST, require_safe
+from django_htmx.http import HttpResponseClientRedirect, push_url, trigger_client_event
 
-from moderation.models import Image
+from moderation import audit
+from moderation.models import AuditEntry, Image, ModerationResult
+from moderation.routing import SCENE_CATEGORIES
 
-ITEMS_PER_PAGE = 50
+from . import queue as queue_reads
+from . import services
+from .models import Claim, Decision, Reveal, ReviewerPreference
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+    from django_htmx.middleware import HtmxDetails
+
+    class HtmxHttpRequest(HttpRequest):
+        htmx: HtmxDetails
+        user: User
 
 
-@permission_required("moderation.review_image", raise_exception=True)
+REVIEW = "moderation.review_image"
+ADMIN = "moderation.change_image"
+
+
+def _vary(response: HttpResponse) -> HttpResponse:
+    patch_vary_headers(response, ["HX-Request"])
+    return response
+
+
+def _greyscale(user: User) -> bool:
+    return ReviewerPreference.objects.filter(user=user, greyscale=True).exists()
+
+
+@permission_required(REVIEW, raise_exception=True)
 @require_safe
-def queue(request: HttpRequest) -> HttpResponse:
-    """Images waiting for a human decision, oldest first."""
-    waiting = Image.objects.awaiting_review().order_by("status_changed_at", "id")
-    page = Paginator(waiting, ITEMS_PER_PAGE).get_page(request.GET.get("page"))
-    return TemplateResponse(request, "reviews/queue.html", {"page": page, "nav": "queue"})
+def queue(request: HtmxHttpRequest) -> HttpResponse:
+    """Items waiting for a person, oldest first, with filters, counts and the reviewer's figures."""
+    filters = queue_reads.Filters.from_query(request.GET)
+    now = timezone.now()
+    page = queue_reads.page(filters, after=request.GET.get("after", ""), now=now)
+    counts = queue_reads.counts(filters, now=now)
+    uploaders = (
+        Image.objects.filter(status=Image.Status.AWAITING_REVIEW, uploaded_by__isnull=False)
+        .order_by()
+        .values_list("uploaded_by_id", "uploaded_by__username")
+        .distinct()[:50]
+        if request.user.has_perm(ADMIN)
+        else []
+    )
+    context = {
+        "nav": "queue",
+        "filters": filters,
+        "page": page,
+        "counts": counts,
+        "figures": queue_reads.figures(request.user.pk, counts, now=now),
+        "held": services.current_claim(request.user, now=now),
+        "greyscale": _greyscale(request.user),
+        "scenes": SCENE_CATEGORIES,
+        "ages": {key: label for key, (label, _, _) in queue_reads.AGES.items()},
+        "uploaders": uploaders,
+    }
+    template = "reviews/queue.html#rows" if request.htmx and not request.htmx.boosted else None
+    return _vary(TemplateResponse(request, template or "reviews/queue.html", context))
+
+
+def _pane_context(request: HtmxHttpRequest, image: Image | None, **extra: object) -> dict:
+    """Everything the review pane shows for one image (or the empty queue when None)."""
+    context: dict[str, object] = {
+        "image": image,
+        "greyscale": _greyscale(request.user),
+        # Live, not the cached filter counts: the number must move as decisions are made.
+        "waiting": services.waiting().order_by()[: queue_reads.COUNT_CAP].count(),
+        "is_admin": request.user.has_perm(ADMIN),
+        "undo_seconds": services.undo_window().total_seconds(),
+        **extra,
+    }
+    if image is not None:
+        claim = Claim.objects.select_related("reviewer").filter(image=image).first()
+        result = (
+            ModerationResult.objects.filter(image=image, applied=True)
+            .order_by("-received_at", "-id")
+            .first()
+        )
+        offending = {int(f.get("Offset", -1)): f for f in (result.block_frames if result else [])}
+        context.update(
+            {
+                "claim": claim,
+                "mine": claim is not None
+                and claim.reviewer_id == request.user.pk
+                and claim.expires_at > timezone.now(),
+                "result": result,
+                "frames": [
+                    (offset, offending.get(offset))
+                    for offset in range(result.frames_total if result else 0)
+                ],
+                "history": AuditEntry.objects.filter(image=image)
+                .order_by("seq")
+                .select_related("actor"),
+                "reject_reasons": _reject_reasons(image),
+            }
+        )
+    return context
+
+
+def _reject_reasons(image: Image) -> list[str]:
+    first = list(image.imm_categories)
+    rest = [c for labels in SCENE_CATEGORIES.values() for c in labels if c not in first]
+    return first + sorted(set(rest), key=rest.index)
+
+
+def _render_pane(
+    request: HtmxHttpRequest, image: Image | None, *, status: int = 200, **extra: object
+) -> HttpResponse:
+    template = "reviews/pane.html#pane" if request.htmx else "reviews/pane.html"
+    response = TemplateResponse(
+        request, template, _pane_context(request, image, **extra), status=status
+    )
+    if request.htmx and image is not None:
+        push_url(response, reverse("review_item", args=[image.pk]))
+    elif request.htmx:
+        push_url(response, reverse("review_next"))
+    return _vary(response)
+
+
+@permission_required(REVIEW, raise_exception=True)
+@require_safe
+def item(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """The review pane for one image: the claimant decides; others see who holds it."""
+    image = get_object_or_404(
+        Image.objects.select_related("uploaded_by"),
+        pk=pk,
+        status__in=(*services.DECIDABLE, Image.Status.APPROVED, Image.Status.REJECTED),
+    )
+    if not request.user.has_perm(ADMIN) and image.status != Image.Status.AWAITING_REVIEW:
+        raise Http404("reviewers see the images waiting for review")
+    return _render_pane(request, image)
+
+
+@permission_required(REVIEW, raise_exception=True)
+def next_item(request: HtmxHttpRequest) -> HttpResponse:
+    """Start reviewing / Next: the reviewer's held item, or claim the oldest waiting one."""
+    if request.method == "POST":
+        filters = queue_reads.Filters.from_query(request.POST)
+        claim = services.claim_next(
+            reviewer=request.user,
+            queryset=filters.apply(services.waiting(), now=timezone.now()),
+        )
+        if claim is None:
+            if not request.htmx:
+                messages.info(request, "Nothing is waiting for review. Well done.")
+                return redirect("review_queue")
+            return _render_pane(request, None)
+        if not request.htmx:
+            return redirect("review_item", pk=claim.image_id)
+        return _render_pane(request, claim.image)
+    held = services.current_claim(request.user)
+    if held is not None:
+        return redirect("review_item", pk=held.image_id)
+    return _render_pane(request, None)
+
+
+@permission_required(REVIEW, raise_exception=True)
+@require_POST
+def decide(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """Approve, Reject, Escalate or Skip, then the next item (htmx swaps it in; else redirect)."""
+    action = request.POST.get("action", "")
+    context = audit.AuditContext.from_request(request)
+    image = get_object_or_404(Image, pk=pk)
+    if action == "skip":
+        services.release(image=image, reviewer=request.user, context=context)
+        return _after(request, exclude=[image.pk], note="Skipped; it stays in the queue.")
+    verdicts = {
+        "approve": Decision.Verdict.APPROVE,
+        "reject": Decision.Verdict.REJECT,
+        "escalate": Decision.Verdict.ESCALATE,
+    }
+    if action not in verdicts:
+        return _refused(request, image, "Choose Approve, Reject, Escalate or Skip.", 400)
+    if action == "reject":
+        reason = " — ".join(
+            part
+            for part in (request.POST.get("category", "").strip(), request.POST.get("reason", ""))
+            if part.strip()
+        )
+    elif action == "escalate":
+        reason = request.POST.get("note", "")
+    else:
+        reason = ""
+    try:
+        outcome = services.decide(
+            image_id=image.pk,
+            reviewer=request.user,
+            verdict=verdicts[action],
+            reason=reason,
+            context=context,
+        )
+    except services.ReviewError as error:
+        return _refused(request, image, error.message, error.status)
+    label = outcome.decision.get_verdict_display().lower()
+    return _after(request, exclude=[image.pk], note=f"Image {image.pk} {label}.", decision=outcome)
+
+
+def _refused(request: HtmxHttpRequest, image: Image, message: str, status: int) -> HttpResponse:
+    if not request.htmx:
+        messages.error(request, message)
+        return redirect("review_item", pk=image.pk)
+    image.refresh_from_db()
+    return _render_pane(request, image, status=status, error=message)
+
+
+def _after(
+    request: HtmxHttpRequest,
+    *,
+    exclude: list[int],
+    note: str,
+    decision: services.Outcome | None = None,
+) -> HttpResponse:
+    filters = queue_reads.Filters.from_query(request.POST)
+    claim = services.claim_next(
+        reviewer=request.user,
+        queryset=filters.apply(services.waiting(), now=timezone.now()),
+        exclude=exclude,
+    )
+    if not request.htmx:
+        messages.success(request, note)
+        if claim is None:
+            return redirect("review_queue")
+        return redirect("review_item", pk=claim.image_id)
+    response = _render_pane(
+        request,
+        claim.image if claim else None,
+        note=note,
+        undo=decision.decision if decision else None,
+    )
+    return trigger_client_event(response, "queue-changed")
+
+
+@permission_required(REVIEW, raise_exception=True)
+@require_POST
+def undo(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    try:
+        outcome = services.undo(
+            decision_id=pk, reviewer=request.user, context=audit.AuditContext.from_request(request)
+        )
+    except services.ReviewError as error:
+        if not request.htmx:
+            messages.error(request, error.message)
+            return redirect("review_next")
+        held = services.current_claim(request.user)
+        return _render_pane(
+            request, held.image if held else None, status=error.status, error=error.message
+        )
+    if not request.htmx:
+        messages.success(request, f"Undone: image {outcome.image.pk} is back with you.")
+        return redirect("review_item", pk=outcome.image.pk)
+    response = _render_pane(request, outcome.image, note="Undone. The image is back with you.")
+    return trigger_client_event(response, "queue-changed")
+
+
+@permission_required(REVIEW, raise_exception=True)
+@require_POST
+def reveal(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """Record that the reviewer unblurred this image (exposure admins can see and limit)."""
+    image = get_object_or_404(Image, pk=pk)
+    Reveal.objects.create(image=image, reviewer=request.user)
+    return HttpResponse(status=204)
+
+
+@permission_required(REVIEW, raise_exception=True)
+@require_POST
+def renew(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """The reviewer is active on the item: extend the lease. 409 if it is no longer theirs."""
+    claim = Claim.objects.filter(
+        image_id=pk, reviewer=request.user, expires_at__gt=timezone.now()
+    ).first()
+    if claim is None:
+        return HttpResponse("Your claim on this item has expired.", status=409)
+    services.renew(claim=claim)
+    return HttpResponse(status=204)
+
+
+@permission_required(REVIEW, raise_exception=True)
+@require_POST
+def preferences(request: HtmxHttpRequest) -> HttpResponse:
+    ReviewerPreference.objects.update_or_create(
+        user=request.user, defaults={"greyscale": request.POST.get("greyscale") == "on"}
+    )
+    target = request.POST.get("next") or reverse("review_queue")
+    if not target.startswith("/"):
+        target = reverse("review_queue")
+    if request.htmx:
+        return HttpResponseClientRedirect(target)
+    return redirect(target)
+
+
+@permission_required(ADMIN, raise_exception=True)
+@require_safe
+def escalated(request: HtmxHttpRequest) -> HttpResponse:
+    """Admins: escalated items first, then everything waiting, to decide one by one or in bulk."""
+    images = (
+        Image.objects.filter(status__in=services.DECIDABLE)
+        .select_related("uploaded_by")
+        .order_by("-status", "status_changed_at", "id")[:200]
+    )
+    notes = {
+        d.image_id: d
+        for d in Decision.objects.filter(
+            image__in=[i.pk for i in images], verdict=Decision.Verdict.ESCALATE
+        ).select_related("reviewer")
+    }
+    return TemplateResponse(
+        request,
+        "reviews/escalated.html",
+        {"images": images, "notes": notes, "nav": "escalated"},
+    )
+
+
+@permission_required(ADMIN, raise_exception=True)
+@require_POST
+def bulk(request: HtmxHttpRequest) -> HttpResponse:
+    """Approve or reject several items from the list, each decided and audited on its own."""
+    action = request.POST.get("action")
+    reason = request.POST.get("reason", "").strip()
+    if action not in ("approve", "reject"):
+        messages.error(request, "Choose Approve or Reject.")
+        return redirect("review_escalated")
+    if action == "reject" and not reason:
+        messages.error(request, "Rejecting needs a reason.")
+        return redirect("review_escalated")
+    ids = [int(v) for v in request.POST.getlist("images") if v.isdigit()]
+    context = audit.AuditContext.from_request(request)
+    done, refused = 0, []
+    for image_id in ids:
+        try:
+            services.decide(
+                image_id=image_id,
+                reviewer=request.user,
+                verdict=action,
+                reason=reason,
+                context=context,
+            )
+            done += 1
+        except (services.ReviewError, Image.DoesNotExist) as error:
+            refused.append(f"{image_id}: {getattr(error, 'message', 'not found')}")
+    if done:
+        verb = "approved" if action == "approve" else "rejected"
+        messages.success(request, f"{done} image(s) {verb}, each on the audit log.")
+    for line in refused:
+        messages.error(request, line)
+    return redirect("review_escalated")

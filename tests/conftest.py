@@ -21,6 +21,14 @@ def _media_root(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path / "media"
 
 
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    # The review queue caches its counts; each test starts from nothing.
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture
 def admin_user(db):
     return create_user(username="ada", role="admin", password=PASSWORD, validate=False)

@@ -9,6 +9,7 @@
       button.setAttribute("aria-pressed", String(revealed));
       button.textContent = revealed ? "Hide" : "Reveal";
     }
+    figure.dispatchEvent(new CustomEvent("reveal", { bubbles: true, detail: { revealed: revealed } }));
     const hint = figure.querySelector("[data-reveal-hint]");
     if (hint) hint.textContent = revealed ? "Revealed. Click or press V to blur it again." : hint.dataset.revealHint;
   }

@@ -1,0 +1,213 @@
+"""Reading the review queue: filters, keyset pages, counts and the reviewer's figures.
+
+Built for 100,000 waiting items among 1,000,000 images: pages are keyset pages on the
+(status, status_changed_at, id) index, rows come with their claims in one extra query, and
+counts (which do scan) are cached for COUNTS_TTL seconds per filter, so a page view never
+counts the table.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.core.cache import cache
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.http import QueryDict
+from django.utils import timezone
+
+from moderation.models import Image, ImageCategory
+from moderation.routing import SCENE_CATEGORIES
+
+from .models import Claim, Decision
+from .services import waiting
+
+PAGE_SIZE = 50
+COUNTS_TTL = 30
+COUNT_CAP = 100_000
+AGES = {
+    "1h": ("Under an hour", None, timedelta(hours=1)),
+    "1d": ("1 to 24 hours", timedelta(hours=1), timedelta(days=1)),
+    "old": ("Over a day", timedelta(days=1), None),
+}
+
+
+@dataclass(frozen=True)
+class Filters:
+    scene: str = ""
+    category: str = ""
+    age: str = ""
+    uploader: int | None = None
+
+    @classmethod
+    def from_query(cls, query: QueryDict) -> Filters:
+        scene = query.get("scene", "")
+        age = query.get("age", "")
+        uploader = query.get("uploader", "")
+        return cls(
+            scene=scene if scene in SCENE_CATEGORIES else "",
+            category=query.get("category", "").strip()[:64],
+            age=age if age in AGES else "",
+            uploader=int(uploader) if uploader.isdigit() else None,
+        )
+
+    def apply(self, images: QuerySet[Image], *, now: datetime) -> QuerySet[Image]:
+        if self.category:
+            images = images.filter(
+                Exists(ImageCategory.objects.filter(image=OuterRef("pk"), category=self.category))
+            )
+        if self.scene:
+            images = images.filter(
+                Exists(
+                    ImageCategory.objects.filter(
+                        image=OuterRef("pk"), category__in=SCENE_CATEGORIES[self.scene]
+                    )
+                )
+            )
+        if self.age:
+            _, newer_than, older_than = AGES[self.age]
+            if newer_than is not None:
+                images = images.filter(status_changed_at__lte=now - newer_than)
+            if older_than is not None:
+                images = images.filter(status_changed_at__gt=now - older_than)
+        if self.uploader is not None:
+            images = images.filter(uploaded_by_id=self.uploader)
+        return images
+
+    def query(self, **changes: object) -> str:
+        """The query string for these filters with some changed (for links)."""
+        values: dict[str, object] = {
+            "scene": self.scene,
+            "category": self.category,
+            "age": self.age,
+            "uploader": self.uploader,
+        }
+        values.update(changes)
+        query = QueryDict(mutable=True)
+        for key, value in values.items():
+            if value not in ("", None):
+                query[key] = str(value)
+        return query.urlencode()
+
+    @property
+    def active(self) -> bool:
+        return bool(self.scene or self.category or self.age or self.uploader is not None)
+
+
+def _cursor(image: Image) -> str:
+    return f"{int(image.status_changed_at.timestamp() * 1_000_000)}.{image.pk}"
+
+
+def _parse_cursor(value: str) -> tuple[datetime, int] | None:
+    micros, _, pk = value.partition(".")
+    if not (micros.isdigit() and pk.isdigit()):
+        return None
+    moment = datetime.fromtimestamp(int(micros) / 1_000_000, tz=timezone.get_current_timezone())
+    return moment, int(pk)
+
+
+@dataclass
+class Page:
+    rows: list[Image]
+    claims: dict[int, Claim]
+    next_cursor: str | None
+    first: bool
+
+
+def page(filters: Filters, *, after: str = "", now: datetime | None = None) -> Page:
+    """One keyset page, oldest first: a fixed number of queries whatever the page or queue size."""
+    now = now or timezone.now()
+    images = filters.apply(waiting(), now=now).select_related("uploaded_by")
+    cursor = _parse_cursor(after) if after else None
+    if cursor is not None:
+        moment, pk = cursor
+        images = images.filter(
+            Q(status_changed_at__gt=moment) | Q(status_changed_at=moment, pk__gt=pk)
+        )
+    rows = list(images[: PAGE_SIZE + 1])
+    more = len(rows) > PAGE_SIZE
+    rows = rows[:PAGE_SIZE]
+    claims = {
+        claim.image_id: claim
+        for claim in Claim.objects.filter(
+            image_id__in=[row.pk for row in rows], expires_at__gt=now
+        ).select_related("reviewer")
+    }
+    return Page(rows, claims, _cursor(rows[-1]) if more and rows else None, cursor is None)
+
+
+@dataclass
+class Counts:
+    waiting: int
+    capped: bool
+    oldest: datetime | None
+    categories: list[tuple[str, int]] = field(default_factory=list)
+    scenes: dict[str, int] = field(default_factory=dict)
+    ages: dict[str, int] = field(default_factory=dict)
+
+
+def counts(filters: Filters, *, now: datetime | None = None) -> Counts:
+    """Counts for the filter bar, cached briefly: they scan, the page itself never does."""
+    key = f"reviews:counts:{filters.query()}"
+    cached = cache.get(key)
+    if cached is not None:
+        return cached
+    now = now or timezone.now()
+    scoped = filters.apply(waiting(), now=now)
+    total = scoped.order_by()[:COUNT_CAP].count()
+    oldest = waiting().values_list("status_changed_at", flat=True).first()
+    categories = list(
+        ImageCategory.objects.filter(image__in=scoped.order_by().values("pk"))
+        .values_list("category")
+        .annotate(n=Count("image_id"))
+        .order_by("-n", "category")[:30]
+    )
+    by_category = dict(categories)
+    scenes = {
+        scene: sum(by_category.get(label, 0) for label in labels)
+        for scene, labels in SCENE_CATEGORIES.items()
+    }
+    ages = {}
+    for name, (_, newer_than, older_than) in AGES.items():
+        bucket = waiting()
+        if newer_than is not None:
+            bucket = bucket.filter(status_changed_at__lte=now - newer_than)
+        if older_than is not None:
+            bucket = bucket.filter(status_changed_at__gt=now - older_than)
+        ages[name] = bucket.order_by()[:COUNT_CAP].count()
+    result = Counts(
+        waiting=total,
+        capped=total >= COUNT_CAP,
+        oldest=oldest,
+        categories=categories,
+        scenes={k: v for k, v in scenes.items() if v},
+        ages=ages,
+    )
+    cache.set(key, result, COUNTS_TTL)
+    return result
+
+
+@dataclass
+class Figures:
+    decisions_today: int
+    median_seconds: float | None
+    waiting: int
+    oldest_age: timedelta | None
+
+
+def figures(reviewer_id: int, counts_: Counts, *, now: datetime | None = None) -> Figures:
+    now = now or timezone.now()
+    start = timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    seconds = list(
+        Decision.objects.filter(reviewer_id=reviewer_id, created_at__gte=start)
+        .exclude(verdict=Decision.Verdict.UNDO)
+        .values_list("seconds", flat=True)
+    )
+    timed = [s for s in seconds if s is not None]
+    return Figures(
+        decisions_today=len(seconds),
+        median_seconds=statistics.median(timed) if timed else None,
+        waiting=counts_.waiting,
+        oldest_age=(now - counts_.oldest) if counts_.oldest else None,
+    )
