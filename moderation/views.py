@@ -14,8 +14,10 @@ from django.db.models import Min
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.cache import patch_vary_headers
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
@@ -252,7 +254,10 @@ def imm_resume(request: HttpRequest) -> HttpResponse:
         actor=request.user, context=audit.AuditContext.from_request(request)
     )
     messages.success(request, f"IMM submissions resumed; {queued} waiting image(s) queued.")
-    return redirect(request.POST.get("next") or "image_list")
+    target = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
+        target = reverse("image_list")
+    return redirect(target)
 
 
 @permission_required("moderation.view_image", raise_exception=True)

@@ -163,11 +163,20 @@ def counts(filters: Filters, *, now: datetime | None = None) -> Counts:
         .annotate(n=Count("image_id"))
         .order_by("-n", "category")[:30]
     )
-    by_category = dict(categories)
-    scenes = {
-        scene: sum(by_category.get(label, 0) for label in labels)
-        for scene, labels in SCENE_CATEGORIES.items()
-    }
+    # Images per scene, each image once: summing category counts would count an image with
+    # two of a scene's labels twice (and miss labels outside the top 30).
+    per_scene = scoped.order_by().aggregate(
+        **{
+            f"scene_{scene}": Count(
+                "pk",
+                filter=Exists(
+                    ImageCategory.objects.filter(image=OuterRef("pk"), category__in=labels)
+                ),
+            )
+            for scene, labels in SCENE_CATEGORIES.items()
+        }
+    )
+    scenes = {scene: per_scene[f"scene_{scene}"] for scene in SCENE_CATEGORIES}
     ages = {}
     for name, (_, newer_than, older_than) in AGES.items():
         bucket = waiting()

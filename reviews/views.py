@@ -10,7 +10,8 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.cache import patch_vary_headers
-from django.views.decorators.http import require_POST, require_safe
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 from django_htmx.http import HttpResponseClientRedirect, push_url, trigger_client_event
 
 from moderation import audit
@@ -149,6 +150,7 @@ def item(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 
 
 @permission_required(REVIEW, raise_exception=True)
+@require_http_methods(["GET", "HEAD", "POST"])
 def next_item(request: HtmxHttpRequest) -> HttpResponse:
     """Start reviewing / Next: the reviewer's held item, or claim the oldest waiting one."""
     if request.method == "POST":
@@ -189,11 +191,8 @@ def decide(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     if action not in verdicts:
         return _refused(request, image, "Choose Approve, Reject, Escalate or Skip.", 400)
     if action == "reject":
-        reason = " — ".join(
-            part
-            for part in (request.POST.get("category", "").strip(), request.POST.get("reason", ""))
-            if part.strip()
-        )
+        parts = (request.POST.get("category", ""), request.POST.get("reason", ""))
+        reason = " — ".join(part.strip() for part in parts if part.strip())
     elif action == "escalate":
         reason = request.POST.get("note", "")
     else:
@@ -213,9 +212,8 @@ def decide(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 
 
 def _refused(request: HtmxHttpRequest, image: Image, message: str, status: int) -> HttpResponse:
-    if not request.htmx:
-        messages.error(request, message)
-        return redirect("review_item", pk=image.pk)
+    # The pane with the reason and the real status, with or without htmx: a redirect would lose
+    # the status, and a reviewer redirected to an item someone else decided would get a 404.
     image.refresh_from_db()
     return _render_pane(request, image, status=status, error=message)
 
@@ -297,8 +295,9 @@ def preferences(request: HtmxHttpRequest) -> HttpResponse:
     ReviewerPreference.objects.update_or_create(
         user=request.user, defaults={"greyscale": request.POST.get("greyscale") == "on"}
     )
-    target = request.POST.get("next") or reverse("review_queue")
-    if not target.startswith("/"):
+    target = request.POST.get("next", "")
+    # Local paths only: "//host/" and "/\\host/" start with a slash but leave the site.
+    if not (target.startswith("/") and url_has_allowed_host_and_scheme(target, allowed_hosts=None)):
         target = reverse("review_queue")
     if request.htmx:
         return HttpResponseClientRedirect(target)
@@ -314,12 +313,17 @@ def escalated(request: HtmxHttpRequest) -> HttpResponse:
         .select_related("uploaded_by")
         .order_by("-status", "status_changed_at", "id")[:200]
     )
-    notes = {
-        d.image_id: d
-        for d in Decision.objects.filter(
-            image__in=[i.pk for i in images], verdict=Decision.Verdict.ESCALATE
-        ).select_related("reviewer")
-    }
+    # The latest escalation that still stands (later rows win): an undone one is no note.
+    escalations = (
+        Decision.objects.filter(
+            image__in=[i.pk for i in images],
+            verdict=Decision.Verdict.ESCALATE,
+            undone_by__isnull=True,
+        )
+        .select_related("reviewer")
+        .order_by("created_at", "id")
+    )
+    notes = {d.image_id: d for d in escalations}
     return TemplateResponse(
         request,
         "reviews/escalated.html",

@@ -405,3 +405,10 @@ def test_reviewers_cannot_retry_or_resume(reviewer_client, make_image):
     assert reviewer_client.post(reverse("imm_resume")).status_code == 403
     failed.refresh_from_db()
     assert failed.status == Image.Status.FAILED
+
+
+def test_resume_only_redirects_to_local_pages(admin_client):
+    response = admin_client.post(reverse("imm_resume"), {"next": "https://evil.example/"})
+    assert response["Location"] == reverse("image_list")
+    response = admin_client.post(reverse("imm_resume"), {"next": "/images/?status=failed"})
+    assert response["Location"] == "/images/?status=failed"
