@@ -20,5 +20,6 @@ urlpatterns = [
     path("imm/routing/", views.routing_rules, name="routing_rules"),
     path("imm/resume/", views.imm_resume, name="imm_resume"),
     path("reviews/", include("reviews.urls")),
+    path("audit/", include("reviews.urls_audit")),
     path("admin/", admin.site.urls),
 ]
