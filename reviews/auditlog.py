@@ -341,10 +341,13 @@ def verify_now(request: HtmxHttpRequest) -> HttpResponse:
 
 # ----------------------------------------------------------------------------------- exports
 
+# With actor_id every field the entry hash covers is exported, so a copy can be verified offline
+# (moderation.audit.canonical_content).
 EXPORT_COLUMNS = (
     "seq",
     "time",
     "actor",
+    "actor_id",
     "action",
     "image_id",
     "state_before",
@@ -360,6 +363,7 @@ EXPORT_FIELDS = (
     "seq",
     "created_at",
     "actor_label",
+    "actor_id",
     "action",
     "image_id",
     "state_before",

@@ -575,6 +575,7 @@ def expected_rows(**filters: Any) -> list[dict[str, Any]]:
             "seq": e.seq,
             "time": e.created_at.astimezone(UTC).isoformat(timespec="microseconds"),
             "actor": e.actor_label,
+            "actor_id": e.actor_id,
             "action": e.action,
             "image_id": e.image_id,
             "state_before": e.state_before,
@@ -601,9 +602,9 @@ def test_the_csv_export_parses_back_to_the_database_rows_in_chain_order(admin_cl
     assert header == list(EXPORT_COLUMNS)
     assert rows == [as_csv_cells(row) for row in expected_rows()]
     assert [int(r[0]) for r in rows] == sorted(int(r[0]) for r in rows)
-    rejected = next(r for r in rows if r[3] == "review.rejected")
-    assert rejected[7] == 'Zoë\u2019s "quoted", comma\nand a new line'
-    assert json.loads(rejected[8])["nested"] == {"a": [1, None]}
+    rejected = next(r for r in rows if r[EXPORT_COLUMNS.index("action")] == "review.rejected")
+    assert rejected[EXPORT_COLUMNS.index("reason")] == 'Zoë\u2019s "quoted", comma\nand a new line'
+    assert json.loads(rejected[EXPORT_COLUMNS.index("detail")])["nested"] == {"a": [1, None]}
     assert datetime.fromisoformat(rejected[1]).tzinfo == UTC
 
 
@@ -634,7 +635,10 @@ def test_exports_apply_the_same_filters_as_the_page(admin_client, varied, three_
     assert [int(r[0]) for r in rows] == [
         e["seq"] for e in expected_rows(actor__username="ada", image=varied)
     ]
-    assert [r[3] for r in rows] == ["image.uploaded", "review.rejected"]
+    assert [r[EXPORT_COLUMNS.index("action")] for r in rows] == [
+        "image.uploaded",
+        "review.rejected",
+    ]
     lines = jsonl_rows(admin_client.get(JSONL_URL, {"action": "imm.routed"}))
     assert [line["seq"] for line in lines] == [three_actors[2].seq]
 
@@ -712,3 +716,29 @@ def test_exporting_eight_thousand_entries_never_holds_them_all(admin_client):
     # JSON Lines reads the same stream of rows; only the line format differs.
     jsonl = peak(export(JSONL_URL))
     assert jsonl < everything * 0.5, f"JSON Lines peak {jsonl} vs all rows held {everything}"
+
+
+def test_an_export_carries_everything_needed_to_verify_each_entry_offline(admin_client, varied):
+    from moderation.audit import canonical_content, entry_hash
+
+    response = admin_client.get("/audit/export.jsonl")
+    lines = b"".join(response.streaming_content).decode().splitlines()
+    assert lines
+    for line in lines:
+        record = json.loads(line)
+        content = canonical_content(
+            seq=record["seq"],
+            created_at=datetime.fromisoformat(record["time"]),
+            actor_id=record["actor_id"],
+            actor_label=record["actor"],
+            action=record["action"],
+            image_id=record["image_id"],
+            state_before=record["state_before"],
+            state_after=record["state_after"],
+            reason=record["reason"],
+            detail=record["detail"],
+            ip_address=record["ip_address"],
+            user_agent=record["user_agent"],
+            prev_hash=record["prev_hash"],
+        )
+        assert entry_hash(content) == record["entry_hash"]
