@@ -25,7 +25,9 @@ class Claim(models.Model):
     expires_at = models.DateTimeField(db_index=True)
 
     class Meta:
-        indexes = [models.Index(fields=["reviewer", "expires_at"], name="claim_reviewer")]
+        # One item at a time per reviewer, settled by the database (a double click on "Next"
+        # cannot leave a reviewer holding two).
+        constraints = [models.UniqueConstraint(fields=["reviewer"], name="one_claim_per_reviewer")]
 
     def __str__(self) -> str:
         return f"image {self.image_id} held by {self.reviewer_id} until {self.expires_at:%H:%M:%S}"

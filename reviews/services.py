@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from moderation import audit
@@ -112,16 +112,16 @@ def claim_next(
     just skipped). Returns None when nothing is waiting.
     """
     now = now or timezone.now()
-    held = current_claim(reviewer, now=now)
-    if held is not None and held.image_id not in set(exclude):
-        return renew(claim=held, now=now)
+    excluded = set(exclude)
     candidates = unclaimed(queryset if queryset is not None else waiting(), now=now)
-    candidates = candidates.exclude(pk__in=list(exclude)).filter(
-        status=Image.Status.AWAITING_REVIEW
-    )
-    for _ in range(5):  # a lost race on the same row is retried with the next one
+    candidates = candidates.exclude(pk__in=excluded).filter(status=Image.Status.AWAITING_REVIEW)
+    for _ in range(5):  # a lost race is retried: another row, or the claim a double click made
         try:
             with transaction.atomic():
+                # Inside the transaction, so a claim committed by a concurrent click is seen.
+                held = current_claim(reviewer, now=now)
+                if held is not None and held.image_id not in excluded:
+                    return renew(claim=held, now=now)
                 image = (
                     candidates.order_by("status_changed_at", "id")
                     .select_for_update(skip_locked=True, of=("self",))
@@ -129,7 +129,11 @@ def claim_next(
                 )
                 if image is None:
                     return None
-                Claim.objects.filter(image=image, expires_at__lte=now).delete()
+                # One claim per reviewer (a database constraint): taking a new item lets go of
+                # any stale or skipped one; an expired claim on this image is replaced.
+                Claim.objects.filter(
+                    Q(reviewer=reviewer) | Q(image=image, expires_at__lte=now)
+                ).delete()
                 return Claim.objects.create(
                     image=image, reviewer=reviewer, claimed_at=now, expires_at=now + lease()
                 )
@@ -313,7 +317,8 @@ def undo(
             status_after=original.status_before,
             created_at=now,
         )
-        Claim.objects.filter(image=image).delete()
+        # The reviewer goes back to this image; whatever they were given next returns to the queue.
+        Claim.objects.filter(Q(image=image) | Q(reviewer=reviewer)).delete()
         if image.status == Image.Status.AWAITING_REVIEW:
             Claim.objects.create(
                 image=image, reviewer=reviewer, claimed_at=now, expires_at=now + lease()

@@ -983,14 +983,7 @@ def test_two_decisions_racing_on_one_item_make_one_decision_and_one_409(pair):
     images = bare_waiting_images(ROUNDS)
     admin = user("ada", "admin")
     other = user("rex") if pair == "admin and claimant" else user("alf", "admin")
-    if pair == "admin and claimant":
-        for image in images:
-            Claim.objects.create(
-                image=image,
-                reviewer=other,
-                claimed_at=timezone.now(),
-                expires_at=timezone.now() + services.lease(),
-            )
+    claimant = other if pair == "admin and claimant" else None
     barrier = threading.Barrier(2, timeout=60)
     outcomes: dict[tuple[int, int], str] = {}  # (image, decider): verdict, or the HTTP status
     refusals: dict[int, str] = {}
@@ -999,6 +992,14 @@ def test_two_decisions_racing_on_one_item_make_one_decision_and_one_409(pair):
     def race(decider: Any, verdict: str) -> None:
         try:
             for image in images:
+                if decider is claimant:
+                    # A reviewer holds one item at a time: claim each just before its race.
+                    Claim.objects.create(
+                        image=image,
+                        reviewer=claimant,
+                        claimed_at=timezone.now(),
+                        expires_at=timezone.now() + services.lease(),
+                    )
                 barrier.wait()
                 try:
                     services.decide(
@@ -1044,3 +1045,47 @@ def test_two_decisions_racing_on_one_item_make_one_decision_and_one_409(pair):
     assert sum(winners.values()) == ROUNDS
     assert not Claim.objects.exists()
     assert list(audit.walk_chain())[-1].count == AuditEntry.objects.count()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_double_click_on_next_leaves_the_reviewer_one_claim():
+    bare_waiting_images(6)
+    reviewer = user("dbl")
+    barrier = threading.Barrier(2, timeout=60)
+    got: list[int | None] = []
+    errors: list[str] = []
+
+    def click() -> None:
+        try:
+            barrier.wait()
+            claim = services.claim_next(reviewer=reviewer)
+            got.append(claim.image_id if claim else None)
+        except BaseException as exc:
+            errors.append(repr(exc))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=click) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert Claim.objects.filter(reviewer=reviewer).count() == 1
+    held = Claim.objects.get(reviewer=reviewer).image_id
+    assert got == [held, held]
+
+
+def test_undo_gives_back_the_item_handed_out_next(make_image, reviewer_user):
+    first = make_image(status=Image.Status.AWAITING_REVIEW)
+    second = make_image(status=Image.Status.AWAITING_REVIEW)
+    services.claim_next(reviewer=reviewer_user)
+    outcome = services.decide(
+        image_id=first.pk, reviewer=reviewer_user, verdict=Decision.Verdict.APPROVE
+    )
+    assert services.claim_next(reviewer=reviewer_user).image_id == second.pk
+    services.undo(decision_id=outcome.decision.pk, reviewer=reviewer_user)
+    assert list(
+        Claim.objects.filter(reviewer=reviewer_user).values_list("image_id", flat=True)
+    ) == [first.pk]
+    assert services.claim_next(reviewer=reviewer_user).image_id == first.pk
