@@ -185,7 +185,7 @@ class AuditEntry(models.Model):
     actor_label = models.CharField(
         max_length=150, help_text="The username at the time, or 'system'."
     )
-    action = models.CharField(max_length=64, db_index=True)
+    action = models.CharField(max_length=64)
     image = models.ForeignKey(
         Image, null=True, blank=True, on_delete=models.PROTECT, related_name="audit_entries"
     )
@@ -203,7 +203,12 @@ class AuditEntry(models.Model):
     class Meta:
         verbose_name_plural = "audit entries"
         ordering = ["-seq"]
-        indexes = [models.Index(fields=["image", "seq"], name="audit_image_seq")]
+        indexes = [
+            models.Index(fields=["image", "seq"], name="audit_image_seq"),
+            # The log page filters by action or actor and pages by seq.
+            models.Index(fields=["action", "seq"], name="audit_action_seq"),
+            models.Index(fields=["actor", "seq"], name="audit_actor_seq"),
+        ]
 
     def __str__(self) -> str:
         return f"#{self.seq} {self.action} by {self.actor_label}"
