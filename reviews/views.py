@@ -191,7 +191,8 @@ def decide(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     if action not in verdicts:
         return _refused(request, image, "Choose Approve, Reject, Escalate or Skip.", 400)
     if action == "reject":
-        parts = (request.POST.get("category", ""), request.POST.get("reason", ""))
+        # Not "category": that name is the queue filter's, which the next claim reads.
+        parts = (request.POST.get("reject_category", ""), request.POST.get("reason", ""))
         reason = " — ".join(part.strip() for part in parts if part.strip())
     elif action == "escalate":
         reason = request.POST.get("note", "")

@@ -865,7 +865,7 @@ def test_rejecting_without_a_reason_is_refused_and_changes_nothing(
     reviewer_client.post(reverse("review_next"))
     before = snapshot(first)
 
-    response = decide(reviewer_client, first, "reject", htmx=True, category="", reason="  ")
+    response = decide(reviewer_client, first, "reject", htmx=True, reject_category="", reason="  ")
 
     html = response.content.decode()
     assert response.status_code == 409
@@ -899,7 +899,9 @@ def test_rejecting_with_a_category_stores_it_as_the_reason(
     first, _ = two_waiting
     reviewer_client.post(reverse("review_next"))
 
-    response = decide(reviewer_client, first, "reject", htmx=True, category="porn", reason="")
+    response = decide(
+        reviewer_client, first, "reject", htmx=True, reject_category="porn", reason=""
+    )
 
     assert response.status_code == 200
     assert f"Image {first.pk} rejected." in response.content.decode()
@@ -915,7 +917,7 @@ def test_rejecting_with_a_category_and_words_keeps_both(reviewer_client, two_wai
     first, _ = two_waiting
     reviewer_client.post(reverse("review_next"))
 
-    decide(reviewer_client, first, "reject", category=" sexy ", reason="  nude on a beach  ")
+    decide(reviewer_client, first, "reject", reject_category=" sexy ", reason="  nude on a beach  ")
 
     assert Decision.objects.get(image=first).reason == "sexy — nude on a beach"
 
@@ -1010,7 +1012,7 @@ def test_deciding_an_item_someone_else_already_decided_is_a_409_and_overwrites_n
     before = snapshot(first)
     assert before[:2] == (APPROVED, 1)
 
-    response = decide(reviewer_client, first, "reject", htmx=True, category="porn")
+    response = decide(reviewer_client, first, "reject", htmx=True, reject_category="porn")
 
     html = response.content.decode()
     assert response.status_code == 409
@@ -1109,7 +1111,7 @@ def test_an_admin_decides_an_item_a_reviewer_holds(admin_client, reviewer_user, 
     image = queued()
     hold(image, reviewer_user)
 
-    decide(admin_client, image, "reject", category="sexy")
+    decide(admin_client, image, "reject", reject_category="sexy")
 
     image.refresh_from_db()
     assert image.status == REJECTED
@@ -1575,7 +1577,7 @@ def test_bulk_with_an_already_decided_item_decides_the_others_and_names_the_refu
 ):
     decided, fresh, other = queued(age=timedelta(days=1)), queued(), queued()
     reviewer_client.post(reverse("review_next"))
-    decide(reviewer_client, decided, "reject", category="porn")
+    decide(reviewer_client, decided, "reject", reject_category="porn")
     before = snapshot(decided)
 
     response = admin_client.post(
@@ -1596,3 +1598,12 @@ def test_bulk_with_an_already_decided_item_decides_the_others_and_names_the_refu
         image.refresh_from_db()
         assert image.status == APPROVED
         assert AuditEntry.objects.filter(image=image, action="review.approved").count() == 1
+
+
+def test_rejecting_with_a_category_does_not_filter_the_next_item(reviewer_client, make_image):
+    first = make_image(status=Image.Status.AWAITING_REVIEW)
+    second = make_image(status=Image.Status.AWAITING_REVIEW)
+    reviewer_client.post(reverse("review_next"))
+    response = decide(reviewer_client, first, "reject", htmx=True, reject_category="bloody")
+    assert response.status_code == 200
+    assert f'data-image="{second.pk}"' in response.content.decode()

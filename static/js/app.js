@@ -26,6 +26,7 @@
     if (event.defaultPrevented || event.ctrlKey || event.metaKey || event.altKey) return;
     const tag = (event.target.tagName || "").toLowerCase();
     if (tag === "input" || tag === "textarea" || tag === "select") return;
+    if (event.repeat || document.querySelector("dialog:modal")) return; // nothing revealed behind a dialog
     if (event.key === "v" || event.key === "V") {
       const figures = document.querySelectorAll(".sensitive[data-keyboard-reveal]");
       figures.forEach(toggle);

@@ -63,6 +63,16 @@
     const current = pane();
     if (!current) return;
     const target = event.target;
+    const dialog = document.getElementById("shortcuts");
+    // While the list is open, keys are for the list (Escape or ? closes it): no decision is made
+    // behind it.
+    if (dialog && dialog.open && event.key !== "?") return;
+    // A held-down key repeats, and a key pressed while a decision is on its way would act on
+    // an item not yet shown: neither decides anything.
+    if (event.repeat || current.querySelector(".htmx-request")) {
+      if (event.key === "Enter" && typing(target)) event.preventDefault();
+      return;
+    }
     if (event.key === "Enter" && typing(target)) {
       // Enter in the reject or escalate fields submits that action, never Approve.
       if (target.closest(".reject")) { event.preventDefault(); click("button[value=reject]"); }
@@ -71,7 +81,6 @@
     }
     if (event.key === "Escape" && typing(target)) { target.blur(); return; }
     if (typing(target)) return;
-    const dialog = document.getElementById("shortcuts");
     switch (event.key) {
       case "a": case "A":
         event.preventDefault(); click("button[value=approve]"); break;
