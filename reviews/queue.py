@@ -178,8 +178,10 @@ def counts(filters: Filters, *, now: datetime | None = None) -> Counts:
     )
     scenes = {scene: per_scene[f"scene_{scene}"] for scene in SCENE_CATEGORIES}
     ages = {}
+    # Each age count applies every other filter, as the scene and category counts do.
+    others = Filters(filters.scene, filters.category, "", filters.uploader)
     for name, (_, newer_than, older_than) in AGES.items():
-        bucket = waiting()
+        bucket = others.apply(waiting(), now=now)
         if newer_than is not None:
             bucket = bucket.filter(status_changed_at__lte=now - newer_than)
         if older_than is not None:

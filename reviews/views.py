@@ -71,6 +71,7 @@ def queue(request: HtmxHttpRequest) -> HttpResponse:
         "scenes": SCENE_CATEGORIES,
         "ages": {key: label for key, (label, _, _) in queue_reads.AGES.items()},
         "uploaders": uploaders,
+        "category_listed": any(name == filters.category for name, _ in counts.categories),
     }
     template = "reviews/queue.html#rows" if request.htmx and not request.htmx.boosted else None
     return _vary(TemplateResponse(request, template or "reviews/queue.html", context))
@@ -85,6 +86,7 @@ def _pane_context(request: HtmxHttpRequest, image: Image | None, **extra: object
         "waiting": services.waiting().order_by()[: queue_reads.COUNT_CAP].count(),
         "is_admin": request.user.has_perm(ADMIN),
         "undo_seconds": services.undo_window().total_seconds(),
+        "nav": "queue",
         **extra,
     }
     if image is not None:

@@ -603,7 +603,8 @@ def test_opening_next_without_a_held_item_shows_the_empty_pane_and_claims_nothin
     assert "<html" in html
     assert pane_image(html) is None
     assert '<span id="pane-waiting">1</span> waiting' in html
-    assert "Check again" in html
+    assert "1 item still waiting." in html
+    assert "Start reviewing" in html
     assert not Claim.objects.exists()
 
 
@@ -772,7 +773,8 @@ def test_admins_open_escalated_items_with_the_decision_form(admin_client, queued
     html = response.content.decode()
     assert response.status_code == 200
     assert "Escalated: an admin decides." in html
-    assert set(buttons(html)) == {"approve", "skip", "reject"}  # no escalating it again
+    # No escalating it again, and no Skip: the admin holds no claim to give back.
+    assert set(buttons(html)) == {"approve", "reject"}
 
 
 @pytest.mark.parametrize("status", [APPROVED, REJECTED])
@@ -999,7 +1001,7 @@ def test_skipping_the_only_item_leaves_the_empty_pane_and_it_waits_for_others(
     response = decide(reviewer_client, only, "skip", htmx=True)
     theirs = other_client.post(reverse("review_next"))
 
-    assert "Nothing is waiting for review." in response.content.decode()
+    assert "1 item still waiting." in response.content.decode()
     assert theirs["Location"] == reverse("review_item", args=[only.pk])
 
 

@@ -32,4 +32,9 @@
       figures.forEach(toggle);
     }
   });
+  // Filter forms marked data-autosubmit apply a change at once (without JS: their button).
+  document.addEventListener("change", function (event) {
+    const form = event.target.closest && event.target.closest("form[data-autosubmit]");
+    if (form) form.requestSubmit();
+  });
 })();

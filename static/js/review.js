@@ -34,7 +34,17 @@
     if (!current || !current.dataset.renewUrl) return;
     if (Date.now() - lastRenew < RENEW_EVERY_MS) return;
     lastRenew = Date.now();
-    post(current.dataset.renewUrl);
+    post(current.dataset.renewUrl).then(function (response) {
+      if (response.status !== 409 || !document.body.contains(current)) return;
+      // The lease ran out (or someone took over): say so now, not at the next decision.
+      const notice = document.createElement("p");
+      notice.className = "notice notice-error";
+      notice.setAttribute("role", "alert");
+      notice.textContent = "Your claim on this image has expired; it may be someone else's now. " +
+        "Take the next item from the queue.";
+      current.querySelector(".pane-bar").after(notice);
+      delete current.dataset.renewUrl;
+    });
   }
   ["keydown", "mousemove", "click", "scroll"].forEach(function (type) {
     document.addEventListener(type, active, { passive: true });
