@@ -221,15 +221,7 @@ def _mark_submitted(
                     image=image,
                     state_before=image.status,
                     state_after=image.status,
-                    detail={
-                        "task_id": task_id,
-                        "request_id": request_id,
-                        "event_id": event_id,
-                        "submission": task.submission_key,
-                        "attempts": task.attempts,
-                        "adopted": adopted,
-                        "notified_first": True,
-                    },
+                    detail=_submission_detail(task, adopted=adopted, notified_first=True),
                 )
             return
         image = Image.objects.select_for_update().get(pk=task.image_id)
@@ -253,18 +245,21 @@ def _mark_submitted(
             image=image,
             state_before=before,
             state_after=image.status,
-            detail={
-                "task_id": task_id,
-                "request_id": request_id,
-                "event_id": event_id,
-                "submission": task.submission_key,
-                "attempts": task.attempts,
-                "adopted": adopted,
-                "scenes": task.scenes,
-            },
+            detail=_submission_detail(task, adopted=adopted, scenes=task.scenes),
         )
         _claim_unmatched_results(task)
     logger.info("image %s submitted to IMM as %s", task.image_id, task_id)
+
+
+def _submission_detail(task: ModerationTask, **extra: Any) -> dict[str, Any]:
+    return {
+        "task_id": task.task_id,
+        "request_id": task.request_id,
+        "event_id": task.event_id,
+        "submission": task.submission_key,
+        "attempts": task.attempts,
+        **extra,
+    }
 
 
 def _submit_failed(task: ModerationTask, error: ImmError, *, was_ambiguous: bool) -> SubmitOutcome:

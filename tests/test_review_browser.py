@@ -15,61 +15,24 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from PIL import Image as PILImage
 from PIL import ImageDraw
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from moderation import services as intake
 from moderation.accounts import create_user
 from moderation.models import Image, ImageCategory
 from reviews.models import Claim, Decision, Reveal
 
+from .browser import *  # noqa: F403 - Chromium, its fixtures and pytestmark
+from .browser import DOCS, VIEWPORT
 from .conftest import PASSWORD
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-VIEWPORT = {"width": 1280, "height": 860}
-DOCS = Path(__file__).resolve().parent.parent / "docs"
 BLURRED = re.compile(r"blur\(")
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason=f"needs Debian's Chromium at {CHROMIUM} (apt-get install chromium)",
-    ),
-]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _orm_beside_playwright() -> Iterator[None]:
-    """Playwright's sync API keeps an event loop running in the main thread, so Django would
-    refuse the test's own ORM calls (fixtures, assertions) as "async unsafe". They are not run
-    concurrently with anything, so allow them, for this module only."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-        yield
-
-
-@pytest.fixture(scope="module")
-def browser(_orm_beside_playwright):
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
