@@ -52,14 +52,7 @@ def queue(request: HtmxHttpRequest) -> HttpResponse:
     now = timezone.now()
     page = queue_reads.page(filters, after=request.GET.get("after", ""), now=now)
     counts = queue_reads.counts(filters, now=now)
-    uploaders = (
-        Image.objects.filter(status=Image.Status.AWAITING_REVIEW, uploaded_by__isnull=False)
-        .order_by()
-        .values_list("uploaded_by_id", "uploaded_by__username")
-        .distinct()[:50]
-        if request.user.has_perm(ADMIN)
-        else []
-    )
+    uploaders = queue_reads.uploaders() if request.user.has_perm(ADMIN) else []
     context = {
         "nav": "queue",
         "filters": filters,
