@@ -131,8 +131,13 @@ def claim_next(
                     return None
                 # One claim per reviewer (a database constraint): taking a new item lets go of
                 # any stale or skipped one; an expired claim on this image is replaced.
+                # Never a live claim a concurrent click just took: that one makes our insert fail
+                # on the constraint, and the retry hands it back instead.
                 Claim.objects.filter(
-                    Q(reviewer=reviewer) | Q(image=image, expires_at__lte=now)
+                    Q(reviewer=reviewer, expires_at__lte=now)
+                    | Q(reviewer=reviewer, image_id__in=excluded)
+                    | (Q(reviewer=reviewer) & ~Q(image__status=Image.Status.AWAITING_REVIEW))
+                    | Q(image=image, expires_at__lte=now)
                 ).delete()
                 return Claim.objects.create(
                     image=image, reviewer=reviewer, claimed_at=now, expires_at=now + lease()

@@ -1089,3 +1089,14 @@ def test_undo_gives_back_the_item_handed_out_next(make_image, reviewer_user):
         Claim.objects.filter(reviewer=reviewer_user).values_list("image_id", flat=True)
     ) == [first.pk]
     assert services.claim_next(reviewer=reviewer_user).image_id == first.pk
+
+
+def test_a_claim_on_an_image_imm_settled_meanwhile_does_not_block_the_next(
+    make_image, reviewer_user
+):
+    settled = make_image(status=Image.Status.AWAITING_REVIEW)
+    waiting_one = make_image(status=Image.Status.AWAITING_REVIEW)
+    assert services.claim_next(reviewer=reviewer_user).image_id == settled.pk
+    # IMM's own manual review re-routed it while the reviewer held it.
+    Image.objects.filter(pk=settled.pk).update(status=Image.Status.APPROVED)
+    assert services.claim_next(reviewer=reviewer_user).image_id == waiting_one.pk
