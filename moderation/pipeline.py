@@ -107,6 +107,30 @@ def _set_status(image: Image, status: str) -> str:
     return before
 
 
+def _move(
+    image: Image,
+    status: str,
+    *,
+    action: str,
+    actor: User | AnonymousUser | None = None,
+    reason: str = "",
+    detail: Mapping[str, Any] | None = None,
+    context: audit.AuditContext = audit.SYSTEM_CONTEXT,
+) -> None:
+    """Change the image's status and audit the transition (inside the caller's transaction)."""
+    before = _set_status(image, status)
+    audit.record(
+        action=action,
+        actor=actor,
+        image=image,
+        state_before=before,
+        state_after=status,
+        reason=reason,
+        detail=detail,
+        context=context,
+    )
+
+
 # --- Submission ------------------------------------------------------------------------------
 
 
@@ -294,13 +318,10 @@ def _submit_failed(task: ModerationTask, error: ImmError, *, was_ambiguous: bool
         task.next_attempt_at = None
         task.save()
         image = Image.objects.select_for_update().get(pk=task.image_id)
-        before = _set_status(image, Image.Status.FAILED)
-        audit.record(
+        _move(
+            image,
+            Image.Status.FAILED,
             action="imm.submit_failed",
-            actor=None,
-            image=image,
-            state_before=before,
-            state_after=image.status,
             reason=f"{error.code}: {error.message}",
             detail={"code": error.code, "request_id": error.request_id, "http": error.http_status},
         )
@@ -369,13 +390,11 @@ def retry_image(*, image: Image, actor: User | AnonymousUser, context: audit.Aud
         image = Image.objects.select_for_update().get(pk=image.pk)
         if image.status not in (Image.Status.FAILED, Image.Status.EXPIRED):
             return False
-        before = _set_status(image, Image.Status.RECEIVED)
-        audit.record(
+        _move(
+            image,
+            Image.Status.RECEIVED,
             action="image.retry_requested",
             actor=actor,
-            image=image,
-            state_before=before,
-            state_after=image.status,
             context=context,
         )
         enqueue_submission(image.pk)
@@ -621,35 +640,17 @@ def _apply(task: ModerationTask, result: ModerationResult) -> None:
         task.state = ModerationTask.State.FAILED
         task.last_error_code, task.last_error_message = result.code, result.message
         task.save()
-        _set_status(image, Image.Status.FAILED)
         reason = f"IMM could not check the image: {result.code or 'Failed'}"
         if result.message:
             reason += f": {result.message}"
-        audit.record(
-            action="imm.failed",
-            actor=None,
-            image=image,
-            state_before=state_before,
-            state_after=image.status,
-            reason=reason,
-            detail=verdict,
-        )
+        _move(image, Image.Status.FAILED, action="imm.failed", reason=reason, detail=verdict)
         result.outcome = "task failed"
     else:
         task.state = ModerationTask.State.SUCCEEDED
         task.save()
         target, reason = route(result.suggestion, result.categories)
         _remember_verdict(image, result)
-        _set_status(image, target)
-        audit.record(
-            action="imm.routed",
-            actor=None,
-            image=image,
-            state_before=state_before,
-            state_after=target,
-            reason=reason,
-            detail=verdict,
-        )
+        _move(image, target, action="imm.routed", reason=reason, detail=verdict)
         result.outcome = f"routed: {reason}"
     result.applied = True
     result.save(update_fields=["applied", "outcome"])
