@@ -1,7 +1,7 @@
 """Reading the review queue: filters, keyset pages, counts and the reviewer's figures.
 
 Built for 100,000 waiting items among 1,000,000 images: pages are keyset pages on the
-(status, status_changed_at, id) index, rows come with their claims in one extra query, and
+(status, status_changed_at, id) index, rows come with their holders in the same query, and
 counts (which do scan) are cached for COUNTS_TTL seconds per filter, so a page view never
 counts the table.
 """
@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
 from django.http import QueryDict
 from django.utils import timezone
 
@@ -96,8 +96,8 @@ class Filters:
         return bool(self.scene or self.category or self.age or self.uploader is not None)
 
 
-def _cursor(image: Image) -> str:
-    return f"{int(image.status_changed_at.timestamp() * 1_000_000)}.{image.pk}"
+def _cursor(row: Row) -> str:
+    return f"{int(row.status_changed_at.timestamp() * 1_000_000)}.{row.pk}"
 
 
 def _parse_cursor(value: str) -> tuple[datetime, int] | None:
@@ -108,10 +108,33 @@ def _parse_cursor(value: str) -> tuple[datetime, int] | None:
     return moment, int(pk)
 
 
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One waiting image as the queue lists it, read as plain values (no model instances)."""
+
+    pk: int
+    status_changed_at: datetime
+    suggestion: str
+    rate: float | None
+    categories: list[str]
+    uploader: str  # "" when the system uploaded it
+    holder: str  # the reviewer with a live claim on it, or ""
+
+
+# The columns a Row is read from, in Row's field order (holder is annotated).
+_ROW_COLUMNS = (
+    "pk",
+    "status_changed_at",
+    "imm_suggestion",
+    "imm_rate",
+    "imm_categories",
+    "uploaded_by__username",
+)
+
+
 @dataclass
 class Page:
-    rows: list[Image]
-    claims: dict[int, Claim]
+    rows: list[Row]
     next_cursor: str | None
     first: bool
 
@@ -119,7 +142,7 @@ class Page:
 def page(filters: Filters, *, after: str = "", now: datetime | None = None) -> Page:
     """One keyset page, oldest first: a fixed number of queries whatever the page or queue size."""
     now = now or timezone.now()
-    images = filters.apply(waiting(), now=now).select_related("uploaded_by")
+    images = filters.apply(waiting(), now=now)
     cursor = _parse_cursor(after) if after else None
     if cursor is not None:
         moment, pk = cursor
@@ -128,16 +151,21 @@ def page(filters: Filters, *, after: str = "", now: datetime | None = None) -> P
         images = images.filter(status_changed_at__gte=moment).filter(
             Q(status_changed_at__gt=moment) | Q(status_changed_at=moment, pk__gt=pk)
         )
-    rows = list(images[: PAGE_SIZE + 1])
-    more = len(rows) > PAGE_SIZE
-    rows = rows[:PAGE_SIZE]
-    claims = {
-        claim.image_id: claim
-        for claim in Claim.objects.filter(
-            image_id__in=[row.pk for row in rows], expires_at__gt=now
-        ).select_related("reviewer")
-    }
-    return Page(rows, claims, _cursor(rows[-1]) if more and rows else None, cursor is None)
+    # Who holds each row: a subquery on Claim's primary key (the image), one index probe a row.
+    holder = Claim.objects.filter(image=OuterRef("pk"), expires_at__gt=now).values(
+        "reviewer__username"
+    )
+    values = list(
+        images.annotate(holder=Subquery(holder)).values_list(*_ROW_COLUMNS, "holder")[
+            : PAGE_SIZE + 1
+        ]
+    )
+    more = len(values) > PAGE_SIZE
+    rows = [
+        Row(pk, changed, suggestion, rate, categories or [], uploader or "", holder or "")
+        for pk, changed, suggestion, rate, categories, uploader, holder in values[:PAGE_SIZE]
+    ]
+    return Page(rows, _cursor(rows[-1]) if more and rows else None, cursor is None)
 
 
 @dataclass

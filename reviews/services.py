@@ -89,13 +89,20 @@ def unclaimed(queryset: QuerySet[Image], *, now: datetime) -> QuerySet[Image]:
     return queryset.filter(~Exists(held))
 
 
+def _live_claims(reviewer: User, *, now: datetime) -> QuerySet[Claim]:
+    return Claim.objects.filter(
+        reviewer=reviewer, expires_at__gt=now, image__status__in=DECIDABLE
+    ).order_by("claimed_at")
+
+
 def current_claim(reviewer: User, *, now: datetime | None = None) -> Claim | None:
-    now = now or timezone.now()
+    return _live_claims(reviewer, now=now or timezone.now()).select_related("image").first()
+
+
+def held_image_id(reviewer: User, *, now: datetime | None = None) -> int | None:
+    """The id of the image the reviewer holds, if any (current_claim without the rows)."""
     return (
-        Claim.objects.select_related("image")
-        .filter(reviewer=reviewer, expires_at__gt=now, image__status__in=DECIDABLE)
-        .order_by("claimed_at")
-        .first()
+        _live_claims(reviewer, now=now or timezone.now()).values_list("image_id", flat=True).first()
     )
 
 

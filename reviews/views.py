@@ -59,12 +59,13 @@ def queue(request: HtmxHttpRequest) -> HttpResponse:
         "page": page,
         "counts": counts,
         "figures": queue_reads.figures(request.user.pk, counts, now=now),
-        "held": services.current_claim(request.user, now=now),
+        "held": services.held_image_id(request.user, now=now),
         "greyscale": _greyscale(request.user),
         "scenes": SCENE_CATEGORIES,
         "ages": {key: label for key, (label, _, _) in queue_reads.AGES.items()},
         "uploaders": uploaders,
         "category_listed": any(name == filters.category for name, _ in counts.categories),
+        "now": now,
     }
     template = "reviews/queue.html#rows" if request.htmx and not request.htmx.boosted else None
     return _vary(TemplateResponse(request, template or "reviews/queue.html", context))

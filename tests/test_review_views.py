@@ -18,11 +18,13 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.timesince import timesince
 
 from moderation.accounts import create_user
 from moderation.models import AuditEntry, Image, ImageCategory, ModerationResult
 from reviews.models import Claim, Decision, Reveal, ReviewerPreference
 from reviews.queue import PAGE_SIZE
+from reviews.templatetags.review_tags import age
 
 from .conftest import PASSWORD
 
@@ -248,6 +250,53 @@ def test_the_queue_lists_waiting_items_oldest_first_with_verdict_categories_and_
     assert ">3\N{NO-BREAK SPACE}hours</time>" in middle_row
     assert '<span class="muted">none</span>' in middle_row
     assert varies_on_hx_request(response)
+
+
+def test_the_queue_rows_escape_what_comes_from_data(reviewer_client, queued, other_reviewer):
+    # Category labels come from IMM and names from admins: neither may write markup.
+    shown = queued(categories=('<img src=x onerror="alert(1)">',))
+    other_reviewer.username = "<b>rio</b>"
+    other_reviewer.save()
+    hold(shown, other_reviewer)
+
+    html = reviewer_client.get(reverse("review_queue")).content.decode()
+
+    at = html.index(f'alt="Image {shown.pk} (blurred)"')
+    row = html[html.rindex("<tr>", 0, at) :].split("</tr>")[0]
+    assert "<img src=x" not in row
+    assert '<span class="chip">&lt;img src=x onerror=&quot;alert(1)&quot;&gt;</span>' in row
+    assert "<td>&lt;b&gt;rio&lt;/b&gt;</td>" in row
+    assert f'href="{reverse("review_item", args=[shown.pk])}"' in row
+    assert f'src="{reverse("image_file", args=[shown.pk, "thumbnail"])}"' in row
+
+
+def test_the_queue_rows_follow_the_greyscale_preference(reviewer_client, reviewer_user, queued):
+    queued()
+    queued()
+    ReviewerPreference.objects.create(user=reviewer_user, greyscale=True)
+
+    html = reviewer_client.get(reverse("review_queue")).content.decode()
+
+    assert html.count('class="sensitive mini grey"') == 2
+
+
+@pytest.mark.parametrize(
+    "waited",
+    [
+        timedelta(seconds=30),
+        timedelta(minutes=1),
+        timedelta(minutes=59, seconds=59),
+        timedelta(hours=1),
+        timedelta(hours=3, minutes=12),
+        timedelta(days=1, minutes=5),
+        timedelta(days=6, hours=23),
+        timedelta(days=8, hours=2),
+        timedelta(days=13),
+    ],
+)
+def test_the_queue_ages_read_as_djangos_timesince(waited):
+    now = timezone.now()
+    assert age(waited.total_seconds()) == timesince(now - waited, now)
 
 
 def test_the_queue_shows_who_holds_an_item(reviewer_client, queued, other_reviewer):

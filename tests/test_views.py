@@ -335,7 +335,7 @@ def test_the_review_queue_lists_waiting_images_oldest_first(reviewer_client, mak
     make_image()
     second = make_image(status=Image.Status.AWAITING_REVIEW)
     response = reviewer_client.get(reverse("review_queue"))
-    assert response.context["page"].rows == [first, second]
+    assert [row.pk for row in response.context["page"].rows] == [first.pk, second.pk]
     assert response.context["figures"].waiting == 2
 
 

@@ -1,8 +1,17 @@
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from django import template
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
+
+if TYPE_CHECKING:
+    from reviews.queue import Row
 
 register = template.Library()
 
@@ -14,3 +23,88 @@ def get_item(mapping: Any, key: Any) -> Any:
         return mapping.get(key)
     except AttributeError:
         return None
+
+
+_AGE_UNITS = (
+    (365 * 86400, "year", "years"),
+    (30 * 86400, "month", "months"),
+    (7 * 86400, "week", "weeks"),
+    (86400, "day", "days"),
+    (3600, "hour", "hours"),
+    (60, "minute", "minutes"),
+)
+
+
+def age(seconds: float) -> str:
+    """How long something has waited, like Django's timesince (two adjacent units at most).
+
+    Written out because the queue prints one per row: Django's filter, with its translation
+    lookups, costs about 24 µs a call on our 2-core machines, this about 1.
+    """
+    seconds = max(0, int(seconds))
+    for i, (size, one, many) in enumerate(_AGE_UNITS):
+        count = seconds // size
+        if count:
+            text = f"{count}\N{NO-BREAK SPACE}{one if count == 1 else many}"
+            if i + 1 < len(_AGE_UNITS):
+                next_size, next_one, next_many = _AGE_UNITS[i + 1]
+                rest = (seconds - count * size) // next_size
+                if rest:
+                    name = next_one if rest == 1 else next_many
+                    text += f", {rest}\N{NO-BREAK SPACE}{name}"
+            return text
+    return "0\N{NO-BREAK SPACE}minutes"
+
+
+_MARK = 987654321
+
+
+def _url_format(name: str, *args: object) -> str:
+    """The URL of `name` for any image id, as a str.format pattern with one {} for the id.
+
+    Resolving a URL costs about 15 µs here and the queue shows three per row: reversing once per
+    page and filling in the id gives the same URL for a fraction of that.
+    """
+    url = reverse(name, args=[_MARK, *args]).replace("{", "{{").replace("}", "}}")
+    if url.count(str(_MARK)) != 1:
+        raise ValueError(f"cannot make a pattern of {name!r}: {url}")
+    return url.replace(str(_MARK), "{}")
+
+
+@register.simple_tag
+def queue_rows(rows: Iterable[Row], *, now: datetime, greyscale: bool) -> SafeString:
+    """The queue's table rows, built in Python.
+
+    The rows are the queue page's hot spot: as template markup, 50 rows were about 600 template
+    nodes and 150 URL lookups, over half of the page's 28 ms of CPU (bench/queue.py); built here
+    they cost about 1 ms. Every value that comes from data goes through escape(); ids are ints.
+    """
+    item_url = escape(_url_format("review_item"))
+    thumb_url = escape(_url_format("image_file", "thumbnail"))
+    grey = "grey" if greyscale else ""
+    html = []
+    for row in rows:
+        pk = int(row.pk)
+        item = item_url.format(pk)
+        suggestion = escape(row.suggestion)
+        rate = f' <span class="muted">{row.rate:.1f}</span>' if row.rate else ""
+        chips = (
+            "".join(f'<span class="chip">{escape(c)}</span>' for c in row.categories)
+            or '<span class="muted">none</span>'
+        )
+        holder = escape(row.holder) if row.holder else '<span class="muted">—</span>'
+        html.append(
+            "<tr>"
+            f'<td><span class="image-cell"><a href="{item}" class="sensitive mini {grey}" '
+            f'tabindex="-1" aria-hidden="true"><img src="{thumb_url.format(pk)}" '
+            f'alt="Image {pk} (blurred)" width="56" height="56" loading="lazy"></a> '
+            f'<a href="{item}">Image {pk}</a></span></td>'
+            f'<td><span class="suggestion-{suggestion}">{suggestion or "—"}</span>{rate}</td>'
+            f'<td><span class="chips">{chips}</span></td>'
+            f'<td><time datetime="{timezone.localtime(row.status_changed_at).isoformat()}">'
+            f"{age((now - row.status_changed_at).total_seconds())}</time></td>"
+            f"<td>{escape(row.uploader or 'system')}</td>"
+            f"<td>{holder}</td>"
+            "</tr>"
+        )
+    return mark_safe("".join(html))  # noqa: S308 - data escaped above, the rest is ours
