@@ -9,9 +9,10 @@ which is why `verify_audit` prints the head for an operator to keep and checks i
 
 How appends are serialised. The head (last seq and hash) must be read and the new entry
 written with no other append in between, or two entries would claim the same predecessor.
-- PostgreSQL: `record` takes a transaction-scoped advisory lock before reading the head. It is
-  released when the surrounding transaction commits or rolls back, after the commit is visible,
-  so the next writer (READ COMMITTED, Django's default) reads the new head in its next statement.
+- PostgreSQL: `record` takes a transaction-scoped advisory lock before reading the head (in one
+  function call, migration 0008). It is released when the surrounding transaction commits or
+  rolls back, after the commit is visible, so the next writer (READ COMMITTED, Django's
+  default) reads the new head in the function's next statement, which takes a fresh snapshot.
 - SQLite: settings open every transaction with BEGIN IMMEDIATE, which takes the database's
   single write lock for the whole transaction, so appends are serialised by SQLite itself.
 - Either way `seq` and `entry_hash` are unique: a writer that somehow read a stale head fails
@@ -109,18 +110,19 @@ def entry_hash(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
 
 
-def _lock_chain_and_normalise(
+def _lock_chain_and_read_head(
     detail: Mapping[str, Any] | None, ip_address: str | None
-) -> tuple[Any, str | None]:
-    """Take the chain's lock, and return `detail` and the client address as stored.
+) -> tuple[Any, str | None, tuple[int, str] | None]:
+    """Take the chain's lock; return `detail` and the client address as stored, and the head.
 
     The hash must cover what the database hands back to walk_chain, and both values are
     normalised on the way in: Django rewrites an IPv6 address to its compressed form
     ("2001:DB8:0::1" is stored as "2001:db8::1") and an empty address to NULL; PostgreSQL's jsonb
     keeps numbers as numeric, so 1e16 comes back as the integer 10000000000000000 and -0.0 as 0.0,
     and its inet type prints some IPv6 addresses its own way. On SQLite a JSON round trip in
-    Python is what the database does; on PostgreSQL the database does the round trip itself, in
-    the same statement that takes the advisory lock (see the module docstring).
+    Python is what the database does, and the transaction already holds the write lock. On
+    PostgreSQL one statement does the round trip, takes the advisory lock and reads the head
+    after it (migration 0008), so the lock is held for one round trip fewer.
     """
     detail_text = json.dumps(dict(detail or {}), allow_nan=False)
     ip = _IP_FIELD.get_prep_value(ip_address) or None
@@ -128,11 +130,15 @@ def _lock_chain_and_normalise(
         # Django reads jsonb and inet as text (no psycopg conversion), as the ORM does below.
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT pg_advisory_xact_lock(%s), %s::jsonb, %s::inet",
-                [_PG_LOCK_KEY, detail_text, ip],
+                "SELECT %s::jsonb, %s::inet, head.head_seq, head.head_hash "
+                "FROM moderation_audit_lock_head(%s) AS head",
+                [detail_text, ip, _PG_LOCK_KEY],
             )
-            _, detail_text, ip = cursor.fetchone()
-    return json.loads(detail_text), ip
+            detail_text, ip, seq, digest = cursor.fetchone()
+        head = (seq, digest) if seq is not None else None
+    else:
+        head = AuditEntry.objects.in_chain_order().values_list("seq", "entry_hash").last()
+    return json.loads(detail_text), ip, head
 
 
 def record(
@@ -160,8 +166,7 @@ def record(
     else:
         actor_id, actor_label = None, AuditEntry.SYSTEM
 
-    detail_json, ip_address = _lock_chain_and_normalise(detail, context.ip_address)
-    head = AuditEntry.objects.in_chain_order().values_list("seq", "entry_hash").last()
+    detail_json, ip_address, head = _lock_chain_and_read_head(detail, context.ip_address)
     seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS_HASH)
     created_at = timezone.now()
     fields: dict[str, Any] = {

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
@@ -125,32 +125,39 @@ def claim_next(
     for _ in range(5):  # a lost race is retried: another row, or the claim a double click made
         try:
             with transaction.atomic():
-                # Inside the transaction, so a claim committed by a concurrent click is seen.
-                held = current_claim(reviewer, now=now)
-                if held is not None and held.image_id not in excluded:
-                    return renew(claim=held, now=now)
                 image = (
                     candidates.order_by("status_changed_at", "id")
                     .select_for_update(skip_locked=True, of=("self",))
                     .first()
                 )
                 if image is None:
-                    return None
+                    break
                 # One claim per reviewer (a database constraint): taking a new item lets go of
-                # any stale or skipped one; an expired claim on this image is replaced.
-                # Never a live claim a concurrent click just took: that one makes our insert fail
-                # on the constraint, and the retry hands it back instead.
+                # the reviewer's expired or skipped claim; an expired claim on this image is
+                # replaced. Never a live claim: while the reviewer holds one, the insert below
+                # fails on the constraint and the item they hold is handed back, which is also
+                # how a double click on Next ends (the second click finds the first one's
+                # claim). Looking for a held item first would cost a query on every claim.
                 Claim.objects.filter(
                     Q(reviewer=reviewer, expires_at__lte=now)
                     | Q(reviewer=reviewer, image_id__in=excluded)
-                    | (Q(reviewer=reviewer) & ~Q(image__status=Image.Status.AWAITING_REVIEW))
                     | Q(image=image, expires_at__lte=now)
                 ).delete()
                 return Claim.objects.create(
                     image=image, reviewer=reviewer, claimed_at=now, expires_at=now + lease()
                 )
         except IntegrityError:
-            continue
+            # The reviewer holds a live claim, or another reviewer took this image after our
+            # snapshot was taken (the retry picks another).
+            held = current_claim(reviewer, now=now)
+            if held is not None and held.image_id not in excluded:
+                return renew(claim=held, now=now)
+            # A live claim on an image that was settled meanwhile (IMM's own review, an
+            # admin) holds nothing any more: let it go.
+            Claim.objects.filter(reviewer=reviewer).exclude(image__status__in=DECIDABLE).delete()
+    held = current_claim(reviewer, now=now)
+    if held is not None and held.image_id not in excluded:
+        return renew(claim=held, now=now)
     return None
 
 
@@ -194,6 +201,17 @@ def _imm_detail(image: Image, **extra: Any) -> dict[str, Any]:
     }
 
 
+def _take_claim(image_id: int) -> Claim | None:
+    """Delete the image's claim and return it (as it was), or None if there was none."""
+    table = connection.ops.quote_name(Claim._meta.db_table)
+    column = connection.ops.quote_name(Claim._meta.pk.column)
+    taken = Claim.objects.raw(
+        f"DELETE FROM {table} WHERE {column} = %s RETURNING *",  # noqa: S608 - names, not data
+        [image_id],
+    )
+    return next(iter(taken), None)
+
+
 @dataclass(frozen=True)
 class Outcome:
     decision: Decision
@@ -233,7 +251,9 @@ def decide(
                 f"Image {image.pk} was already decided{who}: it is "
                 f"{image.get_status_display().lower()}. Nothing was changed."
             )
-        claim = Claim.objects.select_for_update().filter(image=image).first()
+        # The claim is taken off as it is read (DELETE ... RETURNING: one statement, not a
+        # locking SELECT and a DELETE); a refusal below raises, which rolls the delete back.
+        claim = _take_claim(image.pk)
         live = claim is not None and claim.expires_at > now
         if image.status == Image.Status.ESCALATED and not admin:
             raise NotYours("Only an admin decides an escalated image.")
@@ -267,8 +287,6 @@ def decide(
             seconds=seconds,
             created_at=now,
         )
-        if claim is not None:
-            claim.delete()
         audit.record(
             action=AUDIT_ACTION[verdict],
             actor=reviewer,
