@@ -354,6 +354,27 @@ def test_the_queue_shows_the_reviewers_figures(reviewer_client, reviewer_user, q
     )
 
 
+def test_the_median_of_an_even_count_is_the_mean_of_the_middle_two_and_untimed_ones_count_once(
+    reviewer_client, reviewer_user, queued
+):
+    decided = queued(status=APPROVED)
+    for seconds in (100, None, 10, 60, 20):  # None: decided without a claim (an admin's way)
+        Decision.objects.create(
+            image=decided,
+            reviewer=reviewer_user,
+            verdict=Decision.Verdict.APPROVE,
+            status_before=WAITING,
+            status_after=APPROVED,
+            seconds=seconds,
+            created_at=timezone.now(),
+        )
+
+    html = reviewer_client.get(reverse("review_queue")).content.decode()
+
+    assert '<span class="figure">5</span><span class="muted">your decisions today</span>' in html
+    assert '<span class="figure">40 s</span><span class="muted">your median per item</span>' in html
+
+
 def test_the_figures_of_an_empty_queue_show_dashes(reviewer_client):
     html = reviewer_client.get(reverse("review_queue")).content.decode()
 
