@@ -678,9 +678,11 @@ def reviewer_loop(
         deadline = time.perf_counter() + seconds
         if think:  # reviewers out of step, as people are
             time.sleep(rng.uniform(0, think))
+        last: list[int] = []
         while time.perf_counter() < deadline:
             started = time.perf_counter()
-            claim = services.claim_next(reviewer=user)
+            # As the pane does after a decision: the next claim excludes the image just decided.
+            claim = services.claim_next(reviewer=user, exclude=last)
             claimed = time.perf_counter()
             if claim is None:
                 out.ran_dry = True
@@ -701,6 +703,7 @@ def reviewer_loop(
             out.claim_times.append(claimed - started)
             out.decide_times.append(done - claimed)
             out.held.append((claim.image_id, user_id, started, min(done, claimed + lease)))
+            last = [claim.image_id]
             if think:
                 time.sleep(rng.uniform(0.5, 1.5) * think)
     except Exception as error:  # a thread's crash is reported, not lost
@@ -994,7 +997,7 @@ def main() -> None:
         report_sql(results)
 
     runs = []
-    for think in (args.think_ms / 1000, 0.0):
+    for think in (args.think_ms / 1000, 0.0) if args.think_ms else (0.0,):
         pace = f"{think * 1000:g} ms apart" if think else "back to back"
         print(
             f"\nClaiming and deciding with {args.threads} reviewers, {pace}, "
@@ -1003,7 +1006,7 @@ def main() -> None:
         )
         runs.append(claims(args, who, think=think))
         report_claims(runs[-1])
-    paced, saturated = runs
+    paced, saturated = (runs[0] if len(runs) > 1 else None), runs[-1]
 
     entries, verify_seconds, problem = verify_audit()
     print()
@@ -1034,8 +1037,11 @@ def main() -> None:
             + " queries (the last page is viewed by an admin)",
         ),
     ]
-    for run, label in ((paced, f"{paced.think * 1000:g} ms apart"), (saturated, "back to back")):
-        if not run.samples:
+    for run, label in (
+        (paced, f"{args.think_ms:g} ms apart"),
+        (saturated, "back to back"),
+    ):
+        if run is None or not run.samples:
             continue
         claim_p95 = pct(run.samples, 95)
         detail = f"{ms(claim_p95)} ms with {run.threads} reviewers"

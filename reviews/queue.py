@@ -236,8 +236,8 @@ class Figures:
 
 
 def figures(reviewer_id: int, counts_: Counts, *, now: datetime | None = None) -> Figures:
-    """The reviewer's day so far: counted in the database, so a busy reviewer's thousandth
-    decision costs the page no more than their first."""
+    """The reviewer's day so far, counted and sorted in the database: the page reads two
+    numbers and the middle one or two times, not every decision of the day."""
     now = now or timezone.now()
     start = timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
     today = Decision.objects.filter(reviewer_id=reviewer_id, created_at__gte=start).exclude(
@@ -253,7 +253,7 @@ def figures(reviewer_id: int, counts_: Counts, *, now: datetime | None = None) -
             .order_by("seconds")
             .values_list("seconds", flat=True)[(timed - 1) // 2 : timed // 2 + 1]
         )
-        median = statistics.fmean(middle)
+        median = statistics.fmean(s for s in middle if s is not None)
     return Figures(
         decisions_today=totals["decided"],
         median_seconds=median,

@@ -120,6 +120,13 @@ def claim_next(
     """
     now = now or timezone.now()
     excluded = set(exclude)
+    if not excluded:
+        # Someone who just let an item go (a decision, a skip: `exclude` names it) holds
+        # nothing, so only a plain "Start reviewing" looks for a held item first; otherwise the
+        # constraint below finds it (a double click, a second tab).
+        held = _renew_held(reviewer, now=now, excluded=excluded)
+        if held is not None:
+            return held
     candidates = unclaimed(queryset if queryset is not None else waiting(), now=now)
     candidates = candidates.exclude(pk__in=excluded).filter(status=Image.Status.AWAITING_REVIEW)
     for _ in range(5):  # a lost race is retried: another row, or the claim a double click made
@@ -135,9 +142,8 @@ def claim_next(
                 # One claim per reviewer (a database constraint): taking a new item lets go of
                 # the reviewer's expired or skipped claim; an expired claim on this image is
                 # replaced. Never a live claim: while the reviewer holds one, the insert below
-                # fails on the constraint and the item they hold is handed back, which is also
-                # how a double click on Next ends (the second click finds the first one's
-                # claim). Looking for a held item first would cost a query on every claim.
+                # fails on the constraint and the item they hold is handed back (a double click
+                # on Next: the second click finds the claim the first one committed).
                 Claim.objects.filter(
                     Q(reviewer=reviewer, expires_at__lte=now)
                     | Q(reviewer=reviewer, image_id__in=excluded)
@@ -149,25 +155,35 @@ def claim_next(
         except IntegrityError:
             # The reviewer holds a live claim, or another reviewer took this image after our
             # snapshot was taken (the retry picks another).
-            held = current_claim(reviewer, now=now)
-            if held is not None and held.image_id not in excluded:
-                return renew(claim=held, now=now)
+            held = _renew_held(reviewer, now=now, excluded=excluded)
+            if held is not None:
+                return held
             # A live claim on an image that was settled meanwhile (IMM's own review, an
             # admin) holds nothing any more: let it go.
             Claim.objects.filter(reviewer=reviewer).exclude(image__status__in=DECIDABLE).delete()
-    held = current_claim(reviewer, now=now)
-    if held is not None and held.image_id not in excluded:
+    return _renew_held(reviewer, now=now, excluded=excluded)
+
+
+def _renew_held(reviewer: User, *, now: datetime, excluded: set[int]) -> Claim | None:
+    with transaction.atomic():
+        held = current_claim(reviewer, now=now)
+        if held is None or held.image_id in excluded:
+            return None
         return renew(claim=held, now=now)
-    return None
 
 
-def renew(*, claim: Claim, now: datetime | None = None) -> Claim:
-    """Extend a live claim (the pane does this while the reviewer is active)."""
+def renew(*, claim: Claim, now: datetime | None = None) -> Claim | None:
+    """Extend a live claim (the pane does this while the reviewer is active).
+
+    None if the claim is gone or has expired meanwhile (decided in another tab, replaced).
+    """
     now = now or timezone.now()
-    Claim.objects.filter(pk=claim.pk, reviewer=claim.reviewer, expires_at__gt=now).update(
-        expires_at=now + lease()
-    )
-    claim.refresh_from_db()
+    renewed = Claim.objects.filter(
+        pk=claim.pk, reviewer_id=claim.reviewer_id, expires_at__gt=now
+    ).update(expires_at=now + lease())
+    if not renewed:
+        return None
+    claim.expires_at = now + lease()
     return claim
 
 

@@ -280,9 +280,8 @@ def renew(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     claim = Claim.objects.filter(
         image_id=pk, reviewer=request.user, expires_at__gt=timezone.now()
     ).first()
-    if claim is None:
+    if claim is None or services.renew(claim=claim) is None:
         return HttpResponse("Your claim on this item has expired.", status=409)
-    services.renew(claim=claim)
     return HttpResponse(status=204)
 
 

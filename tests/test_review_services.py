@@ -625,6 +625,24 @@ def test_an_unknown_verdict_is_refused_before_anything_is_touched(
 
 
 @pytest.mark.django_db
+def test_renewing_extends_a_live_claim_and_refuses_one_that_is_gone_or_expired(
+    queued, reviewer_user, t0
+):
+    queued()
+    claim = claimed(reviewer_user, t0)
+
+    renewed = services.renew(claim=claim, now=t0 + seconds(60))
+    assert renewed is not None
+    assert Claim.objects.get().expires_at == t0 + seconds(60) + services.lease()
+
+    late = t0 + seconds(60) + services.lease() + seconds(1)
+    assert services.renew(claim=claim, now=late) is None
+    assert Claim.objects.get().expires_at == t0 + seconds(60) + services.lease()
+    Claim.objects.all().delete()
+    assert services.renew(claim=claim, now=t0 + seconds(61)) is None
+
+
+@pytest.mark.django_db
 def test_the_seconds_from_claim_to_decision_are_stored_and_renewal_keeps_the_start(
     queued, reviewer_user, t0
 ):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,6 +14,7 @@ import time_machine
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.db import connection
+from django.template.defaultfilters import floatformat
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -292,11 +293,31 @@ def test_the_queue_rows_follow_the_greyscale_preference(reviewer_client, reviewe
         timedelta(days=6, hours=23),
         timedelta(days=8, hours=2),
         timedelta(days=13),
+        timedelta(days=27, hours=23),
+        timedelta(days=28),
+        timedelta(days=30),
+        timedelta(days=31),
+        timedelta(days=59),
+        timedelta(days=400),
     ],
 )
-def test_the_queue_ages_read_as_djangos_timesince(waited):
-    now = timezone.now()
-    assert age(waited.total_seconds()) == timesince(now - waited, now)
+@pytest.mark.parametrize(
+    "now", [datetime(2026, 12, 31, 12, tzinfo=UTC), datetime(2026, 3, 1, tzinfo=UTC)]
+)
+def test_the_queue_ages_read_as_djangos_timesince(waited, now):
+    assert age(now - waited, now) == timesince(now - waited, now)
+
+
+@pytest.mark.parametrize(("rate", "shown"), [(87.25, "87.3"), (80.39, "80.4"), (99.95, "100.0")])
+def test_the_queue_rounds_rates_as_floatformat_does(reviewer_client, queued, rate, shown):
+    image = queued(imm_rate=rate)
+
+    html = reviewer_client.get(reverse("review_queue")).content.decode()
+
+    at = html.index(f'alt="Image {image.pk} (blurred)"')
+    row = html[html.rindex("<tr>", 0, at) :].split("</tr>")[0]
+    assert f'<span class="muted">{shown}</span>' in row
+    assert floatformat(rate, 1) == shown
 
 
 def test_the_queue_shows_who_holds_an_item(reviewer_client, queued, other_reviewer):

@@ -12,7 +12,9 @@ from django.db import migrations
 CREATE = """
 CREATE OR REPLACE FUNCTION moderation_audit_lock_head(
     lock_key bigint, OUT head_seq bigint, OUT head_hash varchar
-) LANGUAGE plpgsql VOLATILE AS $$
+) LANGUAGE plpgsql VOLATILE
+-- The table is found where it was when the function was made, whatever a caller's search_path.
+SET search_path FROM CURRENT AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock(lock_key);
     SELECT seq, entry_hash INTO head_seq, head_hash
