@@ -127,6 +127,26 @@ def hold(image: Image, reviewer: Any, *, seconds: int = 300) -> Claim:
     )
 
 
+def past_decision(
+    image: Image,
+    reviewer: Any,
+    *,
+    seconds: float | None,
+    when: Any,
+    verdict: str = Decision.Verdict.APPROVE,
+) -> Decision:
+    """A decision row as the figures read it (no claim, status or audit entry around it)."""
+    return Decision.objects.create(
+        image=image,
+        reviewer=reviewer,
+        verdict=verdict,
+        status_before=WAITING,
+        status_after=APPROVED,
+        seconds=seconds,
+        created_at=when,
+    )
+
+
 def listed(html: str) -> list[int]:
     """Image ids in the order the queue (or escalated list) shows their thumbnails."""
     return [int(pk) for pk in re.findall(r'alt="Image (\d+) \(blurred\)"', html)]
@@ -336,29 +356,10 @@ def test_the_queue_shows_the_reviewers_figures(reviewer_client, reviewer_user, q
     decided = queued(status=APPROVED)
     now = timezone.now()
     for seconds in (10, 20, 60):
-        Decision.objects.create(
-            image=decided,
-            reviewer=reviewer_user,
-            verdict=Decision.Verdict.APPROVE,
-            status_before=WAITING,
-            status_after=APPROVED,
-            seconds=seconds,
-            created_at=now,
-        )
+        past_decision(decided, reviewer_user, seconds=seconds, when=now)
     # An undo is not a decision, and yesterday's decisions are not today's.
-    for verdict, when in (
-        (Decision.Verdict.UNDO, now),
-        (Decision.Verdict.APPROVE, now - timedelta(days=1, hours=1)),
-    ):
-        Decision.objects.create(
-            image=decided,
-            reviewer=reviewer_user,
-            verdict=verdict,
-            status_before=WAITING,
-            status_after=APPROVED,
-            seconds=500,
-            created_at=when,
-        )
+    past_decision(decided, reviewer_user, seconds=500, when=now, verdict=Decision.Verdict.UNDO)
+    past_decision(decided, reviewer_user, seconds=500, when=now - timedelta(days=1, hours=1))
 
     html = reviewer_client.get(reverse("review_queue")).content.decode()
 
@@ -380,15 +381,7 @@ def test_the_median_of_an_even_count_is_the_mean_of_the_middle_two_and_untimed_o
 ):
     decided = queued(status=APPROVED)
     for seconds in (100, None, 10, 60, 20):  # None: decided without a claim (an admin's way)
-        Decision.objects.create(
-            image=decided,
-            reviewer=reviewer_user,
-            verdict=Decision.Verdict.APPROVE,
-            status_before=WAITING,
-            status_after=APPROVED,
-            seconds=seconds,
-            created_at=timezone.now(),
-        )
+        past_decision(decided, reviewer_user, seconds=seconds, when=timezone.now())
 
     html = reviewer_client.get(reverse("review_queue")).content.decode()
 
