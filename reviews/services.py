@@ -178,12 +178,13 @@ def renew(*, claim: Claim, now: datetime | None = None) -> Claim | None:
     None if the claim is gone or has expired meanwhile (decided in another tab, replaced).
     """
     now = now or timezone.now()
+    expires_at = now + lease()
     renewed = Claim.objects.filter(
         pk=claim.pk, reviewer_id=claim.reviewer_id, expires_at__gt=now
-    ).update(expires_at=now + lease())
+    ).update(expires_at=expires_at)
     if not renewed:
         return None
-    claim.expires_at = now + lease()
+    claim.expires_at = expires_at
     return claim
 
 
