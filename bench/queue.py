@@ -8,9 +8,10 @@
    through Django's test client, and counts their SQL queries.
 3. Runs --threads reviewers (threads, one database connection each) claiming and deciding, twice
    for --seconds: first at a fast human pace (each reviewer pauses about --think-ms between
-   decisions: the time a reviewer waits while the others work), then back to back (the
-   machine's capacity: decisions per second, and what saturation does to the time per item).
-   Both report time per claim+decide and double assignments.
+   decisions: the time a reviewer waits while the others work; the claim+decide target is
+   judged on this run), then back to back (the machine's capacity: decisions per second, and
+   what saturation does to the time per item; reported, not a target). Both report time per
+   claim+decide and double assignments.
 4. Walks the audit chain that resulted and times it.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/moderation_bench .venv/bin/python bench/queue.py
@@ -82,7 +83,8 @@ def parse_args() -> argparse.Namespace:
         "--think-ms",
         type=float,
         default=1000.0,
-        help="paced run: mean pause between one reviewer's decisions (untimed, +-50%%)",
+        help="paced run (the one the claim target is judged on): mean pause between one "
+        "reviewer's decisions (untimed, +-50%%); 0 runs only back to back",
     )
     parser.add_argument("--warmup", type=int, default=20, help="untimed requests per page first")
     parser.add_argument(
@@ -858,8 +860,8 @@ def pace(think: float) -> str:
     return f"{think * 1000:g} ms apart" if think else "back to back"
 
 
-def verdict(ok: bool) -> str:
-    return "MET" if ok else "MISSED"
+def verdict(ok: bool | None) -> str:
+    return "NOT RUN" if ok is None else "MET" if ok else "MISSED"
 
 
 def report_pages(results: list[tuple[PageRun, PageRun]], notes: list[str], requests: int) -> None:
@@ -1021,7 +1023,7 @@ def main() -> None:
     queue_p95 = max(q.p95 for q, _ in results)
     ratio = min(min(a.p50 / q.p50, a.p95 / q.p95) for q, a in results)
     query_counts = {q.queries for q, _ in results[:3]}
-    targets = [
+    targets: list[tuple[str, bool | None, str]] = [
         (
             f"queue page p95 <= {TARGET_PAGE_P95_MS:g} ms",
             queue_p95 * 1000 <= TARGET_PAGE_P95_MS,
@@ -1039,22 +1041,21 @@ def main() -> None:
             + " queries (the last page is viewed by an admin)",
         ),
     ]
-    for run in runs:
-        if not run.samples:
-            continue
-        claim_p95 = pct(run.samples, 95)
-        detail = f"{ms(claim_p95)} ms with {run.threads} reviewers"
-        if not run.think:
-            # A closed loop: each reviewer starts the next item when the last is done, so the
-            # time per item is the number of reviewers over the rate (Little's law).
-            needed = run.threads / (TARGET_CLAIM_P95_MS / 1000)
-            rate = run.decisions / run.elapsed if run.elapsed else 0.0
-            detail += f" (needs >= {needed:.0f} decisions/s; did {rate:.0f}/s)"
+    # The target is the time a reviewer waits for the next item while 15 others work at a fast
+    # human pace. Back to back is the machine's capacity, reported below and not a target: 16
+    # reviewers who never pause are a closed loop in which the time per item is the number of
+    # reviewers over the rate (Little's law), so p95 <= 25 ms would need 640 decisions a second.
+    paced = next((run for run in runs if run.think and run.samples), None)
+    claim_target = f"claim+decide p95 <= {TARGET_CLAIM_P95_MS:g} ms, {args.threads} reviewers"
+    if paced is None:
+        targets.append((claim_target, None, "--think-ms 0 runs only back to back"))
+    else:
+        claim_p95 = pct(paced.samples, 95)
         targets.append(
             (
-                f"claim+decide p95 <= {TARGET_CLAIM_P95_MS:g} ms, {pace(run.think)}",
+                claim_target,
                 claim_p95 * 1000 <= TARGET_CLAIM_P95_MS,
-                detail,
+                f"{ms(claim_p95)} ms, each reviewer deciding about every {paced.think * 1000:g} ms",
             )
         )
     # doubles_decided counts the whole table, so the last run's figure covers both runs.
@@ -1063,7 +1064,18 @@ def main() -> None:
     targets.append(("audit chain valid", not problem, f"{entries:,} entries"))
     print("\nTargets")
     for label, ok, detail in targets:
-        print(f"  {label:<46} {verdict(ok):<6} {detail}")
+        print(f"  {label:<46} {verdict(ok):<7} {detail}")
+    saturated = next((run for run in runs if not run.think and run.samples), None)
+    if saturated is not None:
+        rate = saturated.decisions / saturated.elapsed if saturated.elapsed else 0.0
+        print(
+            f"\nCapacity (not a target): {saturated.threads} reviewers back to back did "
+            f"{rate:.0f} decisions/s,\n  claim+decide p50 {ms(pct(saturated.samples, 50))} ms, "
+            f"p95 {ms(pct(saturated.samples, 95))} ms. With no pause the time per item is "
+            f"{saturated.threads} / rate\n  (Little's law): p95 <= {TARGET_CLAIM_P95_MS:g} ms "
+            f"that way would need >= {saturated.threads / (TARGET_CLAIM_P95_MS / 1000):.0f} "
+            "decisions/s."
+        )
     if seed_seconds is not None:
         print(f"\nSeeding took {seed_seconds:.1f} s.")
 

@@ -177,15 +177,26 @@ def renew(*, claim: Claim, now: datetime | None = None) -> Claim | None:
 
     None if the claim is gone or has expired meanwhile (decided in another tab, replaced).
     """
-    now = now or timezone.now()
-    expires_at = now + lease()
-    renewed = Claim.objects.filter(
-        pk=claim.pk, reviewer_id=claim.reviewer_id, expires_at__gt=now
-    ).update(expires_at=expires_at)
-    if not renewed:
+    expires_at = extend_lease(image_id=claim.pk, reviewer_id=claim.reviewer_id, now=now)
+    if expires_at is None:
         return None
     claim.expires_at = expires_at
     return claim
+
+
+def extend_lease(
+    *, image_id: int, reviewer_id: int, now: datetime | None = None
+) -> datetime | None:
+    """Extend the reviewer's live claim on the image in one conditional UPDATE.
+
+    Returns the new expiry, or None if the reviewer holds no live claim on it.
+    """
+    now = now or timezone.now()
+    expires_at = now + lease()
+    renewed = Claim.objects.filter(pk=image_id, reviewer_id=reviewer_id, expires_at__gt=now).update(
+        expires_at=expires_at
+    )
+    return expires_at if renewed else None
 
 
 def release(

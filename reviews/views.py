@@ -277,10 +277,7 @@ def reveal(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def renew(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     """The reviewer is active on the item: extend the lease. 409 if it is no longer theirs."""
-    claim = Claim.objects.filter(
-        image_id=pk, reviewer=request.user, expires_at__gt=timezone.now()
-    ).first()
-    if claim is None or services.renew(claim=claim) is None:
+    if services.extend_lease(image_id=pk, reviewer_id=request.user.pk) is None:
         return HttpResponse("Your claim on this item has expired.", status=409)
     return HttpResponse(status=204)
 

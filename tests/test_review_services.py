@@ -643,6 +643,33 @@ def test_renewing_extends_a_live_claim_and_refuses_one_that_is_gone_or_expired(
 
 
 @pytest.mark.django_db
+def test_extending_a_lease_by_image_is_one_update_and_only_for_the_live_claimant(
+    queued, reviewer_user, other_reviewer, t0, django_assert_num_queries
+):
+    image = queued()
+    claimed(reviewer_user, t0)
+    expiry = t0 + seconds(30) + services.lease()
+
+    with django_assert_num_queries(1):
+        assert (
+            services.extend_lease(
+                image_id=image.pk, reviewer_id=reviewer_user.pk, now=t0 + seconds(30)
+            )
+            == expiry
+        )
+    assert Claim.objects.get().expires_at == expiry
+
+    assert services.extend_lease(image_id=image.pk, reviewer_id=other_reviewer.pk, now=t0) is None
+    assert services.extend_lease(image_id=image.pk + 1, reviewer_id=reviewer_user.pk) is None
+    after_expiry = expiry + seconds(1)
+    assert (
+        services.extend_lease(image_id=image.pk, reviewer_id=reviewer_user.pk, now=after_expiry)
+        is None
+    )
+    assert Claim.objects.get().expires_at == expiry
+
+
+@pytest.mark.django_db
 def test_the_seconds_from_claim_to_decision_are_stored_and_renewal_keeps_the_start(
     queued, reviewer_user, t0
 ):
