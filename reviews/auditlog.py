@@ -36,7 +36,7 @@ from django.views.decorators.http import require_POST, require_safe
 from django_htmx.http import HttpResponseClientRedirect
 
 from moderation.models import AuditEntry, AuditEntryQuerySet, ChainCheck, Image
-from moderation.tasks import verify_audit_chain
+from moderation.tasks import pending_verification, verify_audit_chain
 
 if TYPE_CHECKING:
     from django_htmx.middleware import HtmxDetails
@@ -307,6 +307,7 @@ def audit_log(request: HtmxHttpRequest) -> HttpResponse:
     else:
         template = "reviews/audit_log.html"
         check = ChainCheck.objects.order_by("-checked_at", "-id").first()
+        context["pending"] = pending_verification()
         head = AuditEntry.objects.order_by("-seq").values_list("seq", flat=True).first()
         context |= {
             "nav": "audit",
@@ -324,11 +325,22 @@ def audit_log(request: HtmxHttpRequest) -> HttpResponse:
 @permission_required(VIEW_AUDIT, raise_exception=True)
 @require_POST
 def verify_now(request: HtmxHttpRequest) -> HttpResponse:
-    """Queue a walk of the whole chain; the log page shows the outcome once a worker has run it."""
-    verify_audit_chain.enqueue()
-    messages.success(
-        request, "Verification queued: the chain status here updates once a worker has walked it."
-    )
+    """Queue a walk of the whole chain; the log page shows the outcome once a worker has run it.
+
+    One at a time: while a walk is queued or running, another click queues nothing more.
+    """
+    if pending_verification() is None:
+        verify_audit_chain.enqueue()
+        messages.success(
+            request,
+            "Verification queued: the chain status here updates once a worker has walked it.",
+        )
+    else:
+        messages.info(
+            request,
+            "A verification is already queued; the chain status here updates once a worker "
+            "has walked it.",
+        )
     target = request.POST.get("next", "")
     if not url_has_allowed_host_and_scheme(
         target, allowed_hosts={request.get_host()}, require_https=request.is_secure()

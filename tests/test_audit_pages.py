@@ -489,6 +489,62 @@ def test_verify_now_queues_the_check_and_comes_back_with_a_message(admin_client)
     assert "Verification queued" in page
 
 
+@pytest.fixture
+def db_tasks(settings):
+    """The database task backend, as `make run` and production have it (tests record tasks)."""
+    settings.TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+
+
+def queued_walks() -> list[str]:
+    from django_tasks_db.models import DBTaskResult
+
+    return list(
+        DBTaskResult.objects.filter(task_path=verify_audit_chain.module_path).values_list(
+            "status", flat=True
+        )
+    )
+
+
+def test_verify_now_queues_one_walk_at_a_time_and_the_page_says_it_is_waiting(
+    admin_client, db_tasks
+):
+    first = admin_client.post(VERIFY, follow=True).content.decode()
+    assert "Verification queued" in first
+    assert "A verification is waiting for a worker: queued" in first
+
+    second = admin_client.post(VERIFY, follow=True).content.decode()
+    assert "A verification is already queued" in second
+    assert queued_walks() == ["READY"]
+
+
+def test_the_page_says_when_the_walk_is_running_and_forgets_it_once_done(admin_client, db_tasks):
+    from django_tasks_db.models import DBTaskResult
+
+    admin_client.post(VERIFY)
+    walk = DBTaskResult.objects.get()
+    walk.claim("worker-1")
+    assert "A verification is walking the chain now" in admin_client.get(LOG).content.decode()
+
+    walk.set_successful("ok")
+    page = admin_client.get(LOG).content.decode()
+    assert "A verification is" not in page
+    admin_client.post(VERIFY)
+    assert sorted(queued_walks()) == ["READY", "SUCCESSFUL"]
+
+
+def test_a_walk_queued_over_an_hour_ago_is_taken_for_lost_and_queued_again(admin_client, db_tasks):
+    from django_tasks_db.models import DBTaskResult
+
+    admin_client.post(VERIFY)
+    DBTaskResult.objects.update(
+        status="RUNNING", enqueued_at=datetime.now(UTC) - timedelta(hours=1, minutes=1)
+    )
+    assert "A verification is" not in admin_client.get(LOG).content.decode()
+
+    admin_client.post(VERIFY)
+    assert sorted(queued_walks()) == ["READY", "RUNNING"]
+
+
 def test_verify_now_never_redirects_off_the_site(admin_client):
     response = admin_client.post(VERIFY, {"next": "https://evil.example/audit/"})
     assert response["Location"] == "/audit/"
