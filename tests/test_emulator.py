@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import http.client
 import io
@@ -881,6 +882,28 @@ def test_a_rule_can_match_the_files_sha256(start_emulator, stored, tmp_path):
         ([{"match": {"name": "*"}, "suggestion": "pass"}], "match"),
         ([{"match": {"sha256": "abc"}, "suggestion": "pass"}], "64 hex"),
         ([{"match": {"key": "*"}, "suggestion": "pass", "rate": 101}], "rate"),
+        (
+            [
+                {
+                    "match": {"key": "*"},
+                    "suggestion": "review",
+                    "categories": ["ad"],
+                    "manual_review": "maybe",
+                }
+            ],
+            "manual_review. must be pass or block",
+        ),
+        (
+            [
+                {
+                    "match": {"key": "*"},
+                    "suggestion": "block",
+                    "categories": ["ad"],
+                    "manual_review": "pass",
+                }
+            ],
+            "for review rules only",
+        ),
     ],
 )
 def test_a_malformed_rules_file_is_refused_at_start(tmp_path, rules, problem):
@@ -1031,6 +1054,135 @@ def test_reordering_sends_each_held_batch_in_reverse(start_emulator, receiver):
 
 def test_no_notification_is_sent_without_a_notify_url(emulator):
     assert emulator.notifier is None
+
+
+# --- IMM's manual review ---------------------------------------------------------------------
+
+
+def contents(receiver: Receiver, count: int) -> list[dict[str, Any]]:
+    return [json.loads(message["content"]) for message in receiver.wait_for(count)]
+
+
+def test_manual_review_follows_a_review_verdict_with_a_second_notification(
+    start_emulator, stored, receiver
+):
+    emulator = start_emulator(notify_url=receiver.url, manual_review=0.3)
+    strong = create_task(emulator, stored(png(with_area(0.35, SKIN))))  # sexy, rate about 90
+    weak = create_task(emulator, stored(png(with_area(0.25, SKIN))))  # sexy, rate about 70
+
+    messages = contents(receiver, 4)
+
+    by_task = collections.defaultdict(list)
+    for content in messages:
+        by_task[content["TaskId"]].append(content)
+    first, second = by_task[strong]
+    assert first["ModerationResult"]["Suggestion"] == "review"
+    assert first["ModerationResult"]["Frames"]["BlockFrames"][0]["Rate"] >= 75
+    assert second["Status"] == "Succeeded"
+    assert second["ModerationResult"] == first["ModerationResult"] | {"Suggestion": "block"}
+    assert second["StartTime"] == first["StartTime"]
+    waited = datetime.fromisoformat(second["EndTime"]) - datetime.fromisoformat(first["EndTime"])
+    assert waited >= timedelta(seconds=0.3)
+    first, second = by_task[weak]
+    assert first["ModerationResult"]["Frames"]["BlockFrames"][0]["Rate"] < 75
+    assert second["ModerationResult"] == {
+        "URI": first["ModerationResult"]["URI"],
+        "Suggestion": "pass",
+        "Categories": [],
+        "Frames": {"TotalCount": 1, "BlockFrames": []},
+    }
+    # Polling now gives the word after the manual review.
+    assert finished(emulator, strong)["ModerationResult"]["Suggestion"] == "block"
+    assert finished(emulator, weak)["ModerationResult"]["Suggestion"] == "pass"
+
+
+def test_manual_review_leaves_pass_and_block_verdicts_alone(start_emulator, stored, receiver):
+    emulator = start_emulator(notify_url=receiver.url, manual_review=0)
+    passed = create_task(emulator, stored(png(with_area(0, SKIN))))
+    blocked = create_task(emulator, stored(png(with_area(0.7, SKIN))))
+    reviewed = create_task(emulator, stored(png(with_area(0.35, SKIN))))
+
+    messages = contents(receiver, 4)
+
+    # Tasks are processed in the order they are due, so the review's second word comes last.
+    assert [m["TaskId"] for m in messages] == [passed, blocked, reviewed, reviewed]
+    assert [m["ModerationResult"]["Suggestion"] for m in messages] == [
+        "pass", "block", "review", "block",
+    ]  # fmt: skip
+
+
+def test_a_rule_says_what_manual_review_concludes(start_emulator, stored, receiver, tmp_path):
+    rules = write_rules(
+        tmp_path,
+        [
+            {"match": {"key": "*"}, "suggestion": "review", "categories": ["ad"], "rate": 99,
+             "manual_review": "pass"},
+        ],
+    )  # fmt: skip
+    emulator = start_emulator(notify_url=receiver.url, manual_review=0, rules=rules)
+    create_task(emulator, stored(png(with_area(0, SKIN))))
+
+    first, second = contents(receiver, 2)
+
+    assert first["ModerationResult"]["Suggestion"] == "review"
+    assert second["ModerationResult"]["Suggestion"] == "pass"  # despite the rate of 99
+
+
+def test_without_manual_review_a_review_verdict_stands(emulator, stored):
+    task_id = create_task(emulator, stored(png(with_area(0.35, SKIN))))
+    assert finished(emulator, task_id)["ModerationResult"]["Suggestion"] == "review"
+
+    task = emulator.store.get(task_id, now_ms=emulator.now_ms())
+    assert (task.review_due_ms, task.review_outcome) == (None, None)
+
+
+def test_a_pending_manual_review_survives_a_restart(start_emulator, stored, tmp_path, receiver):
+    state = tmp_path / "state.sqlite3"
+    first = start_emulator(state=state, manual_review=0.5)
+    task_id = create_task(first, stored(png(with_area(0.35, SKIN))))
+    assert finished(first, task_id)["ModerationResult"]["Suggestion"] == "review"
+    first.stop()
+
+    # Restarted with manual review switched off: the review already under way still ends.
+    second = start_emulator(state=state, notify_url=receiver.url)
+
+    [content] = contents(receiver, 1)
+    assert content["TaskId"] == task_id
+    assert content["ModerationResult"]["Suggestion"] == "block"
+    assert finished(second, task_id)["ModerationResult"]["Suggestion"] == "block"
+
+
+def test_a_state_file_from_before_manual_review_is_upgraded(tmp_path):
+    import sqlite3
+
+    from moderation.emulator.store import TaskStore
+
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE tasks (task_id TEXT PRIMARY KEY, task_type TEXT NOT NULL, "
+            "project TEXT NOT NULL, status TEXT NOT NULL, code TEXT NOT NULL DEFAULT '', "
+            "message TEXT NOT NULL DEFAULT '', start_ms INTEGER NOT NULL, end_ms INTEGER, "
+            "request_id TEXT NOT NULL, event_id TEXT NOT NULL, source_uri TEXT NOT NULL, "
+            "scenes TEXT NOT NULL, interval INTEGER NOT NULL, max_frames INTEGER NOT NULL, "
+            "tags TEXT, user_data TEXT, notification TEXT, result TEXT)"
+        )
+        old.execute(
+            "INSERT INTO tasks (task_id, task_type, project, status, start_ms, request_id, "
+            "event_id, source_uri, scenes, interval, max_frames) VALUES ('t-1', "
+            "'ImageModeration', 'p', 'Running', 1000, 'r', 'e', 'oss://b/k', '[]', 1, 1)"
+        )
+    old.close()
+
+    store = TaskStore(str(path))
+    try:
+        task = store.get("t-1", now_ms=2000)
+        assert task is not None
+        assert (task.status, task.review_due_ms, task.review_outcome) == ("Running", None, None)
+        store.save(dataclasses.replace(task, review_due_ms=5000, review_outcome="pass"))
+        assert [t.task_id for t in store.in_manual_review(now_ms=2000)] == ["t-1"]
+    finally:
+        store.close()
 
 
 # --- lifecycle ------------------------------------------------------------------------------

@@ -113,3 +113,48 @@ def test_uploaded_images_go_through_imm_and_come_back_routed(live_server, admin_
     assert blocked.imm_task_id in page.text
     assert "suggestion-block" in page.text
     browser.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_imms_manual_review_reroutes_a_review_image_over_http(live_server, admin_user, settings):
+    settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = False
+    settings.IMM_NOTIFY_TOKEN = "end-to-end-notify-token"
+    notify_url = f"{live_server.url}/imm/notifications/"
+    emulator = Emulator.from_settings(
+        port=0, state=":memory:", delay=0.1, manual_review=0.5, notify_url=notify_url
+    )
+    emulator.start()
+    try:
+        with override_settings(IMM_ENDPOINT=emulator.url, TASKS=DATABASE_TASKS):
+            name = "demo-03-figure-review.jpg"
+            browser = signed_in(live_server.url, admin_user.get_username())
+            upload = browser.get("/images/upload/")
+            token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', upload.text).group(1)
+            response = browser.post(
+                "/images/upload/",
+                data={"csrfmiddlewaretoken": token},
+                files=[("files", (name, io.BytesIO(dict(demo.samples())[name])))],
+                headers={"Referer": f"{live_server.url}/images/upload/"},
+            )
+            assert response.text.count('data-outcome="stored"') == 1
+            browser.close()
+            call_command("db_worker", "--batch", "--no-startup-delay", "--no-reload")
+
+            assert wait_for(lambda: ModerationResult.objects.filter(applied=True).count() == 2)
+    finally:
+        emulator.stop()
+
+    first, second = ModerationResult.objects.order_by("end_time")
+    assert first.suggestion == "review"
+    rate = max(frame["Rate"] for frame in first.block_frames)
+    assert second.suggestion == ("block" if rate >= 75 else "pass")
+    image = Image.objects.get()
+    assert image.status == (
+        Image.Status.REJECTED if second.suggestion == "block" else Image.Status.APPROVED
+    )
+    routes = AuditEntry.objects.filter(image=image, action="imm.routed").order_by("seq")
+    assert [(e.state_before, e.state_after) for e in routes] == [
+        ("submitted", "awaiting_review"),
+        ("awaiting_review", image.status),
+    ]
+    call_command("verify_audit", stdout=io.StringIO())

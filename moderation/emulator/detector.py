@@ -13,7 +13,9 @@ be exercised end to end, and the same bytes with the same parameters always get 
    `key` is an fnmatch glob over the object key (case-sensitive; `*` also crosses `/`), `sha256`
    the file's digest; a rule with both needs both. `suggestion` is pass, review or block;
    `categories` (required unless pass) name the labels, the first labelling every sampled frame;
-   `rate` (0-100, default 99.0) is the confidence given to each frame. "comment" is ignored.
+   `rate` (0-100, default 99.0) is the confidence given to each frame; `manual_review` (pass or
+   block, review rules only) is what IMM's own manual review concludes (below). "comment" is
+   ignored.
 
 2. Otherwise the content. Each sampled frame (below) is flattened onto white, scaled to 64x64
    (box filter) for the colour measures and to 128x128 greyscale (nearest neighbour, which keeps
@@ -50,6 +52,13 @@ are not normal with their Offset (frame index) and Rate, the image's Suggestion 
 frame's, and Categories lists every label found in any frame, in the table's order.
 Categories is empty when the Suggestion is pass (IMM's documentation does not say whether
 "normal" appears there; an empty list is the reading that needs no special case).
+
+IMM's manual review. IMM documents that a `review` verdict is followed by a second notification
+once a manual review has finished. With the emulator's manual review switched on
+(IMM_EMULATOR_MANUAL_REVIEW, `--manual-review SECONDS`), every review verdict gets that second
+word after the given seconds: the matching rule's `manual_review` if it has one, otherwise block
+when a frame's rate is at least 75 and pass below. A block keeps the first verdict's Categories
+and BlockFrames; a pass has none, as a first pass has none.
 """
 
 from __future__ import annotations
@@ -69,6 +78,8 @@ DEFAULT_SCENES = ("porn", "terrorism", "ad")
 SUGGESTIONS = ("pass", "review", "block")
 _SEVERITY = {"pass": 0, "review": 1, "block": 2}
 DEFAULT_RULE_RATE = 99.0
+MANUAL_OUTCOMES = ("pass", "block")
+MANUAL_BLOCK_RATE = 75.0  # manual review blocks a review verdict with a frame rated this or more
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -113,6 +124,7 @@ class Rule:
     rate: float
     key: str | None = None
     sha256: str | None = None
+    manual_review: str | None = None
 
     def matches(self, key: str, sha256: str) -> bool:
         if self.key is not None and not fnmatch.fnmatchcase(key, self.key):
@@ -130,7 +142,7 @@ def parse_rules(data: Any, source: str = "rules") -> list[Rule]:
 def _parse_rule(item: Any, where: str) -> Rule:
     if not isinstance(item, dict):
         raise RulesError(f"{where}: expected an object")
-    unknown = set(item) - {"match", "suggestion", "categories", "rate", "comment"}
+    unknown = set(item) - {"match", "suggestion", "categories", "rate", "manual_review", "comment"}
     if unknown:
         raise RulesError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
     match = item.get("match")
@@ -154,7 +166,14 @@ def _parse_rule(item: Any, where: str) -> Rule:
     rate = item.get("rate", DEFAULT_RULE_RATE)
     if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 100:
         raise RulesError(f'{where}: "rate" must be a number from 0 to 100')
-    return Rule(suggestion, tuple(categories), float(rate), key=key, sha256=sha256)
+    manual = item.get("manual_review")
+    if manual is not None and manual not in MANUAL_OUTCOMES:
+        raise RulesError(f'{where}: "manual_review" must be pass or block')
+    if manual is not None and suggestion != "review":
+        raise RulesError(f'{where}: "manual_review" is for review rules only')
+    return Rule(
+        suggestion, tuple(categories), float(rate), key=key, sha256=sha256, manual_review=manual
+    )
 
 
 def load_rules(path: str | Path) -> list[Rule]:
@@ -204,6 +223,7 @@ class Verdict:
     categories: list[str]
     frames: list[FrameVerdict]
     rule: int | None = None  # 1-based index of the rule that decided, if one did
+    manual_review: str | None = None  # the deciding rule's manual review outcome, if it says
 
     def moderation_result(self, uri: str) -> dict[str, Any]:
         block_frames = []
@@ -299,7 +319,13 @@ def _by_rule(rule: Rule, number: int, offsets: Sequence[int]) -> Verdict:
     label = rule.categories[0] if rule.categories else "normal"
     finding = Finding(label, rule.suggestion, rule.rate)
     frames = [FrameVerdict(offset, (finding,)) for offset in offsets]
-    return Verdict(rule.suggestion, list(rule.categories), frames, rule=number)
+    return Verdict(
+        rule.suggestion,
+        list(rule.categories),
+        frames,
+        rule=number,
+        manual_review=rule.manual_review,
+    )
 
 
 def moderate(
@@ -330,3 +356,25 @@ def moderate(
                 suggestion = finding.suggestion
     categories = sorted(labels, key=lambda label: _LABEL_ORDER[label])
     return Verdict(suggestion, categories, frames)
+
+
+def manual_review_outcome(result: dict[str, Any], ruled: str | None = None) -> str:
+    """What IMM's manual review concludes about a review verdict (see the module docstring)."""
+    if ruled is not None:
+        return ruled
+    rates = [float(frame.get("Rate") or 0) for frame in result["Frames"]["BlockFrames"]]
+    return "block" if rates and max(rates) >= MANUAL_BLOCK_RATE else "pass"
+
+
+def reviewed_result(result: dict[str, Any], outcome: str) -> dict[str, Any]:
+    """The ModerationResult of the second notification, after IMM's manual review."""
+    block = outcome == "block"
+    return {
+        "URI": result["URI"],
+        "Suggestion": outcome,
+        "Categories": list(result["Categories"]) if block else [],
+        "Frames": {
+            "TotalCount": result["Frames"]["TotalCount"],
+            "BlockFrames": list(result["Frames"]["BlockFrames"]) if block else [],
+        },
+    }

@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, BinaryIO, Self, cast
@@ -34,7 +35,7 @@ from .gateway import (
 )
 from .operations import Operations, new_request_id, split_oss_uri
 from .scheduler import Scheduler
-from .store import RUNNING, Task, TaskStore
+from .store import RUNNING, SUCCEEDED, Task, TaskStore
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +148,9 @@ class Emulator:
     Images are read from `storage` (default: Django's default_storage) for SourceURIs in
     `bucket`; tasks are kept in the SQLite file `state` (":memory:" forgets them on stop). Tasks
     stay Running for `delay` seconds, then finish and are notified to `notify_url` at once.
+    With `manual_review` (seconds; None, the default, leaves it off) a review verdict is followed
+    that long after by IMM's manual review: the task's result becomes pass or block and a second
+    notification is sent (detector.manual_review_outcome).
     """
 
     def __init__(
@@ -163,6 +167,7 @@ class Emulator:
         state: str | Path = ":memory:",
         storage: Storage | None = None,
         delay: float = 0.0,
+        manual_review: float | None = None,
         rules: str | Path | Sequence[detector.Rule] | None = None,
         notify_url: str | None = None,
         notify_token: str = "",
@@ -180,8 +185,8 @@ class Emulator:
         for name, rate in (("duplicate_rate", duplicate_rate), ("drop_rate", drop_rate)):
             if not 0 <= rate <= 1:
                 raise ValueError(f"{name} must be from 0 to 1; got {rate}")
-        if delay < 0 or throttle_rps < 0:
-            raise ValueError("delay and throttle_rps cannot be negative")
+        if delay < 0 or throttle_rps < 0 or (manual_review is not None and manual_review < 0):
+            raise ValueError("delay, manual_review and throttle_rps cannot be negative")
         self.access_key_id = access_key_id
         self._access_key_secret = access_key_secret
         self.project = project
@@ -191,6 +196,7 @@ class Emulator:
         self.host = host
         self.port = port
         self.delay = delay
+        self.manual_review = manual_review
         self.clock = clock
         if rules is None or rules == "":
             self.rules: list[detector.Rule] = []
@@ -240,6 +246,7 @@ class Emulator:
             "port": settings.IMM_EMULATOR_PORT,
             "state": settings.IMM_EMULATOR_STATE,
             "delay": settings.IMM_EMULATOR_DELAY,
+            "manual_review": settings.IMM_EMULATOR_MANUAL_REVIEW,
             "rules": settings.IMM_EMULATOR_RULES or None,
             "notify_url": settings.IMM_EMULATOR_NOTIFY_URL or None,
             "notify_token": settings.IMM_NOTIFY_TOKEN,
@@ -265,9 +272,15 @@ class Emulator:
         resumed = self.store.running(now_ms=now)
         for task in resumed:
             self._schedule(task)
-        if purged or resumed:
+        in_review = self.store.in_manual_review(now_ms=now)
+        for task in in_review:
+            self._schedule_review(task)
+        if purged or resumed or in_review:
             logger.info(
-                "%d expired task(s) purged, %d running task(s) resumed", purged, len(resumed)
+                "%d expired task(s) purged, %d running task(s) and %d manual review(s) resumed",
+                purged,
+                len(resumed),
+                len(in_review),
             )
         self._wakeup = socket.socketpair()
         self._thread = threading.Thread(
@@ -341,13 +354,18 @@ class Emulator:
         due = task.start_ms / 1000 + self.delay - self.clock()
         self._processing.call_later(due, functools.partial(self._process, task.task_id))
 
+    def _schedule_review(self, task: Task) -> None:
+        due = (task.review_due_ms or 0) / 1000 - self.clock()
+        self._processing.call_later(due, functools.partial(self._finish_review, task.task_id))
+
     def _process(self, task_id: str) -> None:
         task = self.store.get(task_id, now_ms=self.now_ms())
         if task is None or task.status != RUNNING:
             return
         end_ms = max(self.now_ms(), task.start_ms)
         try:
-            result = self._moderate(task)
+            verdict = self._moderate(task)
+            result = verdict.moderation_result(task.source_uri)
         except TaskFailed as failure:
             task = task.finished(end_ms=end_ms, code=failure.code, message=failure.message)
         except Exception:
@@ -359,6 +377,12 @@ class Emulator:
             )
         else:
             task = task.finished(end_ms=end_ms, result=result)
+            if self.manual_review is not None and result["Suggestion"] == "review":
+                task = replace(
+                    task,
+                    review_due_ms=end_ms + round(self.manual_review * 1000),
+                    review_outcome=detector.manual_review_outcome(result, verdict.manual_review),
+                )
         self.store.save(task)
         logger.info(
             "task %s %s %s",
@@ -366,11 +390,39 @@ class Emulator:
             task.status,
             task.result["Suggestion"] if task.result else task.code,
         )
+        self._notify(task)
+        if task.review_due_ms is not None:
+            self._schedule_review(task)
+
+    def _finish_review(self, task_id: str) -> None:
+        """IMM's manual review has ended: the task's result becomes its outcome, notified again."""
+        task = self.store.get(task_id, now_ms=self.now_ms())
+        if (
+            task is None
+            or task.status != SUCCEEDED
+            or task.review_due_ms is None
+            or task.review_outcome is None
+            or task.result is None
+        ):
+            return
+        result = detector.reviewed_result(task.result, task.review_outcome)
+        task = replace(
+            task,
+            result=result,
+            end_ms=max(self.now_ms(), task.review_due_ms),
+            review_due_ms=None,
+            review_outcome=None,
+        )
+        self.store.save(task)
+        logger.info("task %s manual review: %s", task.task_id, result["Suggestion"])
+        self._notify(task)
+
+    def _notify(self, task: Task) -> None:
         if self.notifier is not None:
             message = envelope(task, region=self.region, account_id=self.account_id)
             self.notifier.notify(task.task_id, message)
 
-    def _moderate(self, task: Task) -> dict[str, Any]:
+    def _moderate(self, task: Task) -> detector.Verdict:
         bucket, key = split_oss_uri(task.source_uri) or ("", "")
         if bucket != self.bucket:
             raise TaskFailed(
@@ -405,7 +457,7 @@ class Emulator:
             )
         if verdict.rule is not None:
             logger.info("task %s: decided by rule %d", task.task_id, verdict.rule)
-        return verdict.moderation_result(task.source_uri)
+        return verdict
 
     def describe(self) -> str:
         """One line for the operator: where it listens and where notifications go."""
@@ -414,6 +466,8 @@ class Emulator:
             if self.notifier is not None
             else "no notifications (no notify URL)"
         )
+        if self.manual_review is not None:
+            target += f"; manual review of review verdicts after {self.manual_review:g} s"
         return (
             f"IMM emulator on {self.url} (project {self.project}, bucket {self.bucket}, "
             f"{len(self.rules)} rule(s)); {target}"

@@ -34,10 +34,14 @@ CREATE TABLE IF NOT EXISTS tasks (
     tags TEXT,
     user_data TEXT,
     notification TEXT,
-    result TEXT
+    result TEXT,
+    review_due_ms INTEGER,
+    review_outcome TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_start ON tasks (start_ms);
 """
+# Columns added since the first release, for state files written before them.
+_ADDED_COLUMNS = {"review_due_ms": "INTEGER", "review_outcome": "TEXT"}
 
 _COLUMNS = [
     "task_id",
@@ -58,6 +62,8 @@ _COLUMNS = [
     "user_data",
     "notification",
     "result",
+    "review_due_ms",
+    "review_outcome",
 ]
 _JSON_COLUMNS = {"scenes", "tags", "notification", "result"}
 
@@ -92,6 +98,9 @@ class Task:
     user_data: str | None = None
     notification: dict[str, Any] | None = None
     result: dict[str, Any] | None = field(default=None)
+    # IMM's manual review of a review verdict, while it is pending: when it ends, and its outcome.
+    review_due_ms: int | None = None
+    review_outcome: str | None = None
 
     def finished(
         self,
@@ -137,6 +146,10 @@ class TaskStore:
             if path != ":memory:":
                 self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
+            have = {row["name"] for row in self._db.execute("PRAGMA table_info(tasks)")}
+            for column, kind in _ADDED_COLUMNS.items():
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE tasks ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -169,6 +182,16 @@ class TaskStore:
             rows = self._db.execute(
                 "SELECT * FROM tasks WHERE status = ? AND start_ms >= ? ORDER BY start_ms, task_id",
                 (RUNNING, now_ms - RETENTION_MS),
+            ).fetchall()
+        return [_task(row) for row in rows]
+
+    def in_manual_review(self, *, now_ms: int) -> list[Task]:
+        """Finished tasks whose manual review has not sent its second notification yet."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM tasks WHERE review_due_ms IS NOT NULL AND start_ms >= ? "
+                "ORDER BY review_due_ms, task_id",
+                (now_ms - RETENTION_MS,),
             ).fetchall()
         return [_task(row) for row in rows]
 

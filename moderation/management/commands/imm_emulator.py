@@ -35,6 +35,14 @@ class Command(BaseCommand):
             help="Seconds a task stays Running before it finishes and is notified "
             "(default: IMM_EMULATOR_DELAY).",
         )
+        parser.add_argument(
+            "--manual-review",
+            type=float,
+            metavar="SECONDS",
+            help="Follow each review verdict this many seconds later with IMM's manual review: "
+            "a second notification saying pass or block (default: IMM_EMULATOR_MANUAL_REVIEW; "
+            "unset: off).",
+        )
         parser.add_argument("--rules", help="Rules file (default: IMM_EMULATOR_RULES).")
         parser.add_argument(
             "--state",
@@ -82,6 +90,7 @@ class Command(BaseCommand):
                 host=options["host"],
                 port=setting("port", "IMM_EMULATOR_PORT"),
                 delay=setting("delay", "IMM_EMULATOR_DELAY"),
+                manual_review=setting("manual_review", "IMM_EMULATOR_MANUAL_REVIEW"),
                 rules=setting("rules", "IMM_EMULATOR_RULES") or None,
                 state=setting("state", "IMM_EMULATOR_STATE"),
                 notify_url=setting("notify_url", "IMM_EMULATOR_NOTIFY_URL") or None,
