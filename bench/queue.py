@@ -9,9 +9,9 @@
 3. Runs --threads reviewers (threads, one database connection each) claiming and deciding, twice
    for --seconds: first at a fast human pace (each reviewer pauses about --think-ms between
    decisions: the time a reviewer waits while the others work; the claim+decide target is
-   judged on this run), then back to back (the machine's capacity: decisions per second, and
-   what saturation does to the time per item; reported, not a target). Both report time per
-   claim+decide and double assignments.
+   judged on this run), then back to back (what one Python process does at saturation:
+   decisions per second, and the time per item then; reported, not a target). Both report time
+   per claim+decide and double assignments.
 4. Walks the audit chain that resulted and times it.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/moderation_bench .venv/bin/python bench/queue.py
@@ -1042,7 +1042,7 @@ def main() -> None:
         ),
     ]
     # The target is the time a reviewer waits for the next item while 15 others work at a fast
-    # human pace. Back to back is the machine's capacity, reported below and not a target: 16
+    # human pace. Back to back is one process at saturation, reported below and not a target: 16
     # reviewers who never pause are a closed loop in which the time per item is the number of
     # reviewers over the rate (Little's law), so p95 <= 25 ms would need 640 decisions a second.
     paced = next((run for run in runs if run.think and run.samples), None)
@@ -1069,7 +1069,7 @@ def main() -> None:
     if saturated is not None:
         rate = saturated.decisions / saturated.elapsed if saturated.elapsed else 0.0
         print(
-            f"\nCapacity (not a target): {saturated.threads} reviewers back to back did "
+            f"\nBack to back (not a target): {saturated.threads} reviewers in one process did "
             f"{rate:.0f} decisions/s,\n  claim+decide p50 {ms(pct(saturated.samples, 50))} ms, "
             f"p95 {ms(pct(saturated.samples, 95))} ms. With no pause the time per item is "
             f"{saturated.threads} / rate\n  (Little's law): p95 <= {TARGET_CLAIM_P95_MS:g} ms "

@@ -385,3 +385,17 @@ class ChainCheck(models.Model):
 
     def __str__(self) -> str:
         return f"{'ok' if self.ok else 'BROKEN'} at {self.checked_at:%Y-%m-%d %H:%M}"
+
+
+class VerificationRequest(models.Model):
+    """The walk of the audit chain last asked for from the log page: its task result's id.
+
+    Only the latest is kept; its task's status says whether a walk is still queued or running,
+    so that "Verify now" does not queue another meanwhile.
+    """
+
+    task_result_id = models.CharField(max_length=64)
+    requested_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"verification {self.task_result_id} asked for at {self.requested_at:%Y-%m-%d %H:%M}"

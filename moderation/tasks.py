@@ -7,12 +7,14 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.db import transaction
 from django.utils import timezone
 from django_tasks import TaskResultStatus, task
+from django_tasks.exceptions import TaskResultDoesNotExist
 
 from . import audit, pipeline
 from .imm import ImmError
-from .models import ModerationResult
+from .models import ModerationResult, VerificationRequest
 
 logger = logging.getLogger(__name__)
 
@@ -44,39 +46,50 @@ def verify_audit_chain() -> str:
     return "ok" if audit.check_chain().ok else "broken"
 
 
-# A verification queued or started longer ago than this is taken for lost (its worker was
-# stopped mid-walk, say): a walk of a million entries takes about 20 s.
+# A walk that started longer ago than this is taken for lost (its worker was stopped mid-walk,
+# which leaves its result Running): a walk of a million entries takes about 20 s. A queued walk is
+# never taken for lost: it waits its turn behind other tasks.
 VERIFICATION_LOST_AFTER = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
 class PendingVerification:
-    enqueued_at: datetime
+    since: datetime  # when it started if running, else when it was queued
     running: bool
 
 
 def pending_verification(*, now: datetime | None = None) -> PendingVerification | None:
-    """The chain verification queued or running now, if any, so that a second is not queued.
-
-    Only the database backend (what `make run` and production use) can be asked; with any other
-    backend this returns None and every request queues a walk.
-    """
-    from django_tasks_db.backend import DatabaseBackend
-    from django_tasks_db.models import DBTaskResult
-
-    if not isinstance(verify_audit_chain.get_backend(), DatabaseBackend):
+    """The walk of the chain asked for from the log page, if it is still queued or running."""
+    request = VerificationRequest.objects.order_by("-requested_at", "-id").first()
+    if request is None:
         return None
+    try:
+        result = verify_audit_chain.get_result(request.task_result_id)
+    except (TaskResultDoesNotExist, NotImplementedError):  # pruned, or a backend that cannot say
+        return None
+    if result.status == TaskResultStatus.READY and result.enqueued_at is not None:
+        return PendingVerification(result.enqueued_at, running=False)
     now = now or timezone.now()
-    pending = (
-        DBTaskResult.objects.filter(
-            task_path=verify_audit_chain.module_path,
-            status__in=[TaskResultStatus.READY, TaskResultStatus.RUNNING],
-            enqueued_at__gte=now - VERIFICATION_LOST_AFTER,
-        )
-        .order_by("enqueued_at")
-        .values_list("enqueued_at", "status")
-        .first()
-    )
-    if pending is None:
-        return None
-    return PendingVerification(pending[0], running=pending[1] == TaskResultStatus.RUNNING)
+    started = result.started_at
+    if (
+        result.status == TaskResultStatus.RUNNING
+        and started
+        and started >= now - VERIFICATION_LOST_AFTER
+    ):
+        return PendingVerification(started, running=True)
+    return None
+
+
+def request_verification() -> PendingVerification | None:
+    """Queue a walk of the chain unless one is queued or running; returns that one, or None.
+
+    Best effort: two requests in the same instant may both queue a walk, which is harmless.
+    """
+    pending = pending_verification()
+    if pending is not None:
+        return pending
+    result = verify_audit_chain.enqueue()
+    with transaction.atomic():
+        latest = VerificationRequest.objects.create(task_result_id=str(result.id))
+        VerificationRequest.objects.exclude(pk=latest.pk).delete()
+    return None

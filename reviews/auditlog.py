@@ -36,7 +36,7 @@ from django.views.decorators.http import require_POST, require_safe
 from django_htmx.http import HttpResponseClientRedirect
 
 from moderation.models import AuditEntry, AuditEntryQuerySet, ChainCheck, Image
-from moderation.tasks import pending_verification, verify_audit_chain
+from moderation.tasks import pending_verification, request_verification
 
 if TYPE_CHECKING:
     from django_htmx.middleware import HtmxDetails
@@ -307,11 +307,11 @@ def audit_log(request: HtmxHttpRequest) -> HttpResponse:
     else:
         template = "reviews/audit_log.html"
         check = ChainCheck.objects.order_by("-checked_at", "-id").first()
-        context["pending"] = pending_verification()
         head = AuditEntry.objects.order_by("-seq").values_list("seq", flat=True).first()
         context |= {
             "nav": "audit",
             "check": check,
+            "pending": pending_verification(),
             "written_since": max(0, (head or 0) - check.entries) if check and check.ok else 0,
             "actors": _actor_choices(),
             "action_groups": _action_choices(),
@@ -329,8 +329,8 @@ def verify_now(request: HtmxHttpRequest) -> HttpResponse:
 
     One at a time: while a walk is queued or running, another click queues nothing more.
     """
-    if pending_verification() is None:
-        verify_audit_chain.enqueue()
+    pending = request_verification()
+    if pending is None:
         messages.success(
             request,
             "Verification queued: the chain status here updates once a worker has walked it.",
@@ -338,8 +338,8 @@ def verify_now(request: HtmxHttpRequest) -> HttpResponse:
     else:
         messages.info(
             request,
-            "A verification is already queued; the chain status here updates once a worker "
-            "has walked it.",
+            f"A verification is already {'running' if pending.running else 'queued'}; the "
+            "chain status here updates once it has finished.",
         )
     target = request.POST.get("next", "")
     if not url_has_allowed_host_and_scheme(

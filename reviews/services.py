@@ -189,13 +189,14 @@ def extend_lease(
 ) -> datetime | None:
     """Extend the reviewer's live claim on the image in one conditional UPDATE.
 
-    Returns the new expiry, or None if the reviewer holds no live claim on it.
+    Returns the new expiry, or None if the reviewer holds no live claim on it (none, someone
+    else's, expired, or on an image settled meanwhile: by an admin, or IMM's own manual review).
     """
     now = now or timezone.now()
     expires_at = now + lease()
-    renewed = Claim.objects.filter(pk=image_id, reviewer_id=reviewer_id, expires_at__gt=now).update(
-        expires_at=expires_at
-    )
+    renewed = Claim.objects.filter(
+        pk=image_id, reviewer_id=reviewer_id, expires_at__gt=now, image__status__in=DECIDABLE
+    ).update(expires_at=expires_at)
     return expires_at if renewed else None
 
 

@@ -14,11 +14,17 @@ import pytest
 import time_machine
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
-from django_tasks import default_task_backend
+from django_tasks import TaskResultStatus, default_task_backend
 
 from moderation import audit
-from moderation.models import AuditEntry, ChainCheck, Image
-from moderation.tasks import verify_audit_chain
+from moderation.models import AuditEntry, ChainCheck, Image, VerificationRequest
+from moderation.tasks import (
+    VERIFICATION_LOST_AFTER,
+    PendingVerification,
+    pending_verification,
+    request_verification,
+    verify_audit_chain,
+)
 from reviews.auditlog import EXPORT_COLUMNS, EXPORT_FIELDS
 
 pytestmark = pytest.mark.django_db
@@ -498,7 +504,7 @@ def db_tasks(settings):
 def queued_walks() -> list[str]:
     from django_tasks_db.models import DBTaskResult
 
-    return list(
+    return sorted(
         DBTaskResult.objects.filter(task_path=verify_audit_chain.module_path).values_list(
             "status", flat=True
         )
@@ -514,7 +520,8 @@ def test_verify_now_queues_one_walk_at_a_time_and_the_page_says_it_is_waiting(
 
     second = admin_client.post(VERIFY, follow=True).content.decode()
     assert "A verification is already queued" in second
-    assert queued_walks() == ["READY"]
+    assert queued_walks() == [TaskResultStatus.READY]
+    assert VerificationRequest.objects.count() == 1
 
 
 def test_the_page_says_when_the_walk_is_running_and_forgets_it_once_done(admin_client, db_tasks):
@@ -523,26 +530,57 @@ def test_the_page_says_when_the_walk_is_running_and_forgets_it_once_done(admin_c
     admin_client.post(VERIFY)
     walk = DBTaskResult.objects.get()
     walk.claim("worker-1")
-    assert "A verification is walking the chain now" in admin_client.get(LOG).content.decode()
+    page = admin_client.get(LOG).content.decode()
+    assert "A verification is walking the chain: started" in page
+    again = admin_client.post(VERIFY, follow=True).content.decode()
+    assert "A verification is already running" in again
 
     walk.set_successful("ok")
-    page = admin_client.get(LOG).content.decode()
-    assert "A verification is" not in page
+    assert "A verification is" not in admin_client.get(LOG).content.decode()
     admin_client.post(VERIFY)
-    assert sorted(queued_walks()) == ["READY", "SUCCESSFUL"]
+    assert queued_walks() == [TaskResultStatus.READY, TaskResultStatus.SUCCESSFUL]
+    assert VerificationRequest.objects.count() == 1  # only the latest is kept
 
 
-def test_a_walk_queued_over_an_hour_ago_is_taken_for_lost_and_queued_again(admin_client, db_tasks):
+def test_a_walk_is_taken_for_lost_an_hour_after_it_started_however_long_it_waited(db_tasks):
     from django_tasks_db.models import DBTaskResult
 
-    admin_client.post(VERIFY)
-    DBTaskResult.objects.update(
-        status="RUNNING", enqueued_at=datetime.now(UTC) - timedelta(hours=1, minutes=1)
-    )
-    assert "A verification is" not in admin_client.get(LOG).content.decode()
+    assert request_verification() is None
+    walk = DBTaskResult.objects.get()
+    walk.claim("worker-1")
+    DBTaskResult.objects.update(enqueued_at=walk.started_at - timedelta(hours=5))
+    started = DBTaskResult.objects.get().started_at
 
+    # Queued five hours before it started: still running, not lost.
+    assert pending_verification(now=started + timedelta(minutes=59)) == PendingVerification(
+        started, running=True
+    )
+    assert pending_verification(now=started + VERIFICATION_LOST_AFTER) is not None
+    assert (
+        pending_verification(now=started + VERIFICATION_LOST_AFTER + timedelta(seconds=1)) is None
+    )
+
+
+def test_a_walk_waiting_for_a_worker_is_never_taken_for_lost(db_tasks):
+    from django_tasks_db.models import DBTaskResult
+
+    request_verification()
+    queued = DBTaskResult.objects.get().enqueued_at
+
+    pending = pending_verification(now=queued + timedelta(days=3))
+
+    assert pending == PendingVerification(queued, running=False)
+
+
+def test_a_walk_whose_result_was_pruned_is_not_pending(admin_client, db_tasks):
+    from django_tasks_db.models import DBTaskResult
+
+    request_verification()
+    DBTaskResult.objects.all().delete()  # manage.py prune_db_task_results, say
+
+    assert pending_verification() is None
     admin_client.post(VERIFY)
-    assert sorted(queued_walks()) == ["READY", "RUNNING"]
+    assert queued_walks() == [TaskResultStatus.READY]
 
 
 def test_verify_now_never_redirects_off_the_site(admin_client):

@@ -660,13 +660,27 @@ def test_extending_a_lease_by_image_is_one_update_and_only_for_the_live_claimant
     assert Claim.objects.get().expires_at == expiry
 
     assert services.extend_lease(image_id=image.pk, reviewer_id=other_reviewer.pk, now=t0) is None
-    assert services.extend_lease(image_id=image.pk + 1, reviewer_id=reviewer_user.pk) is None
     after_expiry = expiry + seconds(1)
     assert (
         services.extend_lease(image_id=image.pk, reviewer_id=reviewer_user.pk, now=after_expiry)
         is None
     )
     assert Claim.objects.get().expires_at == expiry
+
+
+@pytest.mark.django_db
+def test_a_lease_on_an_image_settled_meanwhile_is_not_extended(queued, reviewer_user, t0):
+    image = queued()
+    claimed(reviewer_user, t0)
+    # IMM's own manual review (or an admin) settles it while the reviewer holds it.
+    Image.objects.filter(pk=image.pk).update(status=Image.Status.APPROVED)
+
+    renewed = services.extend_lease(
+        image_id=image.pk, reviewer_id=reviewer_user.pk, now=t0 + seconds(30)
+    )
+
+    assert renewed is None
+    assert Claim.objects.get().expires_at == t0 + services.lease()
 
 
 @pytest.mark.django_db
