@@ -26,7 +26,7 @@ import logging
 import random
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -648,10 +648,20 @@ def _apply(task: ModerationTask, result: ModerationResult) -> None:
     else:
         task.state = ModerationTask.State.SUCCEEDED
         task.save()
-        target, reason = route(result.suggestion, result.categories)
+        # A routing rule holds the image for a person whatever IMM says later: a manual review's
+        # pass (no categories) does not release what the first verdict's categories flagged.
+        flagged = {c for earlier in _earlier_categories(task, result) for c in earlier}
+        target, reason = route(result.suggestion, result.categories, also_flagged=flagged)
         _remember_verdict(image, result)
-        _move(image, target, action="imm.routed", reason=reason, detail=verdict)
-        result.outcome = f"routed: {reason}"
+        if target == image.status:
+            # Already where this word sends it (IMM's second word on an image a rule holds): no
+            # move, so the image keeps its place in the queue.
+            result.outcome = (
+                f"routed: {reason}; it was already {image.get_status_display().lower()}"
+            )
+        else:
+            _move(image, target, action="imm.routed", reason=reason, detail=verdict)
+            result.outcome = f"routed: {reason}"
     result.applied = True
     result.save(update_fields=["applied", "outcome"])
 
@@ -669,10 +679,27 @@ def _remember_verdict(image: Image, result: ModerationResult) -> None:
     )
 
 
-def route(suggestion: str, categories: list[str]) -> tuple[str, str]:
-    """The image status for a verdict, and why: routing rules first, then IMM's suggestion."""
+def _earlier_categories(task: ModerationTask, result: ModerationResult) -> list[list[str]]:
+    """The categories of the task's results applied before this one."""
+    return list(
+        ModerationResult.objects.filter(task=task, applied=True)
+        .exclude(pk=result.pk)
+        .values_list("categories", flat=True)
+    )
+
+
+def route(
+    suggestion: str, categories: list[str], *, also_flagged: Iterable[str] = ()
+) -> tuple[str, str]:
+    """The image status for a verdict, and why: routing rules first, then IMM's suggestion.
+
+    `also_flagged` are categories an earlier verdict on the same task named: rules apply to them
+    too.
+    """
     rules = set(
-        RoutingRule.objects.filter(category__in=categories).values_list("category", flat=True)
+        RoutingRule.objects.filter(category__in={*categories, *also_flagged}).values_list(
+            "category", flat=True
+        )
     )
     if rules and suggestion != "review":
         listed = ", ".join(sorted(rules))

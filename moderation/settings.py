@@ -255,12 +255,13 @@ IMM_EMULATOR_NOTIFY_URL = env_str(
 )
 IMM_EMULATOR_DELAY = env_float("IMM_EMULATOR_DELAY", 2.0)
 # Seconds after a review verdict until IMM's own manual review sends its second notification with
-# pass or block (unset: off, the emulator then never revises a verdict).
-IMM_EMULATOR_MANUAL_REVIEW: float | None = (
-    env_float("IMM_EMULATOR_MANUAL_REVIEW", 0.0)
-    if os.environ.get("IMM_EMULATOR_MANUAL_REVIEW", "").strip()
-    else None
-)
+# pass or block (unset or 0: off, the emulator then never revises a verdict).
+IMM_EMULATOR_MANUAL_REVIEW: float | None = env_float("IMM_EMULATOR_MANUAL_REVIEW", 0.0) or None
+if IMM_EMULATOR_MANUAL_REVIEW is not None and not 0 < IMM_EMULATOR_MANUAL_REVIEW < 86400:
+    raise ImproperlyConfigured(
+        "IMM_EMULATOR_MANUAL_REVIEW must be a number of seconds from 0 (off) to a day; got "
+        f"{os.environ['IMM_EMULATOR_MANUAL_REVIEW']!r}"
+    )
 IMM_EMULATOR_RULES = env_str("IMM_EMULATOR_RULES", "")
 IMM_EMULATOR_STATE = env_str("IMM_EMULATOR_STATE", str(BASE_DIR / ".imm-emulator.sqlite3"))
 

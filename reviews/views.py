@@ -276,10 +276,24 @@ def reveal(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 @permission_required(REVIEW, raise_exception=True)
 @require_POST
 def renew(request: HtmxHttpRequest, pk: int) -> HttpResponse:
-    """The reviewer is active on the item: extend the lease. 409 if it is no longer theirs."""
-    if services.extend_lease(image_id=pk, reviewer_id=request.user.pk) is None:
-        return HttpResponse("Your claim on this item has expired.", status=409)
-    return HttpResponse(status=204)
+    """The reviewer is active on the item: extend the lease. 409 if it is no longer theirs.
+
+    The 409's text is what the pane shows: why the item is gone, and what to do next.
+    """
+    if services.extend_lease(image_id=pk, reviewer_id=request.user.pk) is not None:
+        return HttpResponse(status=204)
+    status = Image.objects.filter(pk=pk).values_list("status", flat=True).first()
+    if status is not None and status not in services.DECIDABLE:
+        message = (
+            f"Image {pk} was settled meanwhile: it is {Image.Status(status).label.lower()}. "
+            "Take the next item from the queue."
+        )
+    else:
+        message = (
+            "Your claim on this image has expired; it may be someone else's now. "
+            "Take the next item from the queue."
+        )
+    return HttpResponse(message, status=409, content_type="text/plain; charset=utf-8")
 
 
 @permission_required(REVIEW, raise_exception=True)

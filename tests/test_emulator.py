@@ -1097,7 +1097,7 @@ def test_manual_review_follows_a_review_verdict_with_a_second_notification(
 
 
 def test_manual_review_leaves_pass_and_block_verdicts_alone(start_emulator, stored, receiver):
-    emulator = start_emulator(notify_url=receiver.url, manual_review=0)
+    emulator = start_emulator(notify_url=receiver.url, manual_review=0.01)
     passed = create_task(emulator, stored(png(with_area(0, SKIN))))
     blocked = create_task(emulator, stored(png(with_area(0.7, SKIN))))
     reviewed = create_task(emulator, stored(png(with_area(0.35, SKIN))))
@@ -1119,7 +1119,7 @@ def test_a_rule_says_what_manual_review_concludes(start_emulator, stored, receiv
              "manual_review": "pass"},
         ],
     )  # fmt: skip
-    emulator = start_emulator(notify_url=receiver.url, manual_review=0, rules=rules)
+    emulator = start_emulator(notify_url=receiver.url, manual_review=0.01, rules=rules)
     create_task(emulator, stored(png(with_area(0, SKIN))))
 
     first, second = contents(receiver, 2)
@@ -1138,18 +1138,67 @@ def test_without_manual_review_a_review_verdict_stands(emulator, stored):
 
 def test_a_pending_manual_review_survives_a_restart(start_emulator, stored, tmp_path, receiver):
     state = tmp_path / "state.sqlite3"
-    first = start_emulator(state=state, manual_review=0.5)
+    first = start_emulator(state=state, manual_review=60)
     task_id = create_task(first, stored(png(with_area(0.35, SKIN))))
     assert finished(first, task_id)["ModerationResult"]["Suggestion"] == "review"
     first.stop()
 
-    # Restarted with manual review switched off: the review already under way still ends.
-    second = start_emulator(state=state, notify_url=receiver.url)
+    # Restarted two minutes later with manual review switched off: the review already under
+    # way ends (its time has come), and is notified.
+    second = start_emulator(state=state, notify_url=receiver.url, clock=lambda: time.time() + 120)
 
     [content] = contents(receiver, 1)
     assert content["TaskId"] == task_id
     assert content["ModerationResult"]["Suggestion"] == "block"
     assert finished(second, task_id)["ModerationResult"]["Suggestion"] == "block"
+
+
+def test_the_second_word_is_later_than_the_first_even_in_the_same_millisecond(
+    start_emulator, stored, receiver
+):
+    stopped = time.time()  # a clock that does not move: both words in the same millisecond
+    emulator = start_emulator(notify_url=receiver.url, manual_review=0.0001, clock=lambda: stopped)
+    create_task(emulator, stored(png(with_area(0.35, SKIN))))
+
+    first, second = contents(receiver, 2)
+
+    assert first["EndTime"] == first["StartTime"]
+    later = datetime.fromisoformat(second["EndTime"]) - datetime.fromisoformat(first["EndTime"])
+    assert later == timedelta(milliseconds=1)
+
+
+@pytest.mark.parametrize("seconds", [0, -1, float("nan"), float("inf")])
+def test_manual_review_must_be_a_positive_finite_number_of_seconds(seconds):
+    with pytest.raises(ValueError, match="manual_review must be a positive number"):
+        Emulator(
+            access_key_id=KEY_ID,
+            access_key_secret=SECRET,
+            project=PROJECT,
+            bucket=BUCKET,
+            manual_review=seconds,
+        )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("", None), ("0", None), ("2.5", 2.5), ("-1", "error"), ("nan", "error"), ("inf", "error")],
+)
+def test_the_manual_review_setting(value, expected):
+    code = (
+        "import os; os.environ.setdefault('SECRET_KEY', 'x'); "
+        "from moderation import settings; print(settings.IMM_EMULATOR_MANUAL_REVIEW)"
+    )
+    env = {**os.environ, "IMM_EMULATOR_MANUAL_REVIEW": value, "DEBUG": "1"}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    if expected == "error":
+        assert run.returncode != 0
+        assert "IMM_EMULATOR_MANUAL_REVIEW must be a number of seconds" in run.stderr
+    else:
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip() == str(expected)
 
 
 def test_a_state_file_from_before_manual_review_is_upgraded(tmp_path):

@@ -121,7 +121,12 @@ def test_imms_manual_review_reroutes_a_review_image_over_http(live_server, admin
     settings.IMM_NOTIFY_TOKEN = "end-to-end-notify-token"
     notify_url = f"{live_server.url}/imm/notifications/"
     emulator = Emulator.from_settings(
-        port=0, state=":memory:", delay=0.1, manual_review=0.5, notify_url=notify_url
+        port=0,
+        state=":memory:",
+        delay=0.1,
+        manual_review=1.5,
+        notify_url=notify_url,
+        retry_backoff=0.05,
     )
     emulator.start()
     try:

@@ -1389,3 +1389,43 @@ def test_a_worker_process_reuses_one_client_per_imm_configuration(settings):
     other = pipeline.make_client()
     assert other is not first
     assert other.config.endpoint == "http://127.0.0.1:9"
+
+
+def test_a_routing_rule_holds_the_image_when_imm_s_manual_review_passes_it(make_image, imm):
+    RoutingRule.objects.create(category="sexy")
+    image, task = submitted(make_image, imm)
+    deliver(task.task_id, "review", categories=("sexy",), end="2025-05-20T08:00:03.000Z")
+    image.refresh_from_db()
+    assert image.status == Image.Status.AWAITING_REVIEW
+    in_queue_since = image.status_changed_at
+
+    outcome = deliver(task.task_id, "pass", end="2025-05-20T10:00:00.000Z")
+
+    assert outcome.result.applied is True
+    assert outcome.result.outcome == (
+        "routed: IMM said pass; routing rule for sexy; it was already awaiting review"
+    )
+    image.refresh_from_db()
+    assert image.status == Image.Status.AWAITING_REVIEW
+    assert image.status_changed_at == in_queue_since  # keeps its place in the queue
+    assert image.imm_suggestion == "pass"  # IMM's latest word is what the pane shows
+    assert len(entries("imm.routed", image)) == 1
+    assert len(entries("imm.result_received", image)) == 2
+    assert_chain_intact()
+
+
+def test_manual_review_s_block_on_a_ruled_category_leaves_the_image_in_place(make_image, imm):
+    RoutingRule.objects.create(category="sexy")
+    image, task = submitted(make_image, imm)
+    deliver(task.task_id, "review", categories=("sexy",), end="2025-05-20T08:00:03.000Z")
+    image.refresh_from_db()
+    in_queue_since = image.status_changed_at
+
+    deliver(task.task_id, "block", categories=("sexy",), end="2025-05-20T10:00:00.000Z")
+
+    image.refresh_from_db()
+    assert (image.status, image.status_changed_at) == (
+        Image.Status.AWAITING_REVIEW,
+        in_queue_since,
+    )
+    assert len(entries("imm.routed", image)) == 1

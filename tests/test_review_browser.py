@@ -416,6 +416,31 @@ def test_deciding_an_item_already_decided_in_another_tab_says_so(signed_in, admi
     assert Decision.objects.filter(image=image).count() == 1
 
 
+def test_the_pane_says_at_once_when_its_image_was_settled_elsewhere(
+    signed_in, reviewer_user, make_image
+):
+    (image,) = waiting(make_image, 1)
+    page = signed_in("rex")
+    page.clock.install()  # the pane renews its lease at most once a minute, by Date.now()
+    start_reviewing(page)
+    expect_pane_for(page, image)
+    # IMM's own manual review passes the image while rex looks at it.
+    Image.objects.filter(pk=image.pk).update(status=Image.Status.APPROVED)
+
+    page.clock.fast_forward("01:01")
+    renew_url = reverse("review_renew", args=[image.pk])
+    with page.expect_response(lambda r: r.url.endswith(renew_url)) as renewed:
+        page.mouse.move(200, 200)
+        page.mouse.move(220, 240)
+    assert renewed.value.status == 409
+
+    alert = pane(page).get_by_role("alert")
+    expect(alert).to_have_text(
+        f"Image {image.pk} was settled meanwhile: it is approved. "
+        "Take the next item from the queue."
+    )
+
+
 # ------------------------------------------------------------------------------ the screenshot
 
 

@@ -660,6 +660,7 @@ def test_extending_a_lease_by_image_is_one_update_and_only_for_the_live_claimant
     assert Claim.objects.get().expires_at == expiry
 
     assert services.extend_lease(image_id=image.pk, reviewer_id=other_reviewer.pk, now=t0) is None
+    assert services.extend_lease(image_id=image.pk + 1, reviewer_id=reviewer_user.pk) is None
     after_expiry = expiry + seconds(1)
     assert (
         services.extend_lease(image_id=image.pk, reviewer_id=reviewer_user.pk, now=after_expiry)

@@ -1430,7 +1430,7 @@ def test_renewing_an_item_someone_else_holds_is_a_409(reviewer_client, other_rev
     response = reviewer_client.post(reverse("review_renew", args=[image.pk]), headers=HX)
 
     assert response.status_code == 409
-    assert "Your claim on this item has expired." in response.content.decode()
+    assert "Your claim on this image has expired" in response.content.decode()
     assert Claim.objects.get(image=image).expires_at == claim.expires_at
     assert Claim.objects.get(image=image).reviewer == other_reviewer
 
@@ -1442,6 +1442,24 @@ def test_renewing_an_expired_claim_is_a_409(reviewer_client, reviewer_user, queu
     response = reviewer_client.post(reverse("review_renew", args=[image.pk]))
 
     assert response.status_code == 409
+    assert Claim.objects.get(image=image).expires_at == claim.expires_at
+
+
+def test_renewing_a_claim_on_an_image_settled_meanwhile_is_a_409_that_says_so(
+    reviewer_client, reviewer_user, queued
+):
+    image = queued()
+    claim = hold(image, reviewer_user, seconds=30)
+    # IMM's own manual review passes it while the reviewer is looking at it.
+    Image.objects.filter(pk=image.pk).update(status=Image.Status.APPROVED)
+
+    response = reviewer_client.post(reverse("review_renew", args=[image.pk]), headers=HX)
+
+    assert response.status_code == 409
+    assert response.content.decode() == (
+        f"Image {image.pk} was settled meanwhile: it is approved. "
+        "Take the next item from the queue."
+    )
     assert Claim.objects.get(image=image).expires_at == claim.expires_at
 
 

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import selectors
 import socket
 import threading
@@ -185,8 +186,12 @@ class Emulator:
         for name, rate in (("duplicate_rate", duplicate_rate), ("drop_rate", drop_rate)):
             if not 0 <= rate <= 1:
                 raise ValueError(f"{name} must be from 0 to 1; got {rate}")
-        if delay < 0 or throttle_rps < 0 or (manual_review is not None and manual_review < 0):
-            raise ValueError("delay, manual_review and throttle_rps cannot be negative")
+        if delay < 0 or throttle_rps < 0:
+            raise ValueError("delay and throttle_rps cannot be negative")
+        if manual_review is not None and not (math.isfinite(manual_review) and manual_review > 0):
+            raise ValueError(
+                f"manual_review must be a positive number of seconds; got {manual_review}"
+            )
         self.access_key_id = access_key_id
         self._access_key_secret = access_key_secret
         self.project = project
@@ -409,7 +414,9 @@ class Emulator:
         task = replace(
             task,
             result=result,
-            end_ms=max(self.now_ms(), task.review_due_ms),
+            # Later than the first word even within the same millisecond: a consumer takes the
+            # result with the later EndTime as the one that stands.
+            end_ms=max(self.now_ms(), task.review_due_ms, (task.end_ms or 0) + 1),
             review_due_ms=None,
             review_outcome=None,
         )

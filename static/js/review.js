@@ -35,15 +35,17 @@
     if (Date.now() - lastRenew < RENEW_EVERY_MS) return;
     lastRenew = Date.now();
     post(current.dataset.renewUrl).then(function (response) {
-      if (response.status !== 409 || !document.body.contains(current)) return;
-      // The lease ran out (or someone took over): say so now, not at the next decision.
-      const notice = document.createElement("p");
-      notice.className = "notice notice-error";
-      notice.setAttribute("role", "alert");
-      notice.textContent = "Your claim on this image has expired; it may be someone else's now. " +
-        "Take the next item from the queue.";
-      current.querySelector(".pane-bar").after(notice);
+      if (response.status !== 409 || !document.body.contains(current)) return null;
+      // The lease ran out, someone took over, or the image was settled elsewhere: say so now
+      // (the server's words), not at the next decision.
       delete current.dataset.renewUrl;
+      return response.text().then(function (text) {
+        const notice = document.createElement("p");
+        notice.className = "notice notice-error";
+        notice.setAttribute("role", "alert");
+        notice.textContent = text;
+        current.querySelector(".pane-bar").after(notice);
+      });
     });
   }
   ["keydown", "mousemove", "click", "scroll"].forEach(function (type) {

@@ -41,7 +41,7 @@ class Command(BaseCommand):
             metavar="SECONDS",
             help="Follow each review verdict this many seconds later with IMM's manual review: "
             "a second notification saying pass or block (default: IMM_EMULATOR_MANUAL_REVIEW; "
-            "unset: off).",
+            "unset or 0: off).",
         )
         parser.add_argument("--rules", help="Rules file (default: IMM_EMULATOR_RULES).")
         parser.add_argument(
@@ -90,7 +90,7 @@ class Command(BaseCommand):
                 host=options["host"],
                 port=setting("port", "IMM_EMULATOR_PORT"),
                 delay=setting("delay", "IMM_EMULATOR_DELAY"),
-                manual_review=setting("manual_review", "IMM_EMULATOR_MANUAL_REVIEW"),
+                manual_review=setting("manual_review", "IMM_EMULATOR_MANUAL_REVIEW") or None,
                 rules=setting("rules", "IMM_EMULATOR_RULES") or None,
                 state=setting("state", "IMM_EMULATOR_STATE"),
                 notify_url=setting("notify_url", "IMM_EMULATOR_NOTIFY_URL") or None,
