@@ -12,6 +12,8 @@
    judged on this run), then back to back (what one Python process does at saturation:
    decisions per second, and the time per item then; reported, not a target). Both report time
    per claim+decide and double assignments.
+   The claims table is vacuumed before each run (a claim inserts a row, a decision deletes it),
+   as autovacuum would do on a server that has it on.
 4. Walks the audit chain that resulted and times it.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/moderation_bench .venv/bin/python bench/queue.py
@@ -197,9 +199,10 @@ def machine_info() -> list[str]:
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT current_setting('server_version'), current_setting('shared_buffers'), "
-            "current_setting('work_mem'), current_setting('synchronous_commit')"
+            "current_setting('work_mem'), current_setting('synchronous_commit'), "
+            "current_setting('autovacuum')"
         )
-        version, shared_buffers, work_mem, sync_commit = cursor.fetchone()
+        version, shared_buffers, work_mem, sync_commit, autovacuum = cursor.fetchone()
     import django
 
     return [
@@ -207,7 +210,7 @@ def machine_info() -> list[str]:
         f"{platform.release()}",
         f"PostgreSQL {version} on {connection.settings_dict['HOST'] or 'local socket'} "
         f"(shared_buffers {shared_buffers}, work_mem {work_mem}, "
-        f"synchronous_commit {sync_commit}), same machine",
+        f"synchronous_commit {sync_commit}, autovacuum {autovacuum}), same machine",
         f"Python {platform.python_version()}, Django {django.get_version()}, DEBUG off, "
         f"code at commit {git_commit()} plus any uncommitted changes",
         f"At start: {load()} (the machine is shared: other jobs may run meanwhile)",
@@ -425,6 +428,17 @@ def vacuum_analyze() -> float:
         for model in (Image, ImageCategory):
             cursor.execute(f"VACUUM (ANALYZE) {model._meta.db_table}")
     return time.perf_counter() - started
+
+
+def vacuum_claims() -> None:
+    """Every claim inserts a row and every decision deletes it: vacuum the claims table before
+    each claim run, as autovacuum would (this keeps runs alike where a server has it off)."""
+    from django.db import connection
+
+    from reviews.models import Claim
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"VACUUM (ANALYZE) {Claim._meta.db_table}")
 
 
 def top_up(waiting: int) -> int:
@@ -1009,6 +1023,7 @@ def main() -> None:
             f"for {args.seconds:g} s ... ({load()})",
             flush=True,
         )
+        vacuum_claims()
         runs.append(claims(args, who, think=think))
         report_claims(runs[-1])
 
