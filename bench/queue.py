@@ -10,8 +10,9 @@
    for --seconds: first at a fast human pace (each reviewer pauses about --think-ms between
    decisions: the time a reviewer waits while the others work; the claim+decide target is
    judged on this run), then back to back (what one Python process does at saturation:
-   decisions per second, and the time per item then; reported, not a target). Both report time
-   per claim+decide and double assignments.
+   decisions per second, and the time per item then; reported, not a target), then back to
+   back again with the reviewers spread over --processes spawned processes, as a web server's
+   workers would be. Each reports time per claim+decide and double assignments.
    The claims table is vacuumed before each run (a claim inserts a row, a decision deletes it),
    as autovacuum would do on a server that has it on.
 4. Walks the audit chain that resulted and times it.
@@ -87,6 +88,13 @@ def parse_args() -> argparse.Namespace:
         default=1000.0,
         help="paced run (the one the claim target is judged on): mean pause between one "
         "reviewer's decisions (untimed, +-50%%); 0 runs only back to back",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=4,
+        help="a third run, back to back with the reviewers spread over this many processes, as "
+        "a web server's workers are (1 or less: no third run)",
     )
     parser.add_argument("--warmup", type=int, default=20, help="untimed requests per page first")
     parser.add_argument(
@@ -666,6 +674,7 @@ class ReviewerRun:
     errors: Counter[str] = field(default_factory=Counter)
     decisions: int = 0
     ran_dry: bool = False
+    finished: float = 0.0  # perf_counter() when the loop ended (the same clock in every process)
 
 
 def reviewer_loop(
@@ -727,6 +736,7 @@ def reviewer_loop(
         if barrier.n_waiting:
             barrier.abort()
     finally:
+        out.finished = time.perf_counter()
         connection.close()
 
 
@@ -765,6 +775,7 @@ def sample_waits(stop: threading.Event, counts: Counter[str]) -> None:
 @dataclass
 class ClaimRun:
     threads: int
+    processes: int
     think: float
     elapsed: float
     decisions: int
@@ -780,7 +791,49 @@ class ClaimRun:
     waits: Counter[str]
 
 
-def claims(args: argparse.Namespace, who: People, *, think: float) -> ClaimRun:
+def reviewer_threads(
+    jobs: list[tuple[int, int]], seconds: float, think: float, start: Any
+) -> list[ReviewerRun]:
+    """Run one reviewer thread per (user id, seed) once `start()` returns; their results."""
+    outs = [ReviewerRun() for _ in jobs]
+    barrier = threading.Barrier(len(jobs) + 1)
+    workers = [
+        threading.Thread(
+            target=reviewer_loop,
+            args=(user_id, seconds, barrier, seed, out, think),
+            name=f"reviewer-{user_id}",
+        )
+        for (user_id, seed), out in zip(jobs, outs, strict=True)
+    ]
+    for worker in workers:
+        worker.start()
+    start()
+    barrier.wait()
+    for worker in workers:
+        worker.join()
+    return outs
+
+
+def reviewer_process(
+    jobs: list[tuple[int, int]], seconds: float, think: float, gate: Any, results: Any
+) -> None:
+    """A process of its own (spawned) running some of the reviewer threads."""
+    import django
+
+    django.setup()
+    try:
+        outs = reviewer_threads(jobs, seconds, think, lambda: gate.wait(timeout=120))
+    except Exception as error:  # reported, not lost
+        outs = [ReviewerRun(errors=Counter({f"{type(error).__name__}: {error}"[:120]: 1}))]
+    results.put(outs)
+
+
+def claims(args: argparse.Namespace, who: People, *, think: float, processes: int = 1) -> ClaimRun:
+    """The reviewers claiming and deciding for --seconds: threads in this process, or spread
+    over `processes` spawned processes (as a web server's workers would be)."""
+    import multiprocessing
+
+    from django.db import connections
     from django.db.models import Count
 
     from moderation.models import AuditEntry
@@ -788,27 +841,41 @@ def claims(args: argparse.Namespace, who: People, *, think: float) -> ClaimRun:
 
     before = Decision.objects.count()
     audit_before = AuditEntry.objects.count()
-    outs = [ReviewerRun() for _ in who.reviewers]
-    barrier = threading.Barrier(len(who.reviewers) + 1)
-    workers = [
-        threading.Thread(
-            target=reviewer_loop,
-            args=(user.pk, args.seconds, barrier, args.seed + i, outs[i], think),
-            name=f"reviewer-{i + 1}",
-        )
-        for i, user in enumerate(who.reviewers)
-    ]
+    jobs = [(user.pk, args.seed + i) for i, user in enumerate(who.reviewers)]
     waits: Counter[str] = Counter()
     stop = threading.Event()
     sampler = threading.Thread(target=sample_waits, args=(stop, waits), name="sampler")
-    for worker in workers:
-        worker.start()
-    barrier.wait()
-    started = time.perf_counter()
-    sampler.start()
-    for worker in workers:
-        worker.join()
-    elapsed = time.perf_counter() - started
+    started = 0.0
+
+    def go() -> None:
+        nonlocal started
+        started = time.perf_counter()
+        sampler.start()
+
+    if processes <= 1:
+        outs = reviewer_threads(jobs, args.seconds, think, go)
+    else:
+        context = multiprocessing.get_context("spawn")
+        gate = context.Barrier(processes + 1)
+        results = context.Queue()
+        connections.close_all()
+        children = [
+            context.Process(
+                target=reviewer_process,
+                args=(jobs[n::processes], args.seconds, think, gate, results),
+                name=f"reviewers-{n + 1}",
+            )
+            for n in range(processes)
+        ]
+        for child in children:
+            child.start()
+        gate.wait(timeout=120)  # a child that cannot start breaks the barrier
+        go()
+        outs = [out for _ in children for out in results.get(timeout=args.seconds + 120)]
+        for child in children:
+            child.join()
+    # Until the last reviewer stopped: not the processes' exit, which takes a while.
+    elapsed = max((out.finished for out in outs), default=started) - started
     stop.set()
     sampler.join()
 
@@ -836,7 +903,8 @@ def claims(args: argparse.Namespace, who: People, *, think: float) -> ClaimRun:
     for out in outs:
         errors.update(out.errors)
     return ClaimRun(
-        threads=len(workers),
+        threads=len(jobs),
+        processes=max(processes, 1),
         think=think,
         elapsed=elapsed,
         decisions=decisions,
@@ -930,11 +998,15 @@ def report_sql(results: list[tuple[PageRun, PageRun]]) -> None:
                 print(f"  {seconds * 1000:6.1f} ms  {sql}")
 
 
+def where(processes: int) -> str:
+    return "one Python process" if processes == 1 else f"{processes} Python processes"
+
+
 def report_claims(run: ClaimRun) -> None:
     print()
     print(
-        f"Claim + decide: {run.threads} reviewer threads (one connection each, one Python "
-        f"process) for {run.elapsed:.1f} s"
+        f"Claim + decide: {run.threads} reviewer threads (one connection each, "
+        f"{where(run.processes)}) for {run.elapsed:.1f} s"
         + (f", {run.think * 1000:g} ms pause between decisions" if run.think else ", back to back")
     )
     rate = run.decisions / run.elapsed if run.elapsed else 0.0
@@ -1017,14 +1089,18 @@ def main() -> None:
         report_sql(results)
 
     runs = []
-    for think in (args.think_ms / 1000, 0.0) if args.think_ms else (0.0,):
+    plan = [(args.think_ms / 1000, 1)] if args.think_ms else []
+    plan.append((0.0, 1))
+    if args.processes > 1:
+        plan.append((0.0, args.processes))
+    for think, processes in plan:
         print(
             f"\nClaiming and deciding with {args.threads} reviewers, {pace(think)}, "
-            f"for {args.seconds:g} s ... ({load()})",
+            f"{where(processes)}, for {args.seconds:g} s ... ({load()})",
             flush=True,
         )
         vacuum_claims()
-        runs.append(claims(args, who, think=think))
+        runs.append(claims(args, who, think=think, processes=processes))
         report_claims(runs[-1])
 
     entries, verify_seconds, problem = verify_audit()
@@ -1073,24 +1149,27 @@ def main() -> None:
                 f"{ms(claim_p95)} ms, each reviewer deciding about every {paced.think * 1000:g} ms",
             )
         )
-    # doubles_decided counts the whole table, so the last run's figure covers both runs.
+    # doubles_decided counts the whole table, so the last run's figure covers every run.
     doubles = sum(run.doubles_held for run in runs) + runs[-1].doubles_decided
     targets.append(("no double assignments", doubles == 0, f"{doubles}"))
     targets.append(("audit chain valid", not problem, f"{entries:,} entries"))
     print("\nTargets")
     for label, ok, detail in targets:
         print(f"  {label:<46} {verdict(ok):<7} {detail}")
-    saturated = next((run for run in runs if not run.think and run.samples), None)
-    if saturated is not None:
-        rate = saturated.decisions / saturated.elapsed if saturated.elapsed else 0.0
+    saturated = [run for run in runs if not run.think and run.samples]
+    if saturated:
         print(
-            f"\nBack to back (not a target): {saturated.threads} reviewers in one process did "
-            f"{rate:.0f} decisions/s,\n  claim+decide p50 {ms(pct(saturated.samples, 50))} ms, "
-            f"p95 {ms(pct(saturated.samples, 95))} ms. With no pause the time per item is "
-            f"{saturated.threads} / rate\n  (Little's law): p95 <= {TARGET_CLAIM_P95_MS:g} ms "
-            f"that way would need >= {saturated.threads / (TARGET_CLAIM_P95_MS / 1000):.0f} "
-            "decisions/s."
+            f"\nBack to back (not a target): with no pause the time per item is reviewers / rate"
+            f"\n  (Little's law), so p95 <= {TARGET_CLAIM_P95_MS:g} ms that way would need >= "
+            f"{args.threads / (TARGET_CLAIM_P95_MS / 1000):.0f} decisions/s."
         )
+        for run in saturated:
+            rate = run.decisions / run.elapsed if run.elapsed else 0.0
+            print(
+                f"  {run.threads} reviewers in {where(run.processes)}: {rate:.0f} decisions/s, "
+                f"claim+decide p50 {ms(pct(run.samples, 50))} ms, "
+                f"p95 {ms(pct(run.samples, 95))} ms"
+            )
     if seed_seconds is not None:
         print(f"\nSeeding took {seed_seconds:.1f} s.")
 
