@@ -46,7 +46,7 @@ typecheck: install
 	DEBUG=1 $(BIN)/mypy
 
 # Seeds a PostgreSQL database of its own (emptied first) with 1,000,000 images and times the
-# review queue, the admin changelist and 16 concurrent reviewers: 7 to 15 minutes on 2 cores.
+# review queue, the admin changelist and 16 concurrent reviewers: about 6 minutes on 2 cores.
 # BENCH_ARGS="--images 20000 --waiting 2000 --seconds 5" for a quick run (--help lists them).
 bench: install
 	@case "$$DATABASE_URL" in postgres://*|postgresql://*) ;; *) \
