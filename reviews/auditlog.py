@@ -422,9 +422,14 @@ class _Echo:
         return value
 
 
+# The CSV is for spreadsheets (see _FORMULA_START): it starts with a byte order mark, without which
+# Excel reads UTF-8 as the Windows code page and garbles every accented name and reason.
+_BOM = "\ufeff"
+
+
 def _csv_lines(records: Iterable[dict[str, Any]]) -> Iterator[str]:
     writer = csv.writer(_Echo())
-    yield writer.writerow(EXPORT_COLUMNS)
+    yield _BOM + writer.writerow(EXPORT_COLUMNS)
     for record in records:
         record["detail"] = json.dumps(record["detail"], ensure_ascii=False, sort_keys=True)
         yield writer.writerow([_safe_cell(record[column]) for column in EXPORT_COLUMNS])

@@ -70,7 +70,7 @@ def body(response) -> bytes:
 
 
 def csv_rows(response) -> list[list[str]]:
-    return list(csv.reader(io.StringIO(body(response).decode())))
+    return list(csv.reader(io.StringIO(body(response).decode("utf-8-sig"))))
 
 
 def jsonl_rows(response) -> list[dict[str, Any]]:
@@ -700,6 +700,15 @@ def test_the_csv_export_parses_back_to_the_database_rows_in_chain_order(admin_cl
     assert rejected[EXPORT_COLUMNS.index("reason")] == 'Zoë\u2019s "quoted", comma\nand a new line'
     assert json.loads(rejected[EXPORT_COLUMNS.index("detail")])["nested"] == {"a": [1, None]}
     assert datetime.fromisoformat(rejected[1]).tzinfo == UTC
+
+
+def test_the_csv_starts_with_one_byte_order_mark_for_spreadsheets_and_jsonl_with_none(
+    admin_client, varied
+):
+    data = body(admin_client.get(CSV_URL))
+    assert data.startswith(b"\xef\xbb\xbfseq,time,")
+    assert data.count(b"\xef\xbb\xbf") == 1
+    assert not body(admin_client.get(JSONL_URL)).startswith(b"\xef\xbb\xbf")
 
 
 def test_the_jsonl_export_is_one_object_per_entry_in_chain_order(admin_client, varied):
