@@ -312,6 +312,15 @@ class ModerationResult(models.Model):
 
     class Meta:
         ordering = ["received_at", "id"]
+        indexes = [
+            # The poller looks for kept (unmatched) results every round, and prunes old ones:
+            # a handful of rows among every result ever received.
+            models.Index(
+                fields=["received_at"],
+                condition=models.Q(task__isnull=True),
+                name="result_unmatched_idx",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.imm_task_id}: {self.suggestion or self.status}"

@@ -59,6 +59,7 @@ SUBMIT_BACKOFF_CAP = 30.0
 SEND_LEASE = timedelta(minutes=2)
 POLL_BACKOFF_CAP = timedelta(minutes=30)
 RETENTION = timedelta(days=7)
+UNMATCHED_KEPT_FOR = 2 * RETENTION
 # An image still "received" this long after upload, with nothing in flight, is sent again.
 STUCK_AFTER = timedelta(minutes=2)
 
@@ -582,6 +583,20 @@ def claim_unmatched_results() -> int:
     return matched
 
 
+def prune_unmatched_results(*, now: datetime | None = None) -> int:
+    """Delete kept results that no task can claim any more; returns how many.
+
+    They are kept UNMATCHED_KEPT_FOR (a week past IMM's retention, after which no task of ours can
+    still appear for them) and then deleted: results for another application's tasks, sent to
+    our endpoint, would otherwise pile up for ever.
+    """
+    cutoff = (now or timezone.now()) - UNMATCHED_KEPT_FOR
+    deleted, _ = ModerationResult.objects.filter(task__isnull=True, received_at__lt=cutoff).delete()
+    if deleted:
+        logger.info("deleted %d IMM result(s) that matched no task of ours", deleted)
+    return deleted
+
+
 def _apply(task: ModerationTask, result: ModerationResult) -> None:
     """Route the task's image by this result if it is the newest word (inside a transaction)."""
     image = Image.objects.select_for_update().get(pk=task.image_id)
@@ -728,6 +743,7 @@ class PollReport:
     failed: int = 0
     resent: int = 0
     matched: int = 0
+    pruned: int = 0
 
 
 def poll_once(*, client: ImmClient, now: datetime | None = None, limit: int = 100) -> PollReport:
@@ -771,6 +787,7 @@ def poll_once(*, client: ImmClient, now: datetime | None = None, limit: int = 10
             outcome = record_result(message=message, source=ModerationResult.Source.POLL)
             report.recorded += outcome.what == "recorded"
     report.matched = claim_unmatched_results()
+    report.pruned = prune_unmatched_results(now=now)
     report.resent = resend_stuck(now=now)
     return report
 

@@ -1429,3 +1429,41 @@ def test_manual_review_s_block_on_a_ruled_category_leaves_the_image_in_place(mak
         in_queue_since,
     )
     assert len(entries("imm.routed", image)) == 1
+
+
+def test_the_poller_deletes_kept_results_no_task_can_claim_any_more(make_image, imm, caplog):
+    stale, fresh = (
+        deliver(f"ImageModeration-{n}-for-another-application", "block", categories=("porn",))
+        for n in (1, 2)
+    )
+    _, task = submitted(make_image, imm)
+    matched = deliver(task.task_id, "pass")
+    now = timezone.now()
+    # Received 15 days ago (auto_now_add): past IMM's retention and the week kept after it.
+    ModerationResult.objects.filter(pk__in=[stale.result.pk, matched.result.pk]).update(
+        received_at=now - timedelta(days=15)
+    )
+    caplog.set_level(logging.INFO, logger="moderation.pipeline")
+
+    report = pipeline.poll_once(client=imm, now=now)
+
+    assert report.pruned == 1
+    assert set(ModerationResult.objects.values_list("pk", flat=True)) == {
+        fresh.result.pk,
+        matched.result.pk,  # a result of ours is never pruned, however old
+    }
+    assert "deleted 1 IMM result(s) that matched no task of ours" in caplog.text
+    assert pipeline.prune_unmatched_results(now=now) == 0
+
+
+def test_a_kept_result_is_pruned_only_after_two_weeks(make_image, imm):
+    kept = deliver("ImageModeration-for-another-application", "pass").result
+    received = ModerationResult.objects.get(pk=kept.pk).received_at
+
+    assert pipeline.prune_unmatched_results(now=received + pipeline.UNMATCHED_KEPT_FOR) == 0
+    assert (
+        pipeline.prune_unmatched_results(
+            now=received + pipeline.UNMATCHED_KEPT_FOR + timedelta(seconds=1)
+        )
+        == 1
+    )
