@@ -15,7 +15,7 @@ instead of a retry storm; an admin resumes them once it is fixed.
 Results arrive three ways (notification, polling, a fetch when a notification carries no verdict)
 and all go through `record_result`, which keys on TaskId, stores each distinct message once, keeps
 later messages in the history, never lets IMM override a person's decision, and keeps a result
-for a TaskId it does not know yet until a task claims it.
+for a TaskId it does not know yet until a task claims it, or for two weeks (the poller prunes it).
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ SEND_LEASE = timedelta(minutes=2)
 POLL_BACKOFF_CAP = timedelta(minutes=30)
 RETENTION = timedelta(days=7)
 UNMATCHED_KEPT_FOR = 2 * RETENTION
+PRUNE_BATCH = 1000  # kept results deleted per poll round at most
 # An image still "received" this long after upload, with nothing in flight, is sent again.
 STUCK_AFTER = timedelta(minutes=2)
 
@@ -564,11 +565,11 @@ def _claim_unmatched_results(task: ModerationTask) -> None:
         _apply(task, result)
 
 
-def claim_unmatched_results() -> int:
+def claim_unmatched_results(*, now: datetime | None = None) -> int:
     """Match kept results whose task has appeared since (the poller runs this); returns count."""
     matched = 0
     # Past IMM's retention no task of ours can still appear for a kept result.
-    recent = timezone.now() - RETENTION
+    recent = (now or timezone.now()) - RETENTION
     task_ids = set(
         ModerationResult.objects.filter(task__isnull=True, received_at__gte=recent).values_list(
             "imm_task_id", flat=True
@@ -591,7 +592,14 @@ def prune_unmatched_results(*, now: datetime | None = None) -> int:
     our endpoint, would otherwise pile up for ever.
     """
     cutoff = (now or timezone.now()) - UNMATCHED_KEPT_FOR
-    deleted, _ = ModerationResult.objects.filter(task__isnull=True, received_at__lt=cutoff).delete()
+    with transaction.atomic():
+        # Locked first, as a claim locks them: a row a task claims meanwhile is not deleted.
+        doomed = list(
+            ModerationResult.objects.select_for_update(skip_locked=True)
+            .filter(task__isnull=True, received_at__lt=cutoff)
+            .values_list("pk", flat=True)[:PRUNE_BATCH]
+        )
+        deleted, _ = ModerationResult.objects.filter(pk__in=doomed, task__isnull=True).delete()
     if deleted:
         logger.info("deleted %d IMM result(s) that matched no task of ours", deleted)
     return deleted
@@ -786,7 +794,7 @@ def poll_once(*, client: ImmClient, now: datetime | None = None, limit: int = 10
             message = TaskMessage.parse({**answer.raw, "TaskType": "ImageModeration"})
             outcome = record_result(message=message, source=ModerationResult.Source.POLL)
             report.recorded += outcome.what == "recorded"
-    report.matched = claim_unmatched_results()
+    report.matched = claim_unmatched_results(now=now)
     report.pruned = prune_unmatched_results(now=now)
     report.resent = resend_stuck(now=now)
     return report

@@ -354,7 +354,8 @@ def verify_now(request: HtmxHttpRequest) -> HttpResponse:
 # ----------------------------------------------------------------------------------- exports
 
 # With actor_id every field the entry hash covers is exported, so a copy can be verified offline
-# (moderation.audit.canonical_content).
+# (moderation.audit.canonical_content): the JSON Lines copy as it is; the CSV after taking off the
+# apostrophe put before formula-like cells (_safe_cell) and reading it as utf-8-sig.
 EXPORT_COLUMNS = (
     "seq",
     "time",

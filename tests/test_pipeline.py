@@ -1457,6 +1457,7 @@ def test_the_poller_deletes_kept_results_no_task_can_claim_any_more(make_image, 
 
 
 def test_a_kept_result_is_pruned_only_after_two_weeks(make_image, imm):
+    assert timedelta(days=14) == pipeline.UNMATCHED_KEPT_FOR  # what the README says
     kept = deliver("ImageModeration-for-another-application", "pass").result
     received = ModerationResult.objects.get(pk=kept.pk).received_at
 

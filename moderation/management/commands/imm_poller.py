@@ -13,8 +13,9 @@ from moderation import pipeline
 class Command(BaseCommand):
     help = (
         "Poll IMM for results no notification brought (after IMM_POLL_AFTER seconds, backing "
-        "off), expire tasks past IMM's 7-day retention, match kept results and resend images "
-        "whose submission got lost. Runs until stopped; `--once` for one round."
+        "off), expire tasks past IMM's 7-day retention, match kept results (and delete those "
+        "that matched nothing for 14 days) and resend images whose submission got lost. Runs "
+        "until stopped; `--once` for one round."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
