@@ -426,27 +426,25 @@ def seed(images: int, waiting: int, uploader_ids: list[int], rng: random.Random)
     return timings
 
 
-def vacuum_analyze() -> float:
+def vacuum_analyze(*tables: str) -> float:
+    """VACUUM (ANALYZE) the given tables (default: the seeded ones); the seconds it took."""
     from django.db import connection
 
     from moderation.models import Image, ImageCategory
 
     started = time.perf_counter()
     with connection.cursor() as cursor:
-        for model in (Image, ImageCategory):
-            cursor.execute(f"VACUUM (ANALYZE) {model._meta.db_table}")
+        for table in tables or (Image._meta.db_table, ImageCategory._meta.db_table):
+            cursor.execute(f"VACUUM (ANALYZE) {table}")
     return time.perf_counter() - started
 
 
 def vacuum_claims() -> None:
     """Every claim inserts a row and every decision deletes it: vacuum the claims table before
     each claim run, as autovacuum would (this keeps runs alike where a server has it off)."""
-    from django.db import connection
-
     from reviews.models import Claim
 
-    with connection.cursor() as cursor:
-        cursor.execute(f"VACUUM (ANALYZE) {Claim._meta.db_table}")
+    vacuum_analyze(Claim._meta.db_table)
 
 
 def top_up(waiting: int) -> int:

@@ -673,8 +673,9 @@ def _apply(task: ModerationTask, result: ModerationResult) -> None:
         task.save()
         # A routing rule holds the image for a person whatever IMM says later: a manual review's
         # pass (no categories) does not release what the first verdict's categories flagged.
-        flagged = {c for earlier in _earlier_categories(task, result) for c in earlier}
-        target, reason = route(result.suggestion, result.categories, also_flagged=flagged)
+        target, reason = route(
+            result.suggestion, result.categories, also_flagged=_flagged_before(task, result)
+        )
         _remember_verdict(image, result)
         if target == image.status:
             # Already where this word sends it (IMM's second word on an image a rule holds): no
@@ -702,13 +703,14 @@ def _remember_verdict(image: Image, result: ModerationResult) -> None:
     )
 
 
-def _earlier_categories(task: ModerationTask, result: ModerationResult) -> list[list[str]]:
-    """The categories of the task's results applied before this one."""
-    return list(
+def _flagged_before(task: ModerationTask, result: ModerationResult) -> set[str]:
+    """Every category named by the task's results applied before this one."""
+    earlier = (
         ModerationResult.objects.filter(task=task, applied=True)
         .exclude(pk=result.pk)
         .values_list("categories", flat=True)
     )
+    return {category for categories in earlier for category in categories}
 
 
 def route(

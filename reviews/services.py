@@ -89,10 +89,13 @@ def unclaimed(queryset: QuerySet[Image], *, now: datetime) -> QuerySet[Image]:
     return queryset.filter(~Exists(held))
 
 
+def _live(now: datetime) -> Q:
+    """A claim that still holds its image: not expired, on an image still waiting for a person."""
+    return Q(expires_at__gt=now, image__status__in=DECIDABLE)
+
+
 def _live_claims(reviewer: User, *, now: datetime) -> QuerySet[Claim]:
-    return Claim.objects.filter(
-        reviewer=reviewer, expires_at__gt=now, image__status__in=DECIDABLE
-    ).order_by("claimed_at")
+    return Claim.objects.filter(_live(now), reviewer=reviewer).order_by("claimed_at")
 
 
 def current_claim(reviewer: User, *, now: datetime | None = None) -> Claim | None:
@@ -194,9 +197,9 @@ def extend_lease(
     """
     now = now or timezone.now()
     expires_at = now + lease()
-    renewed = Claim.objects.filter(
-        pk=image_id, reviewer_id=reviewer_id, expires_at__gt=now, image__status__in=DECIDABLE
-    ).update(expires_at=expires_at)
+    renewed = Claim.objects.filter(_live(now), pk=image_id, reviewer_id=reviewer_id).update(
+        expires_at=expires_at
+    )
     return expires_at if renewed else None
 
 
