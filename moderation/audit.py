@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from django.db import connection
 from django.utils import timezone
 
+from . import limits
 from .models import AuditEntry, ChainCheck, Image
 
 if TYPE_CHECKING:
@@ -156,10 +157,12 @@ def record(
 
     Call it inside the transaction that makes the change (it refuses to run in autocommit), so
     the change and its entry are committed together or not at all. `actor=None` means the
-    system acted.
+    system acted. A reason over limits.REASON_MAX raises limits.TooLong: a person's words are
+    refused whole by the service that takes them, and system text is clipped by its caller.
     """
     if not connection.in_atomic_block:
         raise RuntimeError("audit.record must run inside the transaction that makes the change")
+    limits.check(reason, limit=limits.REASON_MAX, what="reason")
     if actor is not None and actor.is_authenticated:
         actor_id: int | None = actor.pk
         actor_label = actor.get_username()

@@ -6,6 +6,8 @@ from django.conf import settings
 from django.db import models
 from django.urls import reverse
 
+from . import limits
+
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser, User
 
@@ -329,8 +331,8 @@ class ModerationResult(models.Model):
 class RoutingRule(models.Model):
     """Send images with this category to human review, whatever IMM suggested."""
 
-    category = models.CharField(max_length=64, unique=True)
-    note = models.CharField(max_length=200, blank=True)
+    category = models.CharField(max_length=limits.CATEGORY_MAX, unique=True)
+    note = models.CharField(max_length=limits.RULE_NOTE_MAX, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT
     )

@@ -37,7 +37,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from . import audit
+from . import audit, limits
 from .imm import ImmClient, ImmConfig, ImmError, ModerationVerdict
 from .models import (
     Image,
@@ -127,7 +127,7 @@ def _move(
         image=image,
         state_before=before,
         state_after=status,
-        reason=reason,
+        reason=limits.clip(reason),
         detail=detail,
         context=context,
     )
@@ -344,7 +344,7 @@ def pause_submissions(error: ImmError) -> None:
         audit.record(
             action="imm.paused",
             actor=None,
-            reason=f"{error.code}: {error.message}",
+            reason=limits.clip(f"{error.code}: {error.message}"),
             detail={"code": error.code, "request_id": error.request_id, "http": error.http_status},
         )
     logger.error("IMM submissions paused: %s", error)
@@ -375,7 +375,7 @@ def resume_submissions(
         audit.record(
             action="imm.resumed",
             actor=actor,
-            reason=was,
+            reason=limits.clip(was),
             detail={"queued": len(waiting)},
             context=context,
         )
@@ -648,7 +648,7 @@ def _apply(task: ModerationTask, result: ModerationResult) -> None:
         image=image,
         state_before=state_before,
         state_after=state_before,
-        reason=outcome,
+        reason=limits.clip(outcome),
         detail=verdict,
     )
     if outcome:
@@ -824,7 +824,7 @@ def expire(task: ModerationTask, *, reason: str) -> None:
             image=image,
             state_before=before,
             state_after=image.status,
-            reason=reason,
+            reason=limits.clip(reason),
             detail={"task_id": task.task_id},
         )
 

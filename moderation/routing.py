@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from django.db import IntegrityError, transaction
 
-from . import audit
+from . import audit, limits
 from .models import RoutingRule
 
 if TYPE_CHECKING:
@@ -31,15 +31,19 @@ SCENE_CATEGORIES: dict[str, list[str]] = {
 def add_rule(
     *, category: str, note: str, actor: User | AnonymousUser, context: audit.AuditContext
 ) -> RoutingRule:
-    """Add a rule (audited). ValueError with a plain reason when the category is unusable."""
+    """Add a rule (audited). ValueError with a plain reason when the category is unusable or the
+    note too long (limits.TooLong, a ValueError: the note is refused whole, never cut)."""
     category = category.strip()
-    if not category or len(category) > 64 or any(c.isspace() for c in category):
-        raise ValueError("A category is one word of at most 64 characters, e.g. sexy.")
+    if not category or len(category) > limits.CATEGORY_MAX or any(c.isspace() for c in category):
+        raise ValueError(
+            f"A category is one word of at most {limits.CATEGORY_MAX} characters, e.g. sexy."
+        )
+    note = limits.check(note.strip(), limit=limits.RULE_NOTE_MAX, what="note")
     try:
         with transaction.atomic():
             rule = RoutingRule.objects.create(
                 category=category,
-                note=note.strip()[:200],
+                note=note,
                 created_by=actor if actor.is_authenticated else None,
             )
             audit.record(

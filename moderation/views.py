@@ -23,7 +23,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 from django_tasks_db.models import DBTaskResult, get_date_max
 
-from . import audit, notifications, pipeline, routing, services
+from . import audit, limits, notifications, pipeline, routing, services
 from .models import AuditEntry, Image, ImmStatus, ModerationResult, RoutingRule
 from .tasks import fetch_result
 
@@ -293,6 +293,7 @@ def routing_rules(request: HttpRequest) -> HttpResponse:
         {
             "rules": RoutingRule.objects.select_related("created_by"),
             "scenes": routing.SCENE_CATEGORIES,
+            "limits": limits,
             "nav": "routing",
         },
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
+from moderation import limits
 from moderation.models import Image
 
 
@@ -47,9 +48,12 @@ class Decision(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="decisions"
     )
     verdict = models.CharField(max_length=10, choices=Verdict.choices)
-    reason = models.CharField(max_length=500, blank=True)
+    reason = models.CharField(max_length=limits.REASON_MAX, blank=True)
     status_before = models.CharField(max_length=20)
     status_after = models.CharField(max_length=20)
+    # The image's status_changed_at before this decision: an undo puts it back, so the item
+    # returns to its place in the queue with its waiting age (empty on decisions made before).
+    status_changed_before = models.DateTimeField(null=True, blank=True)
     undoes = models.OneToOneField(
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="undone_by"
     )

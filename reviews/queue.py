@@ -42,7 +42,9 @@ class Filters:
     uploader: int | None = None
 
     @classmethod
-    def from_query(cls, query: QueryDict) -> Filters:
+    def from_query(cls, query: QueryDict, *, by_uploader: bool) -> Filters:
+        """The filters in a query string; `uploader` only when `by_uploader` (admins: a
+        reviewer's queue is never narrowed, or counted, by who uploaded)."""
         scene = query.get("scene", "")
         age = query.get("age", "")
         uploader = query.get("uploader", "")
@@ -50,7 +52,7 @@ class Filters:
             scene=scene if scene in SCENE_CATEGORIES else "",
             category=query.get("category", "").strip()[:64],
             age=age if age in AGES else "",
-            uploader=int(uploader) if uploader.isdigit() else None,
+            uploader=int(uploader) if by_uploader and uploader.isdigit() else None,
         )
 
     def apply(self, images: QuerySet[Image], *, now: datetime) -> QuerySet[Image]:

@@ -21,7 +21,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
-from moderation import audit
+from moderation import audit, limits
 from moderation.models import Image
 
 from .models import Claim, Decision
@@ -65,6 +65,18 @@ class ReviewError(Exception):
         self.message = message
 
 
+class Invalid(ReviewError):
+    """The request itself is wrong (a reason missing or too long): 400, nothing changed."""
+
+    status = 400
+
+
+class NotFound(ReviewError):
+    """An image (or decision) this user cannot see: 404, with nothing about its state."""
+
+    status = 404
+
+
 class AlreadyDecided(ReviewError):
     status = 409
 
@@ -75,6 +87,50 @@ class NotYours(ReviewError):
 
 class UndoRefused(ReviewError):
     status = 409
+
+
+def not_waiting_message(image_id: int, *, changed_nothing: bool = True) -> str:
+    """What a reviewer is told about an image they cannot see: never its status or who decided
+    (nor whether it exists at all)."""
+    tail = " Nothing was changed." if changed_nothing else ""
+    return f"Image {image_id} is no longer waiting for review.{tail}"
+
+
+def reviewable(user: User | AnonymousUser) -> QuerySet[Image]:
+    """The images this user may open or act on in the review pages, by id.
+
+    Reviewers: those awaiting review (Image.objects.visible_to). Admins: also escalated and
+    decided ones (their pane shows the outcome); never images that did not reach review.
+    """
+    return Image.objects.visible_to(user).filter(
+        status__in=(*DECIDABLE, Image.Status.APPROVED, Image.Status.REJECTED)
+    )
+
+
+def check_words(text: str, *, what: str) -> str:
+    """A person's words, stripped, if within limits.WORDS_MAX; Invalid (400) if longer."""
+    try:
+        return limits.check(text.strip(), limit=limits.WORDS_MAX, what=what)
+    except limits.TooLong as error:
+        raise Invalid(str(error)) from None
+
+
+def reason_for(*, verdict: str, category: str = "", words: str = "") -> str:
+    """The stored reason for a verdict: the picked category and the person's words, joined.
+
+    Invalid (400) when a reject has neither, an escalation has no note, or either part is over
+    its limit (refused whole, never cut).
+    """
+    category, words = category.strip(), words.strip()
+    if len(category) > limits.CATEGORY_MAX:
+        raise Invalid(f"A category is at most {limits.CATEGORY_MAX} characters. Nothing was saved.")
+    what = "note" if verdict == Decision.Verdict.ESCALATE else "reason"
+    words = check_words(words, what=what)
+    if verdict == Decision.Verdict.REJECT and not (category or words):
+        raise Invalid("Say why: pick a category or write a reason.")
+    if verdict == Decision.Verdict.ESCALATE and not (category or words):
+        raise Invalid("Add a note for the admin who will look at it.")
+    return limits.REASON_JOINER.join(part for part in (category, words) if part)
 
 
 def waiting(*, now: datetime | None = None) -> QuerySet[Image]:
@@ -256,26 +312,33 @@ def decide(
     reviewer: User,
     verdict: str,
     reason: str = "",
+    category: str = "",
     context: audit.AuditContext = audit.SYSTEM_CONTEXT,
     now: datetime | None = None,
 ) -> Outcome:
     """Approve, reject or escalate one image: decision, status and audit entry in one transaction.
 
+    `reason` is the person's words (the escalation note), `category` the reject category picked
+    from the list; both are stored whole, joined (see reason_for), or refused with Invalid (400).
     Only the reviewer holding a live claim, or an admin, may decide; only admins decide escalated
-    images. An image that is no longer waiting raises AlreadyDecided (HTTP 409): nothing is
-    overwritten.
+    images. An image the reviewer cannot see (not awaiting review: settled meanwhile, or never
+    theirs to see) raises NotFound (404) and says nothing of its state. For an admin, an image
+    that is no longer waiting raises AlreadyDecided (409) with its status: nothing is overwritten.
     """
     if verdict not in FINAL_STATUS:
         raise ValueError(f"unknown verdict {verdict!r}")
-    reason = reason.strip()
-    if verdict == Decision.Verdict.REJECT and not reason:
-        raise ReviewError("Say why: pick a category or write a reason.")
-    if verdict == Decision.Verdict.ESCALATE and not reason:
-        raise ReviewError("Add a note for the admin who will look at it.")
+    reason = reason_for(verdict=verdict, category=category, words=reason)
     now = now or timezone.now()
     admin = is_admin(reviewer)
     with transaction.atomic():
-        image = Image.objects.select_for_update().get(pk=image_id)
+        # Read through what this person may see, in the locking read itself: an image settled
+        # while a reviewer waited for the lock is simply not found (PostgreSQL re-checks the
+        # status of a row it waited for).
+        image = Image.objects.visible_to(reviewer).select_for_update().filter(pk=image_id).first()
+        if image is None and not admin:
+            raise NotFound(not_waiting_message(image_id))
+        if image is None:
+            raise Image.DoesNotExist(f"no image {image_id}")
         if image.status not in DECIDABLE:
             last = image.decisions.order_by("-created_at", "-id").first()
             who = f" by {last.reviewer.get_username()}" if last else ""
@@ -298,7 +361,7 @@ def decide(
             raise NotYours(f"You can no longer decide image {image.pk}: {holder}.")
         if verdict == Decision.Verdict.ESCALATE and image.status == Image.Status.ESCALATED:
             raise AlreadyDecided(f"Image {image.pk} is already escalated.")
-        before = image.status
+        before, waited_since = image.status, image.status_changed_at
         after = FINAL_STATUS[verdict]
         image.status = after
         image.status_changed_at = now
@@ -313,9 +376,10 @@ def decide(
             image=image,
             reviewer=reviewer,
             verdict=verdict,
-            reason=reason[:500],
+            reason=reason,
             status_before=before,
             status_after=after,
+            status_changed_before=waited_since,
             seconds=seconds,
             created_at=now,
         )
@@ -341,7 +405,10 @@ def undo(
 ) -> Outcome:
     """Take back one's own decision within the undo window: a new audited event, not an edit.
 
-    The image goes back to where it was and the reviewer holds it again.
+    Keyed on the decision, which must be the caller's own (NotFound, 404, otherwise): a reviewer
+    undoes their approve although the image no longer waits for review. The image goes back to
+    where it was, with the waiting age it had (its place in the queue), and the reviewer holds
+    it again.
     """
     now = now or timezone.now()
     with transaction.atomic():
@@ -352,7 +419,7 @@ def undo(
             .first()
         )
         if original is None:
-            raise UndoRefused("There is no decision of yours to undo.")
+            raise NotFound("There is no decision of yours to undo.")
         if now - original.created_at > undo_window():
             raise UndoRefused(
                 f"Too late to undo: decisions can be undone for {settings.REVIEW_UNDO_SECONDS} "
@@ -362,12 +429,14 @@ def undo(
             raise UndoRefused("That decision was already undone.")
         image = Image.objects.select_for_update().get(pk=original.image_id)
         if image.status != original.status_after:
+            # Reviewers are not told what it is now (they cannot see it any more); admins are.
+            now_is = f" ({image.get_status_display().lower()})" if is_admin(reviewer) else ""
             raise UndoRefused(
-                f"Image {image.pk} has changed since ({image.get_status_display().lower()}); "
-                "it cannot be undone."
+                f"Image {image.pk} has changed since your decision{now_is}; it cannot be undone."
             )
+        decided_at = image.status_changed_at
         image.status = original.status_before
-        image.status_changed_at = now
+        image.status_changed_at = original.status_changed_before or now
         image.human_decided_at = None
         image.save(update_fields=["status", "status_changed_at", "human_decided_at"])
         decision = Decision.objects.create(
@@ -377,6 +446,7 @@ def undo(
             undoes=original,
             status_before=original.status_after,
             status_after=original.status_before,
+            status_changed_before=decided_at,
             created_at=now,
         )
         # The reviewer goes back to this image; whatever they were given next returns to the queue.

@@ -4,7 +4,7 @@ from typing import TYPE_CHECKING
 
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -14,7 +14,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 from django_htmx.http import HttpResponseClientRedirect, push_url, trigger_client_event
 
-from moderation import audit
+from moderation import audit, limits
 from moderation.models import AuditEntry, Image, ModerationResult
 from moderation.routing import SCENE_CATEGORIES
 
@@ -48,7 +48,7 @@ def _greyscale(user: User) -> bool:
 @require_safe
 def queue(request: HtmxHttpRequest) -> HttpResponse:
     """Items waiting for a person, oldest first, with filters, counts and the reviewer's figures."""
-    filters = queue_reads.Filters.from_query(request.GET)
+    filters = _filters(request, request.GET)
     now = timezone.now()
     page = queue_reads.page(filters, after=request.GET.get("after", ""), now=now)
     counts = queue_reads.counts(filters, now=now)
@@ -71,6 +71,28 @@ def queue(request: HtmxHttpRequest) -> HttpResponse:
     return _vary(TemplateResponse(request, template or "reviews/queue.html", context))
 
 
+def _filters(request: HtmxHttpRequest, query: QueryDict) -> queue_reads.Filters:
+    """The queue filters in `query`, as far as this user may filter (uploader: admins only)."""
+    return queue_reads.Filters.from_query(query, by_uploader=request.user.has_perm(ADMIN))
+
+
+def _reviewable(request: HtmxHttpRequest, pk: int) -> Image | None:
+    """The image `pk` if this user may see it in the review pages, else None.
+
+    Every per-image view reads its image here (services.reviewable: reviewers see only what
+    waits for review), and answers None with _not_waiting: a 404 that says nothing of the
+    image's state, who decided it, or whether it exists.
+    """
+    return services.reviewable(request.user).select_related("uploaded_by").filter(pk=pk).first()
+
+
+def _not_waiting(
+    request: HtmxHttpRequest, pk: int, *, changed_nothing: bool = True
+) -> HttpResponse:
+    message = services.not_waiting_message(pk, changed_nothing=changed_nothing)
+    return _render_pane(request, None, status=404, error=message)
+
+
 def _pane_context(request: HtmxHttpRequest, image: Image | None, **extra: object) -> dict:
     """Everything the review pane shows for one image (or the empty queue when None)."""
     context: dict[str, object] = {
@@ -80,6 +102,7 @@ def _pane_context(request: HtmxHttpRequest, image: Image | None, **extra: object
         "waiting": services.waiting().order_by()[: queue_reads.COUNT_CAP].count(),
         "is_admin": request.user.has_perm(ADMIN),
         "undo_seconds": services.undo_window().total_seconds(),
+        "limits": limits,
         "nav": "queue",
         **extra,
     }
@@ -106,9 +129,25 @@ def _pane_context(request: HtmxHttpRequest, image: Image | None, **extra: object
                 .order_by("seq")
                 .select_related("actor"),
                 "reject_reasons": _reject_reasons(image),
+                "escalation": _standing_escalation(image),
             }
         )
     return context
+
+
+def _standing_escalation(image: Image) -> Decision | None:
+    """The escalation an escalated image is waiting on (the latest not undone): its note, who
+    and when, for the admin who decides it."""
+    if image.status != Image.Status.ESCALATED:
+        return None
+    return (
+        Decision.objects.filter(
+            image=image, verdict=Decision.Verdict.ESCALATE, undone_by__isnull=True
+        )
+        .select_related("reviewer")
+        .order_by("-created_at", "-id")
+        .first()
+    )
 
 
 def _reject_reasons(image: Image) -> list[str]:
@@ -135,13 +174,9 @@ def _render_pane(
 @require_safe
 def item(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     """The review pane for one image: the claimant decides; others see who holds it."""
-    image = get_object_or_404(
-        Image.objects.select_related("uploaded_by"),
-        pk=pk,
-        status__in=(*services.DECIDABLE, Image.Status.APPROVED, Image.Status.REJECTED),
-    )
-    if not request.user.has_perm(ADMIN) and image.status != Image.Status.AWAITING_REVIEW:
-        raise Http404("reviewers see the images waiting for review")
+    image = _reviewable(request, pk)
+    if image is None:
+        return _not_waiting(request, pk, changed_nothing=False)
     return _render_pane(request, image)
 
 
@@ -150,7 +185,7 @@ def item(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 def next_item(request: HtmxHttpRequest) -> HttpResponse:
     """Start reviewing / Next: the reviewer's held item, or claim the oldest waiting one."""
     if request.method == "POST":
-        filters = queue_reads.Filters.from_query(request.POST)
+        filters = _filters(request, request.POST)
         claim = services.claim_next(
             reviewer=request.user,
             queryset=filters.apply(services.waiting(), now=timezone.now()),
@@ -172,10 +207,15 @@ def next_item(request: HtmxHttpRequest) -> HttpResponse:
 @permission_required(REVIEW, raise_exception=True)
 @require_POST
 def decide(request: HtmxHttpRequest, pk: int) -> HttpResponse:
-    """Approve, Reject, Escalate or Skip, then the next item (htmx swaps it in; else redirect)."""
+    """Approve, Reject, Escalate or Skip, then the next item (htmx swaps it in; else redirect).
+
+    An admin who decided an escalated item goes back to the escalated list.
+    """
     action = request.POST.get("action", "")
     context = audit.AuditContext.from_request(request)
-    image = get_object_or_404(Image, pk=pk)
+    image = _reviewable(request, pk)
+    if image is None:
+        return _not_waiting(request, pk)
     if action == "skip":
         services.release(image=image, reviewer=request.user, context=context)
         return _after(request, exclude=[image.pk], note="Skipped; it stays in the queue.")
@@ -186,33 +226,39 @@ def decide(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     }
     if action not in verdicts:
         return _refused(request, image, "Choose Approve, Reject, Escalate or Skip.", 400)
-    if action == "reject":
-        # Not "category": that name is the queue filter's, which the next claim reads.
-        parts = (request.POST.get("reject_category", ""), request.POST.get("reason", ""))
-        reason = " — ".join(part.strip() for part in parts if part.strip())
-    elif action == "escalate":
-        reason = request.POST.get("note", "")
-    else:
-        reason = ""
+    # Not "category" for the reject category: that name is the queue filter's, which the next
+    # claim reads.
+    category = request.POST.get("reject_category", "") if action == "reject" else ""
+    words = {"reject": "reason", "escalate": "note"}.get(action)
     try:
         outcome = services.decide(
             image_id=image.pk,
             reviewer=request.user,
             verdict=verdicts[action],
-            reason=reason,
+            reason=request.POST.get(words, "") if words else "",
+            category=category,
             context=context,
         )
     except services.ReviewError as error:
         return _refused(request, image, error.message, error.status)
     label = outcome.decision.get_verdict_display().lower()
-    return _after(request, exclude=[image.pk], note=f"Image {image.pk} {label}.", decision=outcome)
+    note = f"Image {image.pk} {label}."
+    if outcome.decision.status_before == Image.Status.ESCALATED:
+        # The admin was working through the escalated list: back to it, not into the queue.
+        messages.success(request, note)
+        target = reverse("review_escalated")
+        return _vary(HttpResponseClientRedirect(target) if request.htmx else redirect(target))
+    return _after(request, exclude=[image.pk], note=note, decision=outcome)
 
 
 def _refused(request: HtmxHttpRequest, image: Image, message: str, status: int) -> HttpResponse:
     # The pane with the reason and the real status, with or without htmx: a redirect would lose
-    # the status, and a reviewer redirected to an item someone else decided would get a 404.
-    image.refresh_from_db()
-    return _render_pane(request, image, status=status, error=message)
+    # the status. The image is read again through what this user may see: one settled meanwhile
+    # is no longer shown to a reviewer (the message says so, without its state).
+    current = _reviewable(request, image.pk)
+    if current is None:
+        return _not_waiting(request, image.pk)
+    return _render_pane(request, current, status=status, error=message)
 
 
 def _after(
@@ -222,7 +268,7 @@ def _after(
     note: str,
     decision: services.Outcome | None = None,
 ) -> HttpResponse:
-    filters = queue_reads.Filters.from_query(request.POST)
+    filters = _filters(request, request.POST)
     claim = services.claim_next(
         reviewer=request.user,
         queryset=filters.apply(services.waiting(), now=timezone.now()),
@@ -276,16 +322,24 @@ def reveal(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 @permission_required(REVIEW, raise_exception=True)
 @require_POST
 def renew(request: HtmxHttpRequest, pk: int) -> HttpResponse:
-    """The reviewer is active on the item: extend the lease. 409 if it is no longer theirs.
+    """The reviewer is active on the item: extend the lease. 409 if it is no longer theirs, 404
+    if the reviewer can no longer see it (settled meanwhile: nothing said of how).
 
-    The 409's text is what the pane shows: why the item is gone, and what to do next.
+    The text of a 404 or 409 is what the pane shows: why the item is gone, and what to do next.
     """
-    if services.extend_lease(image_id=pk, reviewer_id=request.user.pk) is not None:
+    if (
+        _reviewable(request, pk) is not None
+        and services.extend_lease(image_id=pk, reviewer_id=request.user.pk) is not None
+    ):
         return HttpResponse(status=204)
-    status = Image.objects.filter(pk=pk).values_list("status", flat=True).first()
-    if status is not None and status not in services.DECIDABLE:
+    image = _reviewable(request, pk)
+    if image is None:
+        message = f"{services.not_waiting_message(pk)} Take the next item from the queue."
+        return HttpResponse(message, status=404, content_type="text/plain; charset=utf-8")
+    if image.status not in services.DECIDABLE:
+        # Only admins see a settled image: they are told how it was settled.
         message = (
-            f"Image {pk} was settled meanwhile: it is {Image.Status(status).label.lower()}. "
+            f"Image {pk} was settled meanwhile: it is {image.get_status_display().lower()}. "
             "Take the next item from the queue."
         )
     else:
@@ -315,6 +369,12 @@ def preferences(request: HtmxHttpRequest) -> HttpResponse:
 @require_safe
 def escalated(request: HtmxHttpRequest) -> HttpResponse:
     """Admins: escalated items first, then everything waiting, to decide one by one or in bulk."""
+    return _escalated_page(request)
+
+
+def _escalated_page(
+    request: HtmxHttpRequest, *, status: int = 200, reason: str = ""
+) -> HttpResponse:
     images = (
         Image.objects.filter(status__in=services.DECIDABLE)
         .select_related("uploaded_by")
@@ -334,7 +394,14 @@ def escalated(request: HtmxHttpRequest) -> HttpResponse:
     return TemplateResponse(
         request,
         "reviews/escalated.html",
-        {"images": images, "notes": notes, "nav": "escalated"},
+        {
+            "images": images,
+            "notes": notes,
+            "limits": limits,
+            "reason": reason,
+            "nav": "escalated",
+        },
+        status=status,
     )
 
 
@@ -343,13 +410,16 @@ def escalated(request: HtmxHttpRequest) -> HttpResponse:
 def bulk(request: HtmxHttpRequest) -> HttpResponse:
     """Approve or reject several items from the list, each decided and audited on its own."""
     action = request.POST.get("action")
-    reason = request.POST.get("reason", "").strip()
-    if action not in ("approve", "reject"):
-        messages.error(request, "Choose Approve or Reject.")
-        return redirect("review_escalated")
-    if action == "reject" and not reason:
-        messages.error(request, "Rejecting needs a reason.")
-        return redirect("review_escalated")
+    try:
+        reason = services.check_words(request.POST.get("reason", ""), what="reason")
+        if action not in ("approve", "reject"):
+            raise services.Invalid("Choose Approve or Reject.")
+        if action == "reject" and not reason:
+            raise services.Invalid("Rejecting needs a reason.")
+    except services.Invalid as error:
+        # The list again with the message and a 400, nothing decided.
+        messages.error(request, error.message)
+        return _escalated_page(request, status=error.status, reason=request.POST.get("reason", ""))
     ids = [int(v) for v in request.POST.getlist("images") if v.isdigit()]
     context = audit.AuditContext.from_request(request)
     done, refused = 0, []

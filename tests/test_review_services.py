@@ -400,7 +400,8 @@ def test_rejecting_needs_a_reason(queued, reviewer_user, t0, reason):
     with pytest.raises(services.ReviewError, match="Say why") as refused:
         services.decide(image_id=image.pk, reviewer=reviewer_user, verdict=REJECT, reason=reason)
 
-    assert refused.value.status == 409
+    assert isinstance(refused.value, services.Invalid)
+    assert refused.value.status == 400
     assert state_of(image) == before
 
 
@@ -465,13 +466,14 @@ def test_an_escalated_image_is_decided_by_an_admin_only(
     image.refresh_from_db()
     assert (image.status, image.human_decided_at) == (ESCALATED, None)
     assert not Claim.objects.exists()
-    # Escalated images are not in the reviewers' queue, and reviewers cannot decide them.
+    # Escalated images are not in the reviewers' queue, and reviewers cannot see or decide them.
     assert services.claim_next(reviewer=other_reviewer, now=t0 + seconds(6)) is None
     for reviewer in (reviewer_user, other_reviewer):
         before = state_of(image)
-        with pytest.raises(services.NotYours, match="Only an admin") as refused:
+        with pytest.raises(services.NotFound, match="no longer waiting for review") as refused:
             services.decide(image_id=image.pk, reviewer=reviewer, verdict=APPROVE)
-        assert refused.value.status == 403
+        assert refused.value.status == 404
+        assert "escalated" not in refused.value.message
         assert state_of(image) == before
     # IMM's later message changed its verdict: each entry carries the verdict of its moment.
     Image.objects.filter(pk=image.pk).update(imm_categories=["porn", "sexy"])
@@ -566,29 +568,58 @@ def test_an_admin_may_decide_without_a_claim_even_one_a_reviewer_holds(
         suggestion="review",
         categories=["ad"],
     )
-    with pytest.raises(services.AlreadyDecided):
+    with pytest.raises(services.NotFound):
         services.decide(image_id=held.pk, reviewer=reviewer_user, verdict=APPROVE)
 
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(("verdict", "reason"), [(APPROVE, ""), (REJECT, "nsfw"), (ESCALATE, "?")])
-@pytest.mark.parametrize("second", ["same reviewer", "admin"])
-def test_deciding_an_already_decided_item_is_409_and_changes_nothing(
-    queued, reviewer_user, admin_user, t0, verdict, reason, second
+def test_an_admin_deciding_an_already_decided_item_gets_409_with_its_status(
+    queued, reviewer_user, admin_user, t0, verdict, reason
 ):
     image = queued()
     claimed(reviewer_user, t0)
     services.decide(image_id=image.pk, reviewer=reviewer_user, verdict=APPROVE, now=t0)
     before = state_of(image)
-    who = reviewer_user if second == "same reviewer" else admin_user
 
     with pytest.raises(services.AlreadyDecided, match="already decided by rex") as refused:
         services.decide(
-            image_id=image.pk, reviewer=who, verdict=verdict, reason=reason, now=t0 + seconds(1)
+            image_id=image.pk,
+            reviewer=admin_user,
+            verdict=verdict,
+            reason=reason,
+            now=t0 + seconds(1),
         )
 
     assert refused.value.status == 409
-    assert "Nothing was changed" in refused.value.message
+    assert "it is approved. Nothing was changed" in refused.value.message
+    assert state_of(image) == before
+    assert Decision.objects.count() == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("verdict", "reason"), [(APPROVE, ""), (REJECT, "nsfw"), (ESCALATE, "?")])
+def test_a_reviewer_deciding_an_already_decided_item_gets_404_without_its_status(
+    queued, reviewer_user, t0, verdict, reason
+):
+    image = queued()
+    claimed(reviewer_user, t0)
+    services.decide(image_id=image.pk, reviewer=reviewer_user, verdict=APPROVE, now=t0)
+    before = state_of(image)
+
+    with pytest.raises(services.NotFound) as refused:
+        services.decide(
+            image_id=image.pk,
+            reviewer=reviewer_user,
+            verdict=verdict,
+            reason=reason,
+            now=t0 + seconds(1),
+        )
+
+    assert refused.value.status == 404
+    assert refused.value.message == (
+        f"Image {image.pk} is no longer waiting for review. Nothing was changed."
+    )
     assert state_of(image) == before
     assert Decision.objects.count() == 1
 
@@ -773,8 +804,16 @@ def test_undo_within_the_window_puts_the_image_back_and_the_claim_back_with_the_
 
     outcome = services.undo(decision_id=original.pk, reviewer=reviewer_user, context=CLIENT, now=at)
 
+    # Back with its waiting age: the queue orders by it, and it had waited since before t0.
+    waited_since = original.status_changed_before
+    assert waited_since is not None
+    assert waited_since < t0
     image.refresh_from_db()
-    assert (image.status, image.status_changed_at, image.human_decided_at) == (WAITING, at, None)
+    assert (image.status, image.status_changed_at, image.human_decided_at) == (
+        WAITING,
+        waited_since,
+        None,
+    )
     undo = Decision.objects.get(undoes=original)
     assert undo == outcome.decision
     assert (undo.verdict, undo.reviewer, undo.created_at) == (UNDO, reviewer_user, at)
@@ -875,7 +914,7 @@ def test_undoing_twice_is_refused(queued, reviewer_user, t0):
 
     with pytest.raises(services.UndoRefused, match="already undone"):
         services.undo(decision_id=decision.pk, reviewer=reviewer_user, now=t0 + seconds(2))
-    with pytest.raises(services.UndoRefused, match="no decision of yours"):
+    with pytest.raises(services.NotFound, match="no decision of yours"):
         services.undo(decision_id=undo.pk, reviewer=reviewer_user, now=t0 + seconds(2))
 
     assert state_of(image) == before
@@ -913,7 +952,7 @@ def test_undoing_someone_elses_decision_is_refused(
     before = state_of(image)
 
     for someone in (other_reviewer, admin_user):
-        with pytest.raises(services.UndoRefused, match="no decision of yours"):
+        with pytest.raises(services.NotFound, match="no decision of yours"):
             services.undo(decision_id=decision.pk, reviewer=someone, now=t0 + seconds(1))
 
     assert state_of(image) == before
@@ -933,6 +972,8 @@ def test_undo_is_refused_when_the_image_changed_since(queued, reviewer_user, adm
         services.undo(decision_id=escalation.pk, reviewer=reviewer_user, now=t0 + seconds(3))
 
     assert refused.value.status == 409
+    # The reviewer cannot see the image any more: not told what became of it.
+    assert "approved" not in refused.value.message
     assert state_of(image) == before
     assert Image.objects.get(pk=image.pk).status == APPROVED
 
@@ -1039,7 +1080,9 @@ ROUNDS = 15
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("pair", ["admin and claimant", "two admins"])
-def test_two_decisions_racing_on_one_item_make_one_decision_and_one_409(pair):
+def test_two_decisions_racing_on_one_item_make_one_decision_and_one_refusal(pair):
+    # The loser is told: an admin with a 409 naming the status and who decided, a reviewer with
+    # a 404 that says neither (the image is no longer theirs to see).
     images = bare_waiting_images(ROUNDS)
     admin = user("ada", "admin")
     other = user("rex") if pair == "admin and claimant" else user("alf", "admin")
@@ -1065,7 +1108,7 @@ def test_two_decisions_racing_on_one_item_make_one_decision_and_one_409(pair):
                     services.decide(
                         image_id=image.pk, reviewer=decider, verdict=verdict, reason="race"
                     )
-                except services.AlreadyDecided as refused:
+                except (services.AlreadyDecided, services.NotFound) as refused:
                     outcomes[image.pk, decider.pk] = str(refused.status)
                     refusals[image.pk] = refused.message
                 else:
@@ -1090,11 +1133,15 @@ def test_two_decisions_racing_on_one_item_make_one_decision_and_one_409(pair):
     winners: Counter[int] = Counter()
     for image in images:
         results = sorted(outcomes[image.pk, who.pk] for who in (admin, other))
-        assert results[0] == "409"
         assert results[1] in (APPROVE, REJECT)
         [decision] = Decision.objects.filter(image=image)
         assert decision.verdict == results[1]
-        assert f"already decided by {decision.reviewer.username}" in refusals[image.pk]
+        if decision.reviewer == admin and claimant is not None:
+            assert results[0] == "404"
+            assert refusals[image.pk] == services.not_waiting_message(image.pk)
+        else:
+            assert results[0] == "409"
+            assert f"already decided by {decision.reviewer.username}" in refusals[image.pk]
         winners[decision.reviewer_id] += 1
         assert Image.objects.get(pk=image.pk).status == services.FINAL_STATUS[decision.verdict]
         [entry] = review_entries(image)

@@ -954,7 +954,7 @@ def test_rejecting_without_a_reason_is_refused_and_changes_nothing(
     response = decide(reviewer_client, first, "reject", htmx=True, reject_category="", reason="  ")
 
     html = response.content.decode()
-    assert response.status_code == 409
+    assert response.status_code == 400
     assert "Say why: pick a category or write a reason." in html
     assert pane_image(html) == first.pk  # still the same item, still theirs to decide
     assert "queue-changed" not in response.get("HX-Trigger", "")
@@ -972,7 +972,7 @@ def test_rejecting_without_a_reason_and_without_javascript_shows_the_pane_with_t
     response = decide(reviewer_client, first, "reject")
 
     html = response.content.decode()
-    assert response.status_code == 409
+    assert response.status_code == 400
     assert "<html" in html
     assert "Say why: pick a category or write a reason." in html
     assert pane_image(html) == first.pk
@@ -1039,7 +1039,7 @@ def test_escalating_without_a_note_is_refused(reviewer_client, two_waiting):
 
     response = decide(reviewer_client, first, "escalate", htmx=True, note="")
 
-    assert response.status_code == 409
+    assert response.status_code == 400
     assert "Add a note for the admin who will look at it." in response.content.decode()
     assert snapshot(first) == before
 
@@ -1089,7 +1089,7 @@ def test_skipping_the_only_item_leaves_the_empty_pane_and_it_waits_for_others(
     assert theirs["Location"] == reverse("review_item", args=[only.pk])
 
 
-def test_deciding_an_item_someone_else_already_decided_is_a_409_and_overwrites_nothing(
+def test_a_reviewer_deciding_an_item_an_admin_decided_meanwhile_gets_a_404_that_says_no_more(
     reviewer_client, admin_client, reviewer_user, two_waiting
 ):
     first, _ = two_waiting
@@ -1101,15 +1101,17 @@ def test_deciding_an_item_someone_else_already_decided_is_a_409_and_overwrites_n
     response = decide(reviewer_client, first, "reject", htmx=True, reject_category="porn")
 
     html = response.content.decode()
-    assert response.status_code == 409
-    assert f"Image {first.pk} was already decided by ada: it is approved." in html
-    assert "Nothing was changed." in html
+    assert response.status_code == 404
+    assert f"Image {first.pk} is no longer waiting for review. Nothing was changed." in html
+    assert "approved" not in html.lower()
+    assert "by ada" not in html
+    assert pane_image(html) is None
     assert "queue-changed" not in response.get("HX-Trigger", "")
     assert snapshot(first) == before
     assert Decision.objects.get(image=first).reviewer.username == "ada"
 
 
-def test_deciding_an_item_already_decided_without_javascript_is_a_409_page_not_a_404(
+def test_deciding_an_item_already_decided_without_javascript_is_a_404_page_that_says_why(
     reviewer_client, admin_client, two_waiting
 ):
     first, _ = two_waiting
@@ -1120,9 +1122,28 @@ def test_deciding_an_item_already_decided_without_javascript_is_a_409_page_not_a
     response = decide(reviewer_client, first, "approve")
 
     html = response.content.decode()
-    assert response.status_code == 409
+    assert response.status_code == 404
     assert "<html" in html
-    assert f"Image {first.pk} was already decided by ada: it is rejected." in html
+    assert f"Image {first.pk} is no longer waiting for review. Nothing was changed." in html
+    assert "rejected" not in html.lower()
+    assert "spam" not in html
+    assert snapshot(first) == before
+
+
+def test_an_admin_deciding_an_item_already_decided_gets_a_409_with_its_status(
+    admin_client, reviewer_client, two_waiting
+):
+    first, _ = two_waiting
+    reviewer_client.post(reverse("review_next"))
+    decide(reviewer_client, first, "reject", reason="spam")
+    before = snapshot(first)
+
+    response = decide(admin_client, first, "approve", htmx=True)
+
+    html = response.content.decode()
+    assert response.status_code == 409
+    assert f"Image {first.pk} was already decided by rex: it is rejected." in html
+    assert "Nothing was changed." in html
     assert snapshot(first) == before
 
 
@@ -1223,7 +1244,8 @@ def test_a_reviewer_cannot_decide_an_escalated_item(reviewer_client, reviewer_us
 
     response = decide(reviewer_client, image, "approve", htmx=True)
 
-    assert response.status_code in (403, 409)
+    assert response.status_code == 404
+    assert "Escalated" not in response.content.decode()
     assert snapshot(image) == before
 
 
@@ -1368,7 +1390,7 @@ def test_nobody_undoes_someone_elses_decision(other_client, approved_by_reviewer
 
     response = other_client.post(reverse("review_undo", args=[decision.pk]), headers=HX)
 
-    assert response.status_code == 409
+    assert response.status_code == 404
     assert "There is no decision of yours to undo." in response.content.decode()
     assert snapshot(first) == before
 
@@ -1445,7 +1467,7 @@ def test_renewing_an_expired_claim_is_a_409(reviewer_client, reviewer_user, queu
     assert Claim.objects.get(image=image).expires_at == claim.expires_at
 
 
-def test_renewing_a_claim_on_an_image_settled_meanwhile_is_a_409_that_says_so(
+def test_renewing_a_claim_on_an_image_settled_meanwhile_is_a_404_that_says_so_without_how(
     reviewer_client, reviewer_user, queued
 ):
     image = queued()
@@ -1454,6 +1476,23 @@ def test_renewing_a_claim_on_an_image_settled_meanwhile_is_a_409_that_says_so(
     Image.objects.filter(pk=image.pk).update(status=Image.Status.APPROVED)
 
     response = reviewer_client.post(reverse("review_renew", args=[image.pk]), headers=HX)
+
+    assert response.status_code == 404
+    assert response.content.decode() == (
+        f"Image {image.pk} is no longer waiting for review. Nothing was changed. "
+        "Take the next item from the queue."
+    )
+    assert Claim.objects.get(image=image).expires_at == claim.expires_at
+
+
+def test_an_admin_renewing_a_claim_on_an_image_settled_meanwhile_is_told_how(
+    admin_client, admin_user, queued
+):
+    image = queued()
+    claim = hold(image, admin_user, seconds=30)
+    Image.objects.filter(pk=image.pk).update(status=Image.Status.APPROVED)
+
+    response = admin_client.post(reverse("review_renew", args=[image.pk]), headers=HX)
 
     assert response.status_code == 409
     assert response.content.decode() == (

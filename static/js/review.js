@@ -35,9 +35,11 @@
     if (Date.now() - lastRenew < RENEW_EVERY_MS) return;
     lastRenew = Date.now();
     post(current.dataset.renewUrl).then(function (response) {
-      if (response.status !== 409 || !document.body.contains(current)) return null;
-      // The lease ran out, someone took over, or the image was settled elsewhere: say so now
-      // (the server's words), not at the next decision.
+      if ((response.status !== 409 && response.status !== 404) || !document.body.contains(current)) {
+        return null;
+      }
+      // The lease ran out or someone took over (409), or the image is no longer waiting for
+      // review (404): say so now (the server's words), not at the next decision.
       delete current.dataset.renewUrl;
       return response.text().then(function (text) {
         const notice = document.createElement("p");
