@@ -132,6 +132,8 @@ def _pane_context(request: HtmxHttpRequest, image: Image | None, **extra: object
                 "escalation": _standing_escalation(image),
             }
         )
+        if image.status == Image.Status.ESCALATED:
+            context["nav"] = "escalated"
     return context
 
 

@@ -432,13 +432,67 @@ def test_the_pane_says_at_once_when_its_image_was_settled_elsewhere(
     with page.expect_response(lambda r: r.url.endswith(renew_url)) as renewed:
         page.mouse.move(200, 200)
         page.mouse.move(220, 240)
-    assert renewed.value.status == 409
+    assert renewed.value.status == 404
 
+    # What happened to it is not rex's to know: only that it no longer waits for him.
     alert = pane(page).get_by_role("alert")
     expect(alert).to_have_text(
-        f"Image {image.pk} was settled meanwhile: it is approved. "
+        f"Image {image.pk} is no longer waiting for review. Nothing was changed. "
         "Take the next item from the queue."
     )
+
+
+def test_a_reviewer_deciding_an_item_settled_meanwhile_is_told_plainly_in_the_pane(
+    signed_in, reviewer_user, make_image
+):
+    (image,) = waiting(make_image, 1)
+    page = signed_in("rex")
+    start_reviewing(page)
+    expect_pane_for(page, image)
+    Image.objects.filter(pk=image.pk).update(status=Image.Status.REJECTED)
+
+    same = SameDocument(page)
+    with page.expect_response(is_decide(image)) as refused:
+        page.get_by_role("button", name=re.compile(r"^Approve")).click()
+
+    assert refused.value.status == 404
+    expect(pane(page).get_by_role("alert")).to_have_text(
+        f"Image {image.pk} is no longer waiting for review. Nothing was changed."
+    )
+    expect(pane(page)).not_to_contain_text("rejected")
+    same.check()
+    assert not Decision.objects.filter(image=image).exists()
+
+
+def test_the_admin_decides_an_escalated_item_with_its_note_in_view_and_returns_to_the_list(
+    signed_in, reviewer_user, admin_user, make_image
+):
+    escalated, other = waiting(make_image, 2)
+    reviewer = signed_in("rex")
+    start_reviewing(reviewer)
+    expect_pane_for(reviewer, escalated)
+    reviewer.keyboard.press("e")
+    reviewer.keyboard.type("Is that a real weapon or a toy? The label says replica.")
+    reviewer.keyboard.press("Enter")
+    expect_pane_for(reviewer, other)
+
+    page = signed_in("ada")
+    page.goto("/reviews/escalated/")
+    page.get_by_role("link", name=f"Image {escalated.pk}").click()
+    note = pane(page).get_by_role("note", name="Escalation")
+    expect(note).to_contain_text("Escalated by rex")
+    expect(note).to_contain_text("Is that a real weapon or a toy? The label says replica.")
+    if os.environ.get("SCREENSHOTS") == "1":
+        DOCS.mkdir(exist_ok=True)
+        page.screenshot(path=DOCS / "escalated-pane.png")
+
+    page.get_by_role("button", name=re.compile(r"^Approve")).click()
+
+    page.wait_for_url(re.compile(r"/reviews/escalated/$"))
+    expect(page.get_by_role("heading", name="Escalated and waiting")).to_be_visible()
+    expect(page.get_by_text(f"Image {escalated.pk} approved.")).to_be_visible()
+    assert Image.objects.get(pk=escalated.pk).status == Image.Status.APPROVED
+    assert not Claim.objects.filter(reviewer=admin_user).exists()
 
 
 # ------------------------------------------------------------------------------ the screenshot

@@ -21,6 +21,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.timesince import timesince
 
+from moderation import limits
 from moderation.accounts import create_user
 from moderation.models import AuditEntry, Image, ImageCategory, ModerationResult
 from reviews.models import Claim, Decision, Reveal, ReviewerPreference
@@ -1750,3 +1751,194 @@ def test_rejecting_with_a_category_does_not_filter_the_next_item(reviewer_client
     response = decide(reviewer_client, first, "reject", htmx=True, reject_category="bloody")
     assert response.status_code == 200
     assert f'data-image="{second.pk}"' in response.content.decode()
+
+
+# ------------------------------------------------------------- escalated items, for the admin
+
+
+def test_the_admin_deciding_an_escalated_item_sees_the_note_who_and_when_at_the_top(
+    admin_client, escalated_by_reviewer
+):
+    image = escalated_by_reviewer
+    escalation = Decision.objects.get(image=image, verdict=Decision.Verdict.ESCALATE)
+
+    for headers in ({}, HX):
+        html = admin_client.get(reverse("review_item", args=[image.pk]), headers=headers)
+        html = html.content.decode()
+
+        top = html[html.index('<section id="pane"') : html.index('class="pane-body"')]
+        assert "Escalated by rex" in top
+        assert "is that a real weapon?" in top
+        assert f'datetime="{escalation.created_at.isoformat()}"' in top
+
+
+def test_the_note_shown_is_the_escalation_that_stands_not_an_undone_one(
+    reviewer_client, admin_client, two_waiting
+):
+    first, _ = two_waiting
+    reviewer_client.post(reverse("review_next"))
+    decide(reviewer_client, first, "escalate", note="first thought")
+    undone = Decision.objects.get(image=first)
+    reviewer_client.post(reverse("review_undo", args=[undone.pk]))
+    decide(reviewer_client, first, "escalate", note="second thought")
+
+    html = admin_client.get(reverse("review_item", args=[first.pk])).content.decode()
+
+    top = html[html.index('<section id="pane"') : html.index('class="pane-body"')]
+    assert "second thought" in top
+    assert "first thought" not in top  # only in the history below
+
+
+def test_an_escalated_item_without_a_note_shows_no_escalation_box(admin_client, queued):
+    image = queued(status=ESCALATED)
+
+    html = admin_client.get(reverse("review_item", args=[image.pk])).content.decode()
+
+    assert "Escalated by" not in html
+
+
+@pytest.mark.parametrize("action", ["approve", "reject"])
+def test_after_deciding_an_escalated_item_the_admin_returns_to_the_escalated_list(
+    admin_client, escalated_by_reviewer, queued, action
+):
+    image = escalated_by_reviewer
+    queued(age=timedelta(days=2))  # waiting in the general queue: not where the admin goes
+
+    with_htmx = decide(admin_client, image, action, htmx=True, reason="weapon")
+    image.refresh_from_db()
+
+    assert with_htmx.status_code == 200
+    assert with_htmx["HX-Redirect"] == reverse("review_escalated")
+    assert image.status == (APPROVED if action == "approve" else REJECTED)
+    assert not Claim.objects.exists()  # the admin was not handed a queue item
+    listed_page = admin_client.get(reverse("review_escalated"))
+    assert f"Image {image.pk} {image.get_status_display().lower()}." in messages_of(listed_page)
+
+
+def test_without_javascript_the_admin_is_redirected_to_the_escalated_list(
+    admin_client, escalated_by_reviewer
+):
+    response = decide(admin_client, escalated_by_reviewer, "approve")
+
+    assert response.status_code == 302
+    assert response["Location"] == reverse("review_escalated")
+
+
+def test_an_admin_deciding_a_waiting_item_still_gets_the_next_one(admin_client, two_waiting):
+    first, second = two_waiting
+
+    response = decide(admin_client, first, "approve")
+
+    assert response["Location"] == reverse("review_item", args=[second.pk])
+
+
+# ------------------------------------------------------------------------------ waiting age
+
+
+@pytest.mark.parametrize(
+    ("action", "data"), [("approve", {}), ("reject", {"reason": "no"}), ("escalate", {"note": "?"})]
+)
+def test_undo_gives_the_item_back_its_waiting_age_and_its_place_in_the_queue(
+    reviewer_client, two_waiting, action, data
+):
+    first, second = two_waiting
+    waited_since = first.status_changed_at
+    reviewer_client.post(reverse("review_next"))
+    decide(reviewer_client, first, action, **data)
+    decision = Decision.objects.get(image=first)
+
+    reviewer_client.post(reverse("review_undo", args=[decision.pk]))
+
+    first.refresh_from_db()
+    assert first.status == WAITING
+    assert first.status_changed_at == waited_since
+    assert decision.status_changed_before == waited_since
+    assert listed(reviewer_client.get(reverse("review_queue")).content.decode()) == [
+        first.pk,
+        second.pk,
+    ]
+
+
+def test_skip_keeps_the_items_waiting_age(reviewer_client, two_waiting):
+    first, _ = two_waiting
+    waited_since = first.status_changed_at
+    reviewer_client.post(reverse("review_next"))
+
+    decide(reviewer_client, first, "skip", htmx=True)
+
+    first.refresh_from_db()
+    assert (first.status, first.status_changed_at) == (WAITING, waited_since)
+
+
+# ----------------------------------------------------------------------------- text limits
+
+
+def test_the_forms_offer_exactly_the_limit_the_service_accepts(
+    reviewer_client, admin_client, two_waiting
+):
+    first, _ = two_waiting
+    reviewer_client.post(reverse("review_next"))
+
+    pane = reviewer_client.get(reverse("review_item", args=[first.pk])).content.decode()
+    listing = admin_client.get(reverse("review_escalated")).content.decode()
+    rules = admin_client.get(reverse("routing_rules")).content.decode()
+
+    assert f'name="reason" maxlength="{limits.WORDS_MAX}"' in pane
+    assert f'name="note" maxlength="{limits.WORDS_MAX}"' in pane
+    assert f'name="reason" maxlength="{limits.WORDS_MAX}"' in listing
+    assert f'name="note" maxlength="{limits.RULE_NOTE_MAX}"' in rules
+    assert f'maxlength="{limits.CATEGORY_MAX}"' in rules
+
+
+@pytest.mark.parametrize("category", ["", "sexy"])
+def test_a_reason_of_exactly_the_limit_is_stored_whole_in_the_decision_and_the_audit_entry(
+    reviewer_client, two_waiting, category
+):
+    first, _ = two_waiting
+    reviewer_client.post(reverse("review_next"))
+    words = "é" * (limits.WORDS_MAX - 1) + "!"
+
+    response = decide(reviewer_client, first, "reject", reject_category=category, reason=words)
+
+    assert response.status_code == 302
+    expected = f"{category} — {words}" if category else words
+    assert Decision.objects.get(image=first).reason == expected
+    assert AuditEntry.objects.get(image=first, action="review.rejected").reason == expected
+
+
+def test_an_escalation_note_of_exactly_the_limit_is_stored_whole(reviewer_client, two_waiting):
+    first, _ = two_waiting
+    reviewer_client.post(reverse("review_next"))
+    note = "n" * limits.WORDS_MAX
+
+    decide(reviewer_client, first, "escalate", note=note)
+
+    assert Decision.objects.get(image=first).reason == note
+    assert AuditEntry.objects.get(image=first, action="review.escalated").reason == note
+
+
+def test_a_bulk_reason_of_exactly_the_limit_is_stored_whole(admin_client, queued):
+    chosen = [queued(), queued()]
+    reason = "b" * limits.WORDS_MAX
+
+    admin_client.post(
+        reverse("review_bulk"),
+        {"action": "reject", "reason": reason, "images": [i.pk for i in chosen]},
+    )
+
+    for image in chosen:
+        assert Decision.objects.get(image=image).reason == reason
+        assert AuditEntry.objects.get(image=image, action="review.rejected").reason == reason
+
+
+def test_bulk_reject_without_a_reason_is_a_400_on_the_list(admin_client, queued):
+    image = queued()
+    before = snapshot(image)
+
+    response = admin_client.post(
+        reverse("review_bulk"), {"action": "reject", "reason": " ", "images": [image.pk]}
+    )
+
+    assert response.status_code == 400
+    assert "Rejecting needs a reason." in messages_of(response)
+    assert snapshot(image) == before
