@@ -247,8 +247,9 @@ def decide(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     note = f"Image {image.pk} {label}."
     if outcome.decision.status_before == Image.Status.ESCALATED:
         # The admin was working through the escalated list: back to it, not into the queue.
+        # The list offers the undo the pane would have (for the undo window).
         messages.success(request, note)
-        target = reverse("review_escalated")
+        target = f"{reverse('review_escalated')}?undo={outcome.decision.pk}"
         return _vary(HttpResponseClientRedirect(target) if request.htmx else redirect(target))
     return _after(request, exclude=[image.pk], note=note, decision=outcome)
 
@@ -401,9 +402,27 @@ def _escalated_page(
             "notes": notes,
             "limits": limits,
             "reason": reason,
+            "undo": _undoable(request, request.GET.get("undo", "")),
+            "undo_seconds": services.undo_window().total_seconds(),
             "nav": "escalated",
         },
         status=status,
+    )
+
+
+def _undoable(request: HtmxHttpRequest, decision_id: str) -> Decision | None:
+    """The user's own decision `decision_id` if it can still be undone (for the Undo button)."""
+    if not decision_id.isdigit():
+        return None
+    return (
+        Decision.objects.filter(
+            pk=int(decision_id),
+            reviewer=request.user,
+            created_at__gte=timezone.now() - services.undo_window(),
+            undone_by__isnull=True,
+        )
+        .exclude(verdict=Decision.Verdict.UNDO)
+        .first()
     )
 
 

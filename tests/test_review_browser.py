@@ -488,11 +488,16 @@ def test_the_admin_decides_an_escalated_item_with_its_note_in_view_and_returns_t
 
     page.get_by_role("button", name=re.compile(r"^Approve")).click()
 
-    page.wait_for_url(re.compile(r"/reviews/escalated/$"))
+    page.wait_for_url(re.compile(r"/reviews/escalated/\?undo=\d+$"))
     expect(page.get_by_role("heading", name="Escalated and waiting")).to_be_visible()
     expect(page.get_by_text(f"Image {escalated.pk} approved.")).to_be_visible()
     assert Image.objects.get(pk=escalated.pk).status == Image.Status.APPROVED
     assert not Claim.objects.filter(reviewer=admin_user).exists()
+
+    # Changed their mind: the list offers the undo, and the item is escalated again.
+    page.get_by_role("button", name=f"Undo: image {escalated.pk} back to escalated").click()
+    expect(pane(page).get_by_role("note", name="Escalation")).to_contain_text("Escalated by rex")
+    assert Image.objects.get(pk=escalated.pk).status == Image.Status.ESCALATED
 
 
 # ------------------------------------------------------------------------------ the screenshot

@@ -1808,7 +1808,8 @@ def test_after_deciding_an_escalated_item_the_admin_returns_to_the_escalated_lis
     image.refresh_from_db()
 
     assert with_htmx.status_code == 200
-    assert with_htmx["HX-Redirect"] == reverse("review_escalated")
+    decision = Decision.objects.get(image=image, reviewer__username="ada")
+    assert with_htmx["HX-Redirect"] == f"{reverse('review_escalated')}?undo={decision.pk}"
     assert image.status == (APPROVED if action == "approve" else REJECTED)
     assert not Claim.objects.exists()  # the admin was not handed a queue item
     listed_page = admin_client.get(reverse("review_escalated"))
@@ -1821,7 +1822,28 @@ def test_without_javascript_the_admin_is_redirected_to_the_escalated_list(
     response = decide(admin_client, escalated_by_reviewer, "approve")
 
     assert response.status_code == 302
-    assert response["Location"] == reverse("review_escalated")
+    assert response["Location"].startswith(reverse("review_escalated") + "?undo=")
+
+
+def test_the_escalated_list_offers_the_admin_the_undo_of_their_decision(
+    admin_client, escalated_by_reviewer, settings
+):
+    image = escalated_by_reviewer
+    listing = admin_client.get(decide(admin_client, image, "approve")["Location"])
+    decision = Decision.objects.get(image=image, verdict=Decision.Verdict.APPROVE)
+    undo_url = reverse("review_undo", args=[decision.pk])
+    assert f'action="{undo_url}"' in listing.content.decode()
+
+    undone = admin_client.post(undo_url)
+
+    image.refresh_from_db()
+    assert undone["Location"] == reverse("review_item", args=[image.pk])
+    assert image.status == ESCALATED
+    # Someone else's decision, or one past the window, offers no button.
+    other = client_for(user("ana", "admin")).get(
+        f"{reverse('review_escalated')}?undo={decision.pk}"
+    )
+    assert 'action="/reviews/decisions/' not in other.content.decode()
 
 
 def test_an_admin_deciding_a_waiting_item_still_gets_the_next_one(admin_client, two_waiting):
