@@ -14,10 +14,16 @@ them, and 4,194,304 is exactly 2048 x 2048, a canvas size. Per-canvas is the rea
 a GIF that IMM decodes frame by frame stays within the stated bound.
 
 Order of checks: size, then the header (format and dimensions, read without decoding any pixel),
-then structure (GIF blocks, PNG chunks and CRCs, the WEBP RIFF length), and only then a decode of
-the first frame to catch truncated or corrupt data. A decompression bomb is refused at the header.
-A WEBP's canvas size and RIFF length are read from its bytes before Pillow opens it: libwebp
-allocates the whole canvas when its decoder is created, which Pillow does on open.
+then structure (GIF blocks, PNG chunks and CRCs, the WEBP RIFF length, a BMP's pixel array against
+its header), and only then a decode of the first frame to catch truncated or corrupt data. A
+decompression bomb is refused at the header. A WEBP's canvas size and RIFF length are read from
+its bytes before Pillow opens it: libwebp allocates the whole canvas when its decoder is created,
+which Pillow does on open.
+
+Decoding is bounded in memory. A baseline JPEG is decoded reduced (libjpeg's DCT scaling, Pillow's
+draft mode), at most a few megapixels whatever its size. Other formats are decoded whole or not
+at all: above DECODE_MAX_PIXELS (WEBP_DECODE_MAX_PIXELS for WEBP) the image keeps the structural
+checks, is accepted for IMM (which has its own, larger limits) and is stored without a preview.
 """
 
 from __future__ import annotations
@@ -43,6 +49,16 @@ ACCEPTED = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 
 PREVIEW_SIDE = 1600
 THUMBNAIL_SIDE = 320
+
+# The most pixels decoded at full size, for the check and for the previews. A decoded frame takes
+# up to 4 bytes a pixel (RGBA, CMYK, 32-bit modes) and resizing an RGBA frame premultiplies a
+# second full-size copy: 8 bytes a pixel, about 200 MB here (bench/decode_memory.py measures it).
+# A progressive JPEG is decoded reduced, but libjpeg first keeps every DCT coefficient (2 bytes
+# each, up to 4 a pixel): the same bound holds it. A baseline JPEG never reaches it.
+DECODE_MAX_PIXELS = 25_000_000
+# Pillow opens every WEBP with libwebp's animation decoder, which holds two RGBA canvases beside
+# the decoded frame: about 15 bytes a pixel, measured.
+WEBP_DECODE_MAX_PIXELS = 12_000_000
 
 # We enforce IMM's pixel limits ourselves, from the header, before any decode (inspect below);
 # Pillow's own guard would refuse legitimate images between 89M and 250M pixels, and would refuse
@@ -70,10 +86,30 @@ class Inspection:
     byte_size: int
     sha256: str
     warnings: list[str] = field(default_factory=list)
+    # False when the image is too large to decode within the budget: stored without previews.
+    previewable: bool = True
 
     @property
     def extension(self) -> str:
         return EXTENSIONS[self.format]
+
+
+def decode_limit(format: str) -> int:
+    """The most pixels of this format the server decodes at full size (see DECODE_MAX_PIXELS)."""
+    return WEBP_DECODE_MAX_PIXELS if format == "WEBP" else DECODE_MAX_PIXELS
+
+
+def _decodes_reduced(image: PILImage.Image) -> bool:
+    """Whether libjpeg can decode this image scaled down without holding it whole first."""
+    return image.format in ("JPEG", "MPO") and "progressive" not in image.info
+
+
+def _draft_for_preview(image: PILImage.Image) -> None:
+    # draft() picks the smallest DCT scale that keeps both sides at least the size asked for,
+    # so ask for the preview's own size (the image fitted into PREVIEW_SIDE), not the box.
+    width, height = image.size
+    scale = min(1.0, PREVIEW_SIDE / max(width, height))
+    image.draft(image.mode, (max(1, int(width * scale)), max(1, int(height * scale))))
 
 
 def _n(value: int) -> str:
@@ -259,6 +295,59 @@ def _check_webp_length(fp: BinaryIO, size: int) -> None:
         )
 
 
+def _walk_webp(fp: BinaryIO, size: int) -> int:
+    """Walk a WEBP's RIFF chunks without decoding: the number of frames (ANMF chunks, or 1).
+
+    Raises Refused when a chunk runs past the end of the file.
+    """
+    fp.seek(12)
+    end = min(size, 8 + struct.unpack("<I", _at(fp, 4, 4))[0])
+    pos, frames = 12, 0
+    while pos + 8 <= end:
+        fp.seek(pos)
+        kind, length = struct.unpack("<4sI", fp.read(8))
+        if pos + 8 + length > end:
+            raise Refused("truncated", "is truncated: a WEBP chunk is cut short")
+        frames += kind == b"ANMF"
+        pos += 8 + length + (length & 1)
+    fp.seek(0)
+    return max(frames, 1)
+
+
+def _at(fp: BinaryIO, offset: int, length: int) -> bytes:
+    fp.seek(offset)
+    return fp.read(length)
+
+
+def _check_bmp_length(fp: BinaryIO, size: int) -> None:
+    """An uncompressed BMP must hold its whole pixel array: offset + rows x padded row size."""
+    header = _at(fp, 0, 34)
+    fp.seek(0)
+    if len(header) < 34 or struct.unpack_from("<I", header, 14)[0] < 40:
+        return  # an OS/2 1.x header: Pillow's decode below checks it (such files are small)
+    offset = struct.unpack_from("<I", header, 10)[0]
+    width, height = struct.unpack_from("<ii", header, 18)
+    bits, compression = struct.unpack_from("<HI", header, 28)
+    if compression not in (0, 3, 6):  # RLE and embedded JPEG/PNG have no fixed length
+        return
+    row = (abs(width) * bits + 31) // 32 * 4
+    needed = offset + row * abs(height)
+    if needed > size:
+        raise Refused(
+            "truncated",
+            f"is truncated: the BMP header says its pixels end at byte {_n(needed)} "
+            f"but the file has {_n(size)}",
+        )
+
+
+def _check_jpeg_end(fp: BinaryIO, size: int) -> None:
+    """A JPEG not decoded here must at least end with its end-of-image marker."""
+    tail = _at(fp, max(0, size - 2), 2)
+    fp.seek(0)
+    if tail != b"\xff\xd9":
+        raise Refused("truncated", "is truncated: the JPEG data stops before its end marker")
+
+
 def inspect(fp: BinaryIO) -> Inspection:
     """Check a file against IMM's image requirements; raise Refused with the broken rule."""
     size, sha256 = _size_and_digest(fp)
@@ -269,10 +358,14 @@ def inspect(fp: BinaryIO) -> Inspection:
     signature = _signature(head)
     if signature == "WEBP":
         # Before Image.open, which creates libwebp's decoder and with it the whole canvas.
-        if canvas := _webp_canvas(head):
+        canvas = _webp_canvas(head)
+        if canvas:
             _check_dimensions("WEBP", *canvas)
         _check_webp_length(fp, size)
         fp.seek(0)
+        if canvas and canvas[0] * canvas[1] > WEBP_DECODE_MAX_PIXELS:
+            frames = _walk_webp(fp, size)
+            return _inspection("WEBP", *canvas, frames, size, sha256, previewable=False)
     try:
         # Image.open reads the header only; no pixel is decoded here.
         image = PILImage.open(fp)
@@ -312,6 +405,8 @@ def inspect(fp: BinaryIO) -> Inspection:
         _check_dimensions(detected, width, height)
         if detected == "PNG":
             _walk_png(fp)  # a WEBP's RIFF length was checked before it was opened
+        if detected == "BMP":
+            _check_bmp_length(fp, size)
         if detected != "GIF":
             try:
                 frames = int(getattr(image, "n_frames", 1))
@@ -320,8 +415,15 @@ def inspect(fp: BinaryIO) -> Inspection:
             if detected == "JPEG":
                 frames = 1  # an MPO's extra pictures are previews; IMM checks the main picture
         fp.seek(0)
+        previewable = _decodes_reduced(image) or width * height <= decode_limit(detected)
+        if not previewable:
+            if detected == "JPEG":
+                _check_jpeg_end(fp, size)
+            return _inspection(detected, width, height, frames, size, sha256, previewable=False)
         try:
             image.seek(0)
+            if _decodes_reduced(image):
+                _draft_for_preview(image)
             image.load()
         except Exception as exc:
             message = str(exc) or type(exc).__name__
@@ -331,12 +433,27 @@ def inspect(fp: BinaryIO) -> Inspection:
                 "corrupt", f"is corrupt: its pixels cannot be decoded ({message})"
             ) from None
 
+    return _inspection(detected, width, height, frames, size, sha256, previewable=True)
+
+
+def _inspection(
+    detected: str,
+    width: int,
+    height: int,
+    frames: int,
+    size: int,
+    sha256: str,
+    *,
+    previewable: bool,
+) -> Inspection:
     warnings = []
     if width < LOW_RESOLUTION_SIDE or height < LOW_RESOLUTION_SIDE:
         warnings.append(
             f"Low resolution ({width} x {height} px): IMM recommends at least 256 x 256, "
             "and detection may be less accurate."
         )
+    if not previewable:
+        warnings.append(no_preview_reason(detected, width, height))
     return Inspection(
         format=detected,
         width=width,
@@ -345,6 +462,19 @@ def inspect(fp: BinaryIO) -> Inspection:
         byte_size=size,
         sha256=sha256,
         warnings=warnings,
+        previewable=previewable,
+    )
+
+
+def no_preview_reason(format: str, width: int, height: int) -> str:
+    """Why an image has no preview, in the words pages show."""
+    pixels = width * height
+    limit = decode_limit(format)
+    if pixels <= limit:
+        return "No preview is stored for this image."
+    return (
+        f"No preview: this image is {_n(width)} x {_n(height)} ({_n(pixels)} pixels), "
+        f"more than the {_n(limit)} the server decodes for previews."
     )
 
 
@@ -363,13 +493,28 @@ def _encode(image: PILImage.Image, icc_profile: bytes | None) -> bytes:
     return out.getvalue()
 
 
-def make_derivatives(fp: BinaryIO) -> Derivatives:
-    """A re-encoded preview and thumbnail (WEBP, first frame, orientation applied, no metadata)."""
+def make_derivatives(fp: BinaryIO) -> Derivatives | None:
+    """A re-encoded preview and thumbnail (WEBP, first frame, orientation applied, no metadata).
+
+    None when the image cannot be decoded within the budget (see DECODE_MAX_PIXELS): it is
+    stored without them. The caller has checked the file with inspect() first.
+    """
     fp.seek(0)
+    head = fp.read(30)
+    fp.seek(0)
+    canvas = _webp_canvas(head) if _signature(head) == "WEBP" else None
+    if canvas and canvas[0] * canvas[1] > WEBP_DECODE_MAX_PIXELS:
+        return None  # not even opened: libwebp would allocate the canvas
     with PILImage.open(fp) as source:
+        detected = "JPEG" if source.format == "MPO" else (source.format or "")
+        if not _decodes_reduced(source) and source.width * source.height > decode_limit(detected):
+            return None
         source.seek(0)
         icc_profile = source.info.get("icc_profile")
-        # thumbnail() lets JPEG decode at a reduced scale (draft mode) before it resizes.
+        if _decodes_reduced(source):
+            # thumbnail() would ask draft mode for twice the size (its reducing gap): ask for
+            # the preview's size, which is what keeps a 250-megapixel JPEG to a few megapixels.
+            _draft_for_preview(source)
         source.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
         oriented = ImageOps.exif_transpose(source)
         mode = (
@@ -383,3 +528,35 @@ def make_derivatives(fp: BinaryIO) -> Derivatives:
     return Derivatives(
         preview=_encode(preview, icc_profile), thumbnail=_encode(thumbnail, icc_profile)
     )
+
+
+# The blurred rendition keeps this many pixels on its longer side: colours and a rough layout,
+# never a shape. It is made from the thumbnail, so it can hold no more than the thumbnail does.
+BLURRED_SIDE = 12
+_STAGE_GREY = (213, 218, 214)  # the pages' image background (#d5dad6), under transparent parts
+
+
+def image_size(fp: BinaryIO) -> tuple[int, int]:
+    """The pixel size of a stored rendition, from its header."""
+    with PILImage.open(fp) as image:
+        return image.size
+
+
+def make_blurred(thumbnail: BinaryIO, *, size: tuple[int, int] | None = None) -> bytes:
+    """What pages show until someone reveals the image: the thumbnail shrunk to BLURRED_SIDE
+    pixels, then stretched smoothly to `size` (the thumbnail's own when None), as WEBP.
+
+    The same size as the clear rendition it stands for, so revealing swaps one for the other
+    without moving anything on the page.
+    """
+    with PILImage.open(thumbnail) as source:
+        source.seek(0)
+        rgba = source.convert("RGBA")
+    target = size or rgba.size
+    flat = PILImage.new("RGBA", rgba.size, (*_STAGE_GREY, 255))
+    tiny = PILImage.alpha_composite(flat, rgba).convert("RGB")
+    tiny.thumbnail((BLURRED_SIDE, BLURRED_SIDE), PILImage.Resampling.BOX)
+    stretched = tiny.resize(target, PILImage.Resampling.BICUBIC)
+    out = io.BytesIO()
+    stretched.save(out, format="WEBP", quality=60, method=0)
+    return out.getvalue()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO, Literal
@@ -41,11 +42,43 @@ def storage_key(sha256: str, extension: str, folder: str = "images") -> str:
     return f"{folder}/{sha256[:2]}/{sha256}.{extension}"
 
 
-def _put(storage: Storage, key: str, content: File[bytes] | ContentFile[bytes]) -> str:
-    # Keys are content addresses: if the object is already there (an earlier attempt whose
-    # transaction rolled back, say), it holds these very bytes and is reused.
+def _stored_digest(storage: Storage, key: str) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with storage.open(key, "rb") as stored:
+        while chunk := stored.read(1024 * 1024):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _put(
+    storage: Storage,
+    key: str,
+    content: File[bytes] | ContentFile[bytes],
+    *,
+    sha256: str,
+    replaced: list[dict[str, object]],
+) -> str:
+    """Store `content` (whose SHA-256 is `sha256`) at `key`, reusing a file only if it matches.
+
+    Keys are content addresses, so a file already there (an earlier attempt whose transaction
+    rolled back, say) should hold these very bytes; but a crash or a full disk can leave part of
+    a file, which would then be served and sent to IMM for ever. It is hashed first: reused if it
+    matches, otherwise replaced, logged, and noted in `replaced` for the audit entry.
+    """
     if storage.exists(key):
-        return key
+        found, size = _stored_digest(storage, key)
+        if found == sha256:
+            return key
+        logger.warning(
+            "replacing %s: it held %d bytes with SHA-256 %s, not the %s expected",
+            key,
+            size,
+            found[:12],
+            sha256[:12],
+        )
+        replaced.append({"key": key, "found_bytes": size, "found_sha256": found})
+        storage.delete(key)
     saved = storage.save(key, content)
     if saved != key:  # a concurrent writer won the race for the same content
         storage.delete(saved)
@@ -89,22 +122,28 @@ def ingest(
     if existing is not None:
         return _record_duplicate(existing, filename, uploader, context, via)
 
-    derivatives = intake.make_derivatives(fp)
+    derivatives = intake.make_derivatives(fp) if info.previewable else None
     key = storage_key(info.sha256, info.extension)
+    replaced: list[dict[str, object]] = []
+
+    def put_derivative(folder: str, data: bytes) -> str:
+        # Keyed by the original's hash, so checked against the bytes just made from it.
+        return _put(
+            default_storage,
+            storage_key(info.sha256, "webp", folder),
+            ContentFile(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            replaced=replaced,
+        )
+
     try:
         with transaction.atomic():
             fp.seek(0)
             image = Image.objects.create(
-                file=_put(default_storage, key, File(fp)),
-                preview=_put(
-                    default_storage,
-                    storage_key(info.sha256, "webp", "previews"),
-                    ContentFile(derivatives.preview),
-                ),
-                thumbnail=_put(
-                    default_storage,
-                    storage_key(info.sha256, "webp", "thumbnails"),
-                    ContentFile(derivatives.thumbnail),
+                file=_put(default_storage, key, File(fp), sha256=info.sha256, replaced=replaced),
+                preview=put_derivative("previews", derivatives.preview) if derivatives else "",
+                thumbnail=(
+                    put_derivative("thumbnails", derivatives.thumbnail) if derivatives else ""
                 ),
                 sha256=info.sha256,
                 format=info.format,
@@ -130,6 +169,7 @@ def ingest(
                     "bytes": info.byte_size,
                     "via": via,
                     "warnings": info.warnings,
+                    **({"replaced_files": replaced} if replaced else {}),
                 },
                 context=context,
             )

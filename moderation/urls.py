@@ -11,7 +11,7 @@ urlpatterns = [
     path("images/upload/", views.upload, name="upload"),
     path("images/<int:pk>/", views.image_detail, name="image_detail"),
     re_path(
-        r"^images/(?P<pk>[0-9]+)/(?P<variant>original|preview|thumbnail)$",
+        r"^images/(?P<pk>[0-9]+)/(?P<variant>original|preview|thumbnail|preview-blurred|thumbnail-blurred)$",
         views.image_file,
         name="image_file",
     ),

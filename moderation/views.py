@@ -12,6 +12,7 @@ from django.core.paginator import Paginator
 from django.db import connection
 from django.db.models import Min
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -23,7 +24,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 from django_tasks_db.models import DBTaskResult, get_date_max
 
-from . import audit, limits, notifications, pipeline, routing, services
+from . import audit, intake, limits, notifications, pipeline, routing, services, signals
 from .models import AuditEntry, Image, ImmStatus, ModerationResult, RoutingRule
 from .tasks import fetch_result
 
@@ -156,29 +157,75 @@ def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
-_VARIANTS = {"original": "file", "preview": "preview", "thumbnail": "thumbnail"}
+# Clear renditions: each one served is recorded as a reveal for the person it is served to.
+_CLEAR = {"original": "file", "preview": "preview", "thumbnail": "thumbnail"}
+# What pages load by default: the clear rendition's size, made from a few pixels of the thumbnail.
+_BLURRED = {"preview-blurred": "preview", "thumbnail-blurred": "thumbnail"}
 
 
 @require_safe
-def image_file(request: HttpRequest, pk: int, variant: str) -> FileResponse:
-    """Image bytes, only for someone allowed to see the image, never from a public URL."""
+def image_file(request: HttpRequest, pk: int, variant: str) -> HttpResponseBase:
+    """Image bytes, only for someone allowed to see the image, never from a public URL.
+
+    Pages load the `-blurred` variants, which show nothing of the image. Clear pixels (the
+    preview, the thumbnail, and the original for admins only) are served only when asked for,
+    never cached, and each GET is recorded as a reveal for that person (signals.pixels_served).
+    """
     image = get_object_or_404(Image.objects.visible_to(request.user), pk=pk)
-    stored = getattr(image, _VARIANTS[variant])
+    if variant in _BLURRED:
+        return _blurred(image, _BLURRED[variant])
+    if variant == "original" and not request.user.has_perm("moderation.view_image"):
+        # Reviewers see the EXIF-free preview; the original's metadata is not theirs to read.
+        raise Http404("no such image")
+    stored = getattr(image, _CLEAR[variant])
     if not stored.name:
         raise Http404("this image has no such rendition")
     content_type = image.content_type if variant == "original" else "image/webp"
     extension = stored.name.rsplit(".", 1)[-1]
+    opened = default_storage.open(stored.name, "rb")
+    if request.method == "GET":  # a HEAD carries no pixels
+        try:
+            signals.pixels_served.send(
+                sender=Image, image=image, user=request.user, variant=variant
+            )
+        except BaseException:
+            opened.close()
+            raise
     response = FileResponse(
-        default_storage.open(stored.name, "rb"),
+        opened,
         content_type=content_type,
         filename=f"image-{image.pk}-{variant}.{extension}",
         as_attachment=False,
     )
+    # Not even the browser keeps clear pixels: each showing is a request, and so a record.
+    response["Cache-Control"] = "private, no-store"
+    _image_headers(response)
+    return response
+
+
+def _blurred(image: Image, stands_for: str) -> HttpResponse:
+    if not image.thumbnail.name:
+        raise Http404("this image has no preview")
+    size = None
+    if stands_for == "preview":
+        if not image.preview.name:
+            raise Http404("this image has no preview")
+        with default_storage.open(image.preview.name, "rb") as preview:
+            size = intake.image_size(cast(BinaryIO, preview))
+    with default_storage.open(image.thumbnail.name, "rb") as thumbnail:
+        data = intake.make_blurred(cast(BinaryIO, thumbnail), size=size)
+    response = HttpResponse(data, content_type="image/webp")
+    response["Content-Disposition"] = f'inline; filename="image-{image.pk}-blurred.webp"'
+    # It shows nothing of the image, so a browser may keep it (for this person only).
+    response["Cache-Control"] = "private, max-age=86400"
+    _image_headers(response)
+    return response
+
+
+def _image_headers(response: HttpResponseBase) -> None:
     response["X-Content-Type-Options"] = "nosniff"
     # The bytes are user-supplied: never let a browser treat them as a document.
     response["Content-Security-Policy"] = "default-src 'none'; sandbox"
-    response["Cache-Control"] = "private, max-age=3600"
-    return response
 
 
 @login_not_required

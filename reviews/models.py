@@ -6,11 +6,16 @@ depends on moderation, never the reverse.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django.conf import settings
 from django.db import models
 
 from moderation import limits
 from moderation.models import Image
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 
 class Claim(models.Model):
@@ -68,19 +73,36 @@ class Decision(models.Model):
 
 
 class Reveal(models.Model):
-    """A reviewer unblurred an image: exposure that admins will want to see and limit."""
+    """Clear pixels of an image were served to a person: exposure admins will want to see and limit.
+
+    Written by moderation's image_file view (through signals.pixels_served) whenever it serves a
+    clear rendition, so a reveal cannot be skipped: pages load a blurred rendition until then.
+    """
+
+    class Variant(models.TextChoices):
+        PREVIEW = "preview", "Preview"
+        THUMBNAIL = "thumbnail", "Thumbnail"
+        ORIGINAL = "original", "Original"
 
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="reveals")
     reviewer = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="reveals"
     )
+    variant = models.CharField(max_length=10, choices=Variant.choices, default=Variant.PREVIEW)
     revealed_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
         indexes = [models.Index(fields=["reviewer", "revealed_at"], name="reveal_reviewer_time")]
 
     def __str__(self) -> str:
-        return f"{self.reviewer_id} revealed {self.image_id}"
+        return f"{self.reviewer_id} revealed the {self.variant} of {self.image_id}"
+
+
+def record_reveal(
+    sender: object, *, image: Image, user: User, variant: str, **kwargs: object
+) -> None:
+    """Receiver of moderation.signals.pixels_served (connected in ReviewsConfig.ready)."""
+    Reveal.objects.create(image=image, reviewer=user, variant=variant)
 
 
 class ReviewerPreference(models.Model):

@@ -10,7 +10,6 @@ urlpatterns = [
     path("preferences/", views.preferences, name="review_preferences"),
     path("<int:pk>/", views.item, name="review_item"),
     path("<int:pk>/decide/", views.decide, name="review_decide"),
-    path("<int:pk>/reveal/", views.reveal, name="review_reveal"),
     path("<int:pk>/renew/", views.renew, name="review_renew"),
     path("decisions/<int:pk>/undo/", views.undo, name="review_undo"),
 ]

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.http import HttpRequest, HttpResponse, QueryDict
-from django.shortcuts import get_object_or_404, redirect
+from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -20,7 +20,7 @@ from moderation.routing import SCENE_CATEGORIES
 
 from . import queue as queue_reads
 from . import services
-from .models import Claim, Decision, Reveal, ReviewerPreference
+from .models import Claim, Decision, ReviewerPreference
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -311,15 +311,6 @@ def undo(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         return redirect("review_item", pk=outcome.image.pk)
     response = _render_pane(request, outcome.image, note="Undone. The image is back with you.")
     return trigger_client_event(response, "queue-changed")
-
-
-@permission_required(REVIEW, raise_exception=True)
-@require_POST
-def reveal(request: HtmxHttpRequest, pk: int) -> HttpResponse:
-    """Record that the reviewer unblurred this image (exposure admins can see and limit)."""
-    image = get_object_or_404(Image, pk=pk)
-    Reveal.objects.create(image=image, reviewer=request.user)
-    return HttpResponse(status=204)
 
 
 @permission_required(REVIEW, raise_exception=True)

@@ -15,11 +15,13 @@ import os
 import re
 
 import pytest
+from django.urls import reverse
 from PIL import Image as PILImage
 from PIL import ImageDraw
 from playwright.sync_api import expect
 
 from moderation.models import Image
+from reviews.models import Reveal
 
 from .browser import *  # noqa: F403 - Chromium, its fixtures and pytestmark
 from .browser import DOCS, VIEWPORT
@@ -248,20 +250,32 @@ def test_detail_preview_is_blurred_until_revealed(page, admin_user, make_image):
     preview = figure.locator("img")
     reveal = figure.get_by_role("button", name="Reveal")
     blurred = re.compile(r"blur\(")
+    blurred_url = reverse("image_file", args=[image.pk, "preview-blurred"])
+    clear_url = reverse("image_file", args=[image.pk, "preview"])
 
+    # The page holds the server's blurred rendition, blurred further by CSS; nothing recorded.
     expect(preview).to_have_css("filter", blurred)
+    expect(preview).to_have_attribute("src", blurred_url)
     expect(reveal).to_have_attribute("aria-pressed", "false")
+    assert not Reveal.objects.exists()
 
-    reveal.click()
+    with page.expect_response(lambda r: r.url.endswith(clear_url)) as served:
+        reveal.click()
+    assert served.value.status == 200
+    assert served.value.headers["cache-control"] == "private, no-store"
     expect(preview).to_have_css("filter", "none")
+    expect(preview).to_have_attribute("src", clear_url)
+    assert list(Reveal.objects.values_list("reviewer", "variant")) == [(admin_user.pk, "preview")]
     hide = figure.get_by_role("button", name="Hide")
     expect(hide).to_have_attribute("aria-pressed", "true")
     hide.click()
     expect(preview).to_have_css("filter", blurred)
+    expect(preview).to_have_attribute("src", blurred_url)
     expect(reveal).to_have_attribute("aria-pressed", "false")
 
     page.keyboard.press("v")
     expect(preview).to_have_css("filter", "none")
+    expect(preview).to_have_attribute("src", clear_url)
     page.keyboard.press("v")
     expect(preview).to_have_css("filter", blurred)
 
@@ -269,6 +283,36 @@ def test_detail_preview_is_blurred_until_revealed(page, admin_user, make_image):
     expect(preview).to_have_css("filter", "none")
     preview.click()
     expect(preview).to_have_css("filter", blurred)
+
+    # The Reveal link is a button to the keyboard: Space presses it.
+    reveal.focus()
+    page.keyboard.press(" ")
+    expect(preview).to_have_attribute("src", clear_url)
+    expect(figure.get_by_role("button", name="Hide")).to_have_attribute("aria-pressed", "true")
+
+
+def test_without_javascript_reveal_opens_the_clear_preview_and_records_it(
+    browser, live_server, admin_user, make_image
+):
+    image = make_image()
+    context = browser.new_context(base_url=live_server.url, java_script_enabled=False)
+    try:
+        page = context.new_page()
+        sign_in(page, "ada")
+        page.goto(image.get_absolute_url())
+        link = page.locator("figure.sensitive").get_by_role("button", name="Reveal")
+        clear_url = reverse("image_file", args=[image.pk, "preview"])
+        expect(link).to_have_attribute("href", clear_url)
+        assert not Reveal.objects.exists()
+
+        response = page.goto(clear_url)  # where the link (target=_blank) leads
+        assert response is not None
+        assert response.status == 200
+        assert list(Reveal.objects.values_list("reviewer", "variant")) == [
+            (admin_user.pk, "preview")
+        ]
+    finally:
+        context.close()
 
 
 def test_list_thumbnails_are_blurred(page, admin_user, make_image):
@@ -278,6 +322,11 @@ def test_list_thumbnails_are_blurred(page, admin_user, make_image):
     thumb = page.locator(".grid .sensitive img")
     expect(thumb).to_have_count(1)
     expect(thumb).to_have_css("filter", re.compile(r"blur\("))
+    image = Image.objects.get()
+    expect(thumb).to_have_attribute(
+        "src", reverse("image_file", args=[image.pk, "thumbnail-blurred"])
+    )
+    assert not Reveal.objects.exists()  # a list shows no clear pixel
 
 
 def test_reviewer_has_no_upload_link_and_upload_page_is_refused(page, reviewer_user):

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import random
 import struct
 import tracemalloc
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -480,3 +482,171 @@ def test_the_size_refusal_gives_the_exact_byte_count():
     assert refused.value.reason == (
         "is 20,971,521 bytes (20.0 MB); IMM accepts at most 20 MB (20,971,520 bytes)"
     )
+
+
+# --- Decoding is bounded in memory --------------------------------------------------------------
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def solid_png(width: int, height: int, pixel: bytes = b"\x80\x40\x20") -> bytes:
+    """A valid PNG of one colour, compressed row by row: big in pixels, tiny in bytes and memory."""
+    row = b"\x00" + pixel * width
+    compressor = zlib.compressobj(4)  # about 0.45 MB for the issue's file, in under 2 s
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, {3: 2, 4: 6}[len(pixel)], 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+    )
+
+
+def test_the_issues_12000_px_png_is_accepted_without_decoding_a_pixel(monkeypatch):
+    data = solid_png(12_000, 12_000)
+    assert len(data) < 1 * MB
+
+    with allocations(monkeypatch) as seen:
+        info = inspect(data)
+        made = intake.make_derivatives(io.BytesIO(data))
+
+    assert (info.width, info.height, info.previewable) == (12_000, 12_000, False)
+    assert made is None
+    assert seen.pillow_images == 0
+    assert info.warnings == [
+        "No preview: this image is 12,000 x 12,000 (144,000,000 pixels), more than the "
+        "25,000,000 the server decodes for previews."
+    ]
+
+
+def test_an_image_at_the_decode_budget_is_decoded_and_one_over_it_is_not(monkeypatch):
+    monkeypatch.setattr(intake, "DECODE_MAX_PIXELS", 20_000)
+    at_budget = inspect(image_bytes("PNG", size=(200, 100)))
+    over_budget = image_bytes("PNG", size=(201, 100))
+    with allocations(monkeypatch) as seen:
+        over = inspect(over_budget)
+
+    assert at_budget.previewable
+    assert not over.previewable
+    assert seen.pillow_images == 0
+    assert over.warnings[-1] == (
+        "No preview: this image is 201 x 100 (20,100 pixels), more than the 20,000 the server "
+        "decodes for previews."
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "cut", "rule"),
+    [("png without its end", 12, "truncated"), ("png with a bad checksum", -1, "corrupt")],
+)
+def test_a_png_over_the_budget_keeps_its_structural_checks(name, cut, rule, monkeypatch):
+    monkeypatch.setattr(intake, "DECODE_MAX_PIXELS", 1_000)
+    data = bytearray(image_bytes("PNG", size=(200, 100)))
+    if cut == -1:
+        data[-20] ^= 0xFF  # a byte of the last IDAT chunk
+    else:
+        del data[-cut:]
+
+    with allocations(monkeypatch) as seen:
+        refused = refusal(bytes(data))
+
+    assert refused.rule == rule
+    assert seen.pillow_images == 0
+
+
+def test_a_bmp_over_the_budget_must_hold_the_pixels_its_header_promises(monkeypatch):
+    monkeypatch.setattr(intake, "DECODE_MAX_PIXELS", 1_000)
+    whole = image_bytes("BMP", size=(200, 100))
+
+    with allocations(monkeypatch) as seen:
+        assert not inspect(whole).previewable
+        refused = refusal(whole[:-100])
+
+    assert refused.rule == "truncated"
+    assert refused.reason == (
+        "is truncated: the BMP header says its pixels end at byte 60,054 but the file has 59,954"
+    )
+    assert seen.pillow_images == 0
+
+
+def test_a_webp_over_its_budget_is_never_opened_and_its_frames_are_counted(monkeypatch):
+    monkeypatch.setattr(intake, "WEBP_DECODE_MAX_PIXELS", 1_000)
+    still = image_bytes("WEBP", size=(200, 100), lossless=True)
+    animated = animated_bytes("WEBP", size=(64, 48), frames=3)
+
+    with allocations(monkeypatch) as seen:
+        one, three = inspect(still), inspect(animated)
+        assert intake.make_derivatives(io.BytesIO(still)) is None
+
+    assert (one.width, one.height, one.frame_count, one.previewable) == (200, 100, 1, False)
+    assert (three.frame_count, three.previewable) == (3, False)
+    assert seen.webp_decoders == 0
+    assert seen.pillow_images == 0
+
+
+def test_a_baseline_jpeg_over_the_budget_is_decoded_reduced_and_gets_its_preview(monkeypatch):
+    monkeypatch.setattr(intake, "DECODE_MAX_PIXELS", 1_000)
+    data = image_bytes("JPEG", size=(3_400, 1_700))
+    decoded: list[tuple[int, int]] = []
+    real_load = Image.Image.load
+
+    def spy(self):
+        if self.format == "JPEG":
+            decoded.append(self.size)
+        return real_load(self)
+
+    monkeypatch.setattr(Image.Image, "load", spy)
+    info = inspect(data)
+    made = intake.make_derivatives(io.BytesIO(data))
+
+    assert info.previewable
+    assert made is not None
+    assert _open(made.preview).size == (1600, 800)
+    # libjpeg's DCT scaling: the JPEG is decoded at half size (1,700 x 850), never 3,400 x 1,700.
+    assert decoded
+    assert max(w * h for w, h in decoded) <= 1_700 * 850
+
+
+def test_a_progressive_jpeg_over_the_budget_is_stored_without_a_preview_if_whole(monkeypatch):
+    monkeypatch.setattr(intake, "DECODE_MAX_PIXELS", 1_000)
+    data = image_bytes("JPEG", size=(200, 100), progressive=True)
+
+    with allocations(monkeypatch) as seen:
+        assert not inspect(data).previewable
+        refused = refusal(data[:-50])
+
+    assert refused.rule == "truncated"
+    assert seen.pillow_images == 0
+
+
+def test_a_stored_file_that_is_not_the_checked_bytes_is_replaced_and_logged(db, caplog):
+    from django.core.files.storage import default_storage
+
+    data = noisy("PNG")
+    sha256 = hashlib.sha256(data).hexdigest()
+    key = services.storage_key(sha256, "png")
+    default_storage.save(key, io.BytesIO(data[:100]))  # what a crash mid-write leaves
+
+    result = services.ingest(fp=io.BytesIO(data), filename="a.png", actor=None)
+
+    assert result.outcome == "stored"
+    with default_storage.open(key, "rb") as stored:
+        assert stored.read() == data
+    assert f"replacing {key}: it held 100 bytes" in caplog.text
+
+
+def test_a_stored_file_that_matches_is_reused_without_a_rewrite(db):
+    from django.core.files.storage import default_storage
+
+    data = noisy("PNG", seed=7)
+    sha256 = hashlib.sha256(data).hexdigest()
+    key = services.storage_key(sha256, "png")
+    default_storage.save(key, io.BytesIO(data))
+    before = os.stat(default_storage.path(key))
+
+    result = services.ingest(fp=io.BytesIO(data), filename="a.png", actor=None)
+
+    after = os.stat(default_storage.path(key))
+    assert result.outcome == "stored"
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert "replaced_files" not in result.image.audit_entries.get().detail

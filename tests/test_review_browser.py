@@ -190,14 +190,22 @@ def test_reviewer_reveals_approves_and_rejects_without_a_page_load(
     expect(verdict.locator(".chip")).to_have_text(["sexy"])
     assert Claim.objects.get(image=first).reviewer == reviewer_user
 
-    # V reveals, and the reveal is recorded for (rex, first).
-    reveal_url = reverse("review_reveal", args=[first.pk])
-    with page.expect_response(lambda r: r.url.endswith(reveal_url)) as revealed:
+    # The page loaded only the blurred rendition: nothing is recorded yet.
+    expect(preview).to_have_attribute(
+        "src", reverse("image_file", args=[first.pk, "preview-blurred"])
+    )
+    assert not Reveal.objects.exists()
+
+    # V reveals: the clear preview is fetched, and serving it records the reveal for (rex, first).
+    clear_url = reverse("image_file", args=[first.pk, "preview"])
+    with page.expect_response(lambda r: r.url.endswith(clear_url)) as revealed:
         page.keyboard.press("v")
-    assert revealed.value.status == 204
+    assert revealed.value.status == 200
     expect(preview).to_have_css("filter", "none")
-    assert Reveal.objects.filter(reviewer=reviewer_user, image=first).count() == 1
-    assert not Reveal.objects.filter(image__in=[second, third]).exists()
+    expect(preview).to_have_attribute("src", clear_url)
+    assert list(Reveal.objects.values_list("image", "reviewer", "variant")) == [
+        (first.pk, reviewer_user.pk, "preview")
+    ]
 
     # A approves; the next item is swapped in, blurred again, and the page is the same page.
     same = SameDocument(page)

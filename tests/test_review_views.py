@@ -206,7 +206,6 @@ EVERY_VIEW = [
     ("post", "review_preferences", False),
     ("get", "review_item", True),
     ("post", "review_decide", True),
-    ("post", "review_reveal", True),
     ("post", "review_renew", True),
     ("post", "review_undo", True),
 ]
@@ -289,7 +288,7 @@ def test_the_queue_rows_escape_what_comes_from_data(reviewer_client, queued, oth
     assert '<span class="chip">&lt;img src=x onerror=&quot;alert(1)&quot;&gt;</span>' in row
     assert "<td>&lt;b&gt;rio&lt;/b&gt;</td>" in row
     assert f'href="{reverse("review_item", args=[shown.pk])}"' in row
-    assert f'src="{reverse("image_file", args=[shown.pk, "thumbnail"])}"' in row
+    assert f'src="{reverse("image_file", args=[shown.pk, "thumbnail-blurred"])}"' in row
 
 
 def test_the_queue_rows_follow_the_greyscale_preference(reviewer_client, reviewer_user, queued):
@@ -760,7 +759,10 @@ def test_the_pane_shows_the_blurred_image_verdict_frames_details_history_and_but
     assert "<dt><kbd>A</kbd></dt><dd>Approve</dd>" in html
     assert "<dt><kbd>V</kbd></dt><dd>Reveal or blur the image</dd>" in html
     assert f'data-renew-url="{reverse("review_renew", args=[verdict_image.pk])}"' in html
-    assert f'data-reveal-url="{reverse("review_reveal", args=[verdict_image.pk])}"' in html
+    # The pane loads the blurred rendition; the clear preview only on Reveal (tests/test_views.py).
+    blurred = reverse("image_file", args=[verdict_image.pk, "preview-blurred"])
+    clear = reverse("image_file", args=[verdict_image.pk, "preview"])
+    assert f'<img src="{blurred}" data-clear-src="{clear}"' in html
     # IMM's own categories are offered first as reasons to reject.
     reasons = re.findall(r'<option value="([^"]+)">', html)
     assert reasons[:2] == ["porn", "sexy"]
@@ -1394,41 +1396,6 @@ def test_nobody_undoes_someone_elses_decision(other_client, approved_by_reviewer
     assert response.status_code == 404
     assert "There is no decision of yours to undo." in response.content.decode()
     assert snapshot(first) == before
-
-
-# ----------------------------------------------------------------------------------- reveal
-
-
-def test_revealing_records_who_saw_which_image_and_when(reviewer_client, reviewer_user, queued):
-    image = queued()
-    hold(image, reviewer_user)
-    before = timezone.now()
-
-    response = reviewer_client.post(reverse("review_reveal", args=[image.pk]), headers=HX)
-
-    assert response.status_code == 204
-    assert response.content == b""
-    reveal = Reveal.objects.get()
-    assert (reveal.image, reveal.reviewer) == (image, reviewer_user)
-    assert before <= reveal.revealed_at <= timezone.now()
-
-
-def test_each_reveal_is_recorded(reviewer_client, queued):
-    image = queued()
-
-    for _ in range(2):
-        assert reviewer_client.post(reverse("review_reveal", args=[image.pk])).status_code == 204
-
-    assert Reveal.objects.filter(image=image).count() == 2
-
-
-def test_revealing_is_post_only_and_refused_to_anonymous_visitors(reviewer_client, queued):
-    image = queued()
-
-    assert reviewer_client.get(reverse("review_reveal", args=[image.pk])).status_code == 405
-    assert Client().post(reverse("review_reveal", args=[image.pk])).status_code == 302
-    assert reviewer_client.post(reverse("review_reveal", args=[999999])).status_code == 404
-    assert not Reveal.objects.exists()
 
 
 # ------------------------------------------------------------------------------------ renew

@@ -1,13 +1,18 @@
 from __future__ import annotations
 
+import io
 import json
+import re
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.urls import reverse
+from PIL import Image as PILImage
+from PIL import ImageStat
 
 from moderation.models import AuditEntry, Image, RoutingRule
+from reviews.models import Reveal
 
 from .factories import image_bytes
 
@@ -54,6 +59,28 @@ MATRIX = [
         lambda img: reverse("image_file", args=[img["waiting"], "thumbnail"]),
         302,
         200,
+        200,
+    ),
+    # Reviewers see the EXIF-free preview, never the original (its metadata is not theirs).
+    (
+        "original, waiting",
+        lambda img: reverse("image_file", args=[img["waiting"], "original"]),
+        302,
+        404,
+        200,
+    ),
+    (
+        "blurred preview, waiting",
+        lambda img: reverse("image_file", args=[img["waiting"], "preview-blurred"]),
+        302,
+        200,
+        200,
+    ),
+    (
+        "blurred thumbnail, received",
+        lambda img: reverse("image_file", args=[img["received"], "thumbnail-blurred"]),
+        302,
+        404,
         200,
     ),
     ("review queue", lambda img: reverse("review_queue"), 302, 200, 200),
@@ -412,3 +439,179 @@ def test_resume_only_redirects_to_local_pages(admin_client):
     assert response["Location"] == reverse("image_list")
     response = admin_client.post(reverse("imm_resume"), {"next": "/images/?status=failed"})
     assert response["Location"] == "/images/?status=failed"
+
+
+# ------------------------------------------------------------- blurred by default, reveals recorded
+
+
+def served(response) -> bytes:
+    content = getattr(response, "streaming_content", None)
+    return b"".join(content) if content is not None else response.content
+
+
+def checkerboard_png(square: int = 8, size: tuple[int, int] = (640, 480)) -> bytes:
+    image = PILImage.new("L", size, 0)
+    for y in range(0, size[1], square):
+        for x in range((y // square) % 2 * square, size[0], 2 * square):
+            image.paste(255, (x, y, x + square, y + square))
+    out = io.BytesIO()
+    image.convert("RGB").save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("variant", ["preview", "thumbnail"])
+def test_serving_clear_pixels_records_a_reveal_for_that_person_and_is_never_cached(
+    variant, reviewer_client, reviewer_user, make_image
+):
+    image = make_image(status=Image.Status.AWAITING_REVIEW)
+
+    response = reviewer_client.get(reverse("image_file", args=[image.pk, variant]))
+
+    assert response.status_code == 200
+    assert response["Cache-Control"] == "private, no-store"
+    reveal = Reveal.objects.get()
+    assert (reveal.image, reveal.reviewer, reveal.variant) == (image, reviewer_user, variant)
+
+
+def test_each_serving_is_its_own_reveal_and_an_admins_original_is_marked_as_such(
+    admin_client, admin_user, make_image
+):
+    image = make_image(fmt="JPEG")
+
+    for variant in ("preview", "preview", "original"):
+        assert admin_client.get(reverse("image_file", args=[image.pk, variant])).status_code == 200
+
+    assert list(
+        Reveal.objects.filter(reviewer=admin_user).order_by("id").values_list("variant", flat=True)
+    ) == ["preview", "preview", "original"]
+
+
+def test_a_head_request_or_a_blurred_rendition_records_no_reveal(reviewer_client, make_image):
+    image = make_image(status=Image.Status.AWAITING_REVIEW)
+
+    assert (
+        reviewer_client.head(reverse("image_file", args=[image.pk, "preview"])).status_code == 200
+    )
+    for variant in ("preview-blurred", "thumbnail-blurred"):
+        response = reviewer_client.get(reverse("image_file", args=[image.pk, variant]))
+        assert response.status_code == 200
+        assert response["Content-Type"] == "image/webp"
+        assert response["Cache-Control"] == "private, max-age=86400"
+        assert response["X-Content-Type-Options"] == "nosniff"
+
+    assert not Reveal.objects.exists()
+
+
+def test_the_blurred_rendition_has_the_clear_ones_size_and_none_of_its_shapes(admin_client, db):
+    from moderation import services
+
+    result = services.ingest(fp=io.BytesIO(checkerboard_png()), filename="c.png", actor=None)
+    image = result.image
+    assert image is not None
+    for variant in ("preview", "thumbnail"):
+        clear = PILImage.open(io.BytesIO(served(admin_client.get(f"/images/{image.pk}/{variant}"))))
+        blurred = PILImage.open(
+            io.BytesIO(served(admin_client.get(f"/images/{image.pk}/{variant}-blurred")))
+        )
+        assert blurred.size == clear.size
+        # The squares are black and white (spread about 127); blurred, they are one grey.
+        assert ImageStat.Stat(clear.convert("L")).stddev[0] > 100
+        assert ImageStat.Stat(blurred.convert("L")).stddev[0] < 3
+
+
+def test_pages_load_only_blurred_renditions_and_record_nothing(
+    admin_client, reviewer_client, reviewer_user, make_image
+):
+    from reviews.models import Claim
+
+    image = make_image(status=Image.Status.AWAITING_REVIEW)
+    escalated = make_image(status=Image.Status.ESCALATED)
+    Claim.objects.create(
+        image=image,
+        reviewer=reviewer_user,
+        claimed_at=image.uploaded_at,
+        expires_at=image.uploaded_at.replace(year=image.uploaded_at.year + 1),
+    )
+    pages = [
+        (admin_client, reverse("image_list")),
+        (admin_client, reverse("image_detail", args=[image.pk])),
+        (admin_client, reverse("review_escalated")),
+        (admin_client, reverse("review_item", args=[escalated.pk])),
+        (reviewer_client, reverse("review_queue")),
+        (reviewer_client, reverse("review_item", args=[image.pk])),
+        (reviewer_client, reverse("image_detail", args=[image.pk])),
+    ]
+    for client, url in pages:
+        html = client.get(url).content.decode()
+        sources = re.findall(r'<img src="([^"]+)"', html)
+        assert sources, url
+        assert all(re.fullmatch(r"/images/\d+/(preview|thumbnail)-blurred", s) for s in sources), (
+            url,
+            sources,
+        )
+
+    assert not Reveal.objects.exists()
+
+
+def test_reveal_is_a_link_to_the_clear_preview_that_works_without_javascript(
+    reviewer_client, reviewer_user, make_image
+):
+    image = make_image(status=Image.Status.AWAITING_REVIEW)
+    html = reviewer_client.get(reverse("image_detail", args=[image.pk])).content.decode()
+    clear = reverse("image_file", args=[image.pk, "preview"])
+    link = re.search(r'<a href="([^"]+)"[^>]*data-reveal[^>]*>Reveal</a>', html)
+    assert link
+    assert link.group(1) == clear
+    assert f'data-clear-src="{clear}"' in html
+
+    assert reviewer_client.get(link.group(1)).status_code == 200
+    assert Reveal.objects.get().reviewer == reviewer_user
+
+
+def test_only_admins_are_offered_the_original(admin_client, reviewer_client, make_image):
+    image = make_image(status=Image.Status.AWAITING_REVIEW)
+    original = reverse("image_file", args=[image.pk, "original"])
+
+    assert original in admin_client.get(reverse("image_detail", args=[image.pk])).content.decode()
+    assert (
+        original
+        not in reviewer_client.get(reverse("image_detail", args=[image.pk])).content.decode()
+    )
+
+
+def test_the_separate_reveal_endpoint_is_gone(reviewer_client, make_image):
+    image = make_image(status=Image.Status.AWAITING_REVIEW)
+
+    assert reviewer_client.post(f"/reviews/{image.pk}/reveal/").status_code == 404
+    assert not Reveal.objects.exists()
+
+
+def test_an_image_without_a_preview_says_why_on_every_page(
+    admin_client, reviewer_client, make_image, monkeypatch
+):
+    from moderation import intake
+
+    monkeypatch.setattr(intake, "DECODE_MAX_PIXELS", 50_000)
+    image = make_image(status=Image.Status.AWAITING_REVIEW, size=(400, 300))
+    assert not image.preview
+    assert not image.thumbnail
+    reason = (
+        "No preview: this image is 400 x 300 (120,000 pixels), more than the 50,000 the server "
+        "decodes for previews."
+    )
+
+    for response in [
+        admin_client.get(reverse("image_detail", args=[image.pk])),
+        reviewer_client.post(reverse("review_next"), follow=True),  # claims it: the pane
+    ]:
+        assert response.status_code == 200
+        html = response.content.decode()
+        assert reason in html
+        assert "data-reveal" not in html
+    assert "No preview" in admin_client.get(reverse("image_list")).content.decode()
+    for variant in ("preview", "thumbnail", "preview-blurred", "thumbnail-blurred"):
+        assert admin_client.get(reverse("image_file", args=[image.pk, variant])).status_code == 404
+    assert admin_client.get(reverse("image_file", args=[image.pk, "original"])).status_code == 200
+    assert AuditEntry.objects.get(image=image, action="image.uploaded").detail["warnings"] == [
+        reason
+    ]

@@ -89,7 +89,7 @@ def queue_rows(rows: Iterable[Row], *, now: datetime, greyscale: bool) -> SafeSt
     they cost about 1 ms. Every value that comes from data goes through escape(); ids are ints.
     """
     item_url = escape(_url_format("review_item"))
-    thumb_url = escape(_url_format("image_file", "thumbnail"))
+    thumb_url = escape(_url_format("image_file", "thumbnail-blurred"))
     grey = "grey" if greyscale else ""
     html = []
     for row in rows:

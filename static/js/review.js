@@ -1,4 +1,5 @@
-// The review pane: keyboard shortcuts, reveal recording, lease renewal and the undo countdown.
+// The review pane: keyboard shortcuts, lease renewal and the undo countdown. (Reveals are recorded
+// by the server when it serves the clear image: see app.js.)
 // Decisions are real forms; htmx swaps the next item in, and without JavaScript they post and
 // redirect.
 (function () {
@@ -19,14 +20,6 @@
     if (target) { target.click(); return true; }
     return false;
   }
-
-  // Reveals are recorded: exposure is something admins want to see and limit.
-  document.addEventListener("reveal", function (event) {
-    const current = pane();
-    if (event.detail && event.detail.revealed && current && current.dataset.revealUrl) {
-      post(current.dataset.revealUrl);
-    }
-  });
 
   // Keep the lease while the reviewer is active on the item.
   function active() {

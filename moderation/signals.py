@@ -1,0 +1,8 @@
+"""Signals moderation sends and other apps receive (reviews records reveals): never the reverse."""
+
+from django.dispatch import Signal
+
+# Clear pixels of an image were served to a person: image, user, variant ("preview", "thumbnail"
+# or "original"). Sent before the bytes go out; a receiver that fails stops them (no unrecorded
+# exposure). reviews records each one as a Reveal.
+pixels_served = Signal()
