@@ -112,12 +112,11 @@ def locked_out(
         if username
         else None
     )
-    until = max((t for t in (by_address, by_username) if t), default=now + cool_off)
-    # Shown to the minute, rounded up: at the time the page names, signing in works.
-    until = (until + timedelta(seconds=59)).replace(second=0, microsecond=0)
+    lifts = max((t for t in (by_address, by_username) if t), default=now + cool_off)
     context = {
-        "until": until,
-        "minutes": max(1, math.ceil((until - now).total_seconds() / 60)),
+        # Shown to the minute, rounded up: at the time the page names, signing in works.
+        "until": (lifts + timedelta(seconds=59)).replace(second=0, microsecond=0),
+        "minutes": max(1, math.ceil((lifts - now).total_seconds() / 60)),
         "limit": limit,
         "cool_off_minutes": int(cool_off.total_seconds() // 60),
         "username": username if by_username else "",

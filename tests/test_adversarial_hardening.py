@@ -291,3 +291,4 @@ def test_no_page_goes_out_without_the_content_security_policy(admin_user, make_i
         assert "frame-ancestors 'none'" in policy
         assert "unsafe-inline" not in policy
         assert "unsafe-eval" not in policy
+        assert b"{#" not in response.content  # no template comment leaks into a page
