@@ -90,8 +90,12 @@ def test_retrying_while_locked_out_neither_extends_the_lockout_nor_floods_the_au
     counted = AccessAttempt.objects.get(username="ada").failures_since_start
     for _ in range(5):
         assert sign_in(client, "/accounts/login/", "ada", "another-guess").status_code == 429
-    assert AccessAttempt.objects.get(username="ada").failures_since_start == counted == limit
+    attempt = AccessAttempt.objects.get(username="ada")
+    assert attempt.failures_since_start == counted == limit
     assert len(lockouts()) == 1
+    # What axes keeps of each try masks the password.
+    assert "password=********************" in attempt.post_data
+    assert "guess" not in attempt.post_data
 
 
 def test_a_password_spray_from_one_address_locks_that_address_only(admin_user, reviewer_user):

@@ -150,6 +150,7 @@ def test_every_page_keeps_to_the_content_security_policy_in_chromium(
     anonymous = open_as(None)
     anonymous.goto("/accounts/login/")
     expect(anonymous.get_by_role("heading", name="Sign in")).to_be_visible()
+    assert complaints == []
 
     admin = open_as("ada")
     for path, heading in [
