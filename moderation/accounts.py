@@ -14,6 +14,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import Group
 from django.contrib.auth.password_validation import validate_password
+from django.contrib.auth.signals import user_logged_in
 from django.db import transaction
 from django.db.models import QuerySet
 from django.dispatch import receiver
@@ -123,6 +124,15 @@ def locked_out(
         "address": address if by_address else "",
     }
     return render(request, "registration/locked_out.html", context, status=429)
+
+
+@receiver(user_logged_in)
+def clear_own_failures(sender: object, request: HttpRequest | None, user: Any, **_: Any) -> None:
+    """A successful sign-in forgets that person's failures from that address, nothing more."""
+    if request is not None:
+        AccessAttempt.objects.filter(
+            username=user.get_username(), ip_address=client_address(request)
+        ).delete()
 
 
 @receiver(user_locked_out)

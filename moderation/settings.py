@@ -194,8 +194,11 @@ LOGIN_LOCKOUT_MINUTES = env_int("LOGIN_LOCKOUT_MINUTES", 15)
 if AXES_FAILURE_LIMIT < 1 or LOGIN_LOCKOUT_MINUTES < 1:
     raise ImproperlyConfigured("LOGIN_FAILURE_LIMIT and LOGIN_LOCKOUT_MINUTES must be at least 1")
 AXES_COOLOFF_TIME = timedelta(minutes=LOGIN_LOCKOUT_MINUTES)
-# A success clears the failures counted against that address and that username.
-AXES_RESET_ON_SUCCESS = True
+# A success clears only the failures of that username from that address (the person's own
+# typos; moderation.accounts). Axes' AXES_RESET_ON_SUCCESS would clear everything counted against
+# the address or the username, so anyone with an account of their own could sign in between
+# guesses at someone else's password and never be locked out.
+AXES_RESET_ON_SUCCESS = False
 # Attempts while locked out are refused and not counted, so a lockout ends when the page says.
 AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 # REMOTE_ADDR only, as the audit log: a BEHIND_TLS_PROXY deployment has its proxy set it.

@@ -166,6 +166,22 @@ def test_a_successful_sign_in_clears_the_failures_counted_so_far(admin_user):
     assert lockouts() == []
 
 
+def test_signing_in_to_ones_own_account_between_guesses_does_not_clear_them(
+    admin_user, reviewer_user
+):
+    """An insider (rex) guesses ada's password from their desk and signs in as themselves now
+    and then, hoping each success wipes the count."""
+    limit = getattr(django_settings, "AXES_FAILURE_LIMIT", 10)
+    client = Client()
+    for n in range(limit - 1):
+        assert sign_in(client, "/accounts/login/", "ada", f"guess-{n}").status_code == 200
+        assert sign_in(client, "/accounts/login/", "rex", PASSWORD).status_code == 302
+        client.post(reverse("logout"))
+    tripped = sign_in(client, "/accounts/login/", "ada", "one-more-guess")
+    assert tripped.status_code == 429
+    assert sign_in(Client(), "/accounts/login/", "ada", PASSWORD, "192.0.2.50").status_code == 429
+
+
 def test_an_admin_lifts_a_lockout_with_axes_reset_username(admin_user):
     limit = getattr(django_settings, "AXES_FAILURE_LIMIT", 10)
     for n in range(limit):
