@@ -71,6 +71,22 @@ def client_address(request: HttpRequest) -> str | None:
     return audit.AuditContext.from_request(request).ip_address
 
 
+def attempted_username(
+    request: HttpRequest, credentials: dict[str, Any] | None = None
+) -> str | None:
+    """The username a sign-in tried, as axes counts it (AXES_USERNAME_CALLABLE).
+
+    Cut to the longest a username can be: a longer one names nobody, and the sign-in form does
+    not refuse it, so uncut it would fail to be stored (a 500 on PostgreSQL) and go uncounted.
+    """
+    field = get_user_model().USERNAME_FIELD
+    name = credentials.get(field) if credentials else request.POST.get(field)
+    if name is None:
+        return None
+    longest = get_user_model()._meta.get_field(field).max_length or 150
+    return str(name)[:longest]
+
+
 def _lifts_at(
     attempts: QuerySet[AccessAttempt], *, limit: int, cool_off: timedelta, now: datetime
 ) -> datetime | None:

@@ -203,6 +203,7 @@ AXES_RESET_ON_SUCCESS = False
 AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 # REMOTE_ADDR only, as the audit log: a BEHIND_TLS_PROXY deployment has its proxy set it.
 AXES_CLIENT_IP_CALLABLE = "moderation.accounts.client_address"
+AXES_USERNAME_CALLABLE = "moderation.accounts.attempted_username"
 AXES_LOCKOUT_CALLABLE = "moderation.accounts.locked_out"
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -182,6 +182,21 @@ def test_signing_in_to_ones_own_account_between_guesses_does_not_clear_them(
     assert sign_in(Client(), "/accounts/login/", "ada", PASSWORD, "192.0.2.50").status_code == 429
 
 
+@pytest.mark.parametrize(
+    "username", ["a" * 300, "ädä \u202e", "ada\n2026-12-01 INFO forged log line"]
+)
+def test_odd_usernames_are_refused_plainly_and_counted_without_error(username, admin_user):
+    client = Client()
+    response = sign_in(client, "/accounts/login/", username, "guess", address="192.0.2.77")
+    assert response.status_code == 200
+    assert not signed_in(client)
+    # Whatever the name, the address is counted.
+    limit = getattr(django_settings, "AXES_FAILURE_LIMIT", 10)
+    for _ in range(limit):
+        response = sign_in(client, "/accounts/login/", username, "guess", address="192.0.2.77")
+    assert response.status_code == 429
+
+
 def test_an_admin_lifts_a_lockout_with_axes_reset_username(admin_user):
     limit = getattr(django_settings, "AXES_FAILURE_LIMIT", 10)
     for n in range(limit):
