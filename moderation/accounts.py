@@ -83,7 +83,7 @@ def attempted_username(
     name = credentials.get(field) if credentials else request.POST.get(field)
     if name is None:
         return None
-    longest = get_user_model()._meta.get_field(field).max_length or 150
+    longest = getattr(get_user_model()._meta.get_field(field), "max_length", None) or 150
     return str(name)[:longest]
 
 
