@@ -155,6 +155,7 @@ class AuditEntry(models.Model):
         "image.duplicate": "Uploaded again (duplicate)",
         "image.refused": "Upload refused",
         "user.created": "Account created",
+        "user.locked_out": "Sign-in locked out",
         "imm.submitted": "Submitted to IMM",
         "imm.resubmitted": "Resubmitted to IMM",
         "imm.submit_failed": "Submission failed",

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -113,20 +115,27 @@ INSTALLED_APPS = [
     "template_partials",
     "django_tasks",
     "django_tasks_db",
+    "axes",
     "moderation",
     "reviews",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Outermost after security, so every answer gets the policy, the lockout page included.
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Knows who is asking, and answers before anything reads the body (CSRF's process_view does).
+    "moderation.middleware.RequestBodyLimitMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: it turns a locked-out sign-in into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "moderation.urls"
@@ -167,6 +176,36 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# The standalone backend only refuses locked-out sign-ins; AxesBackend would be a second
+# ModelBackend and double every permission lookup.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+
+# Sign-in throttling (django-axes), on /accounts/login/ and /admin/login/ alike. Failures are
+# counted per client address and, separately, per username: the first stops one address trying
+# many accounts (a password spray), the second stops many addresses trying one account. A
+# combined (username, address) key would stop neither. The price: anyone can lock a named
+# account for LOGIN_LOCKOUT_MINUTES; an admin lifts it at once (manage.py axes_reset_username).
+AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 10)
+LOGIN_LOCKOUT_MINUTES = env_int("LOGIN_LOCKOUT_MINUTES", 15)
+if AXES_FAILURE_LIMIT < 1 or LOGIN_LOCKOUT_MINUTES < 1:
+    raise ImproperlyConfigured("LOGIN_FAILURE_LIMIT and LOGIN_LOCKOUT_MINUTES must be at least 1")
+AXES_COOLOFF_TIME = timedelta(minutes=LOGIN_LOCKOUT_MINUTES)
+# A success clears only the failures of that username from that address (the person's own
+# typos; moderation.accounts). Axes' AXES_RESET_ON_SUCCESS would clear everything counted against
+# the address or the username, so anyone with an account of their own could sign in between
+# guesses at someone else's password and never be locked out.
+AXES_RESET_ON_SUCCESS = False
+# Attempts while locked out are refused and not counted, so a lockout ends when the page says.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# REMOTE_ADDR only, as the audit log: a BEHIND_TLS_PROXY deployment has its proxy set it.
+AXES_CLIENT_IP_CALLABLE = "moderation.accounts.client_address"
+AXES_USERNAME_CALLABLE = "moderation.accounts.attempted_username"
+AXES_LOCKOUT_CALLABLE = "moderation.accounts.locked_out"
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -202,8 +241,15 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 
-# Uploads up to IMM's 20 MB limit (plus form overhead) are accepted by Django; larger request
-# bodies spill to temporary files rather than memory.
+# Request bodies. moderation.middleware refuses, from the declared Content-Length and before
+# anything reads the body, a body over UPLOAD_MAX_REQUEST_MB from someone who may upload, and over
+# REQUEST_MAX_KB from anyone else (anonymous clients: the sign-in form and IMM notifications,
+# which are far smaller). The page's script posts one file per request; the total is sized for
+# the no-JavaScript form, which posts every chosen file at once.
+UPLOAD_MAX_REQUEST_MB = env_int("UPLOAD_MAX_REQUEST_MB", 100)
+REQUEST_MAX_KB = env_int("REQUEST_MAX_KB", 1024)
+# Fields other than files are held in memory, up to this much; file parts over
+# FILE_UPLOAD_MAX_MEMORY_SIZE spill to temporary files rather than memory.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FILES = env_int("UPLOAD_MAX_FILES", 500)
@@ -277,6 +323,31 @@ SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 if env_bool("BEHIND_TLS_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Production over HTTPS: redirect plain HTTP (except the health check, which load balancers probe
+# over HTTP) and tell browsers to use HTTPS only (HSTS). Off by default so development over
+# http://127.0.0.1 works; README "Deploying" lists the production values.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+
+# Content-Security-Policy on every answer (django-csp): scripts, styles, images and requests from
+# this origin only; no inline script or style anywhere (htmx's own indicator style is turned off
+# in base.html), no eval, no framing, forms post here only.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF],
+        "connect-src": [SELF],
+        "frame-ancestors": [NONE],
+        "form-action": [SELF],
+        "base-uri": [NONE],
+        "object-src": [NONE],
+    }
+}
 
 LOGGING = {
     "version": 1,
@@ -289,5 +360,8 @@ LOGGING = {
         # httpx logs every request URL at INFO; the IMM client logs what matters itself.
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
+        # django-axes logs every sign-in at INFO; lockouts are logged (and audited) by
+        # moderation.accounts, with the username and address axes masks.
+        "axes": {"level": "WARNING"},
     },
 }

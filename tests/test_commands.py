@@ -168,3 +168,19 @@ def test_demo_users_take_passwords_from_the_environment(monkeypatch):
     monkeypatch.setenv("DEMO_ADMIN_PASSWORD", "changed-demo-pass")
     run("demo_users")
     assert users.get(username="admin").check_password("changed-demo-pass")
+
+
+@pytest.mark.parametrize(
+    ("password", "refusal"),
+    [
+        ("short1!", "too short"),
+        ("password123", "too common"),
+        ("8675309123", "entirely numeric"),
+        ("gretchen-1", "too similar to the username"),
+    ],
+)
+def test_create_user_applies_every_password_validator(monkeypatch, password, refusal):
+    monkeypatch.setenv("NEW_PASSWORD", password)
+    with pytest.raises(CommandError, match=refusal):
+        run("create_user", "gretchen-1", "--role", "reviewer", "--password-env", "NEW_PASSWORD")
+    assert not get_user_model().objects.filter(username="gretchen-1").exists()

@@ -2,7 +2,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import random
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -615,3 +620,88 @@ def test_an_image_without_a_preview_says_why_on_every_page(
     assert AuditEntry.objects.get(image=image, action="image.uploaded").detail["warnings"] == [
         reason
     ]
+
+
+def noise_png(seed: int, side: int = 600) -> bytes:
+    """A PNG that does not compress: about 1 MB at 600 x 600."""
+    pixels = random.Random(seed).randbytes(side * side * 3)
+    out = io.BytesIO()
+    PILImage.frombytes("RGB", (side, side), pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_a_no_javascript_upload_of_several_megabytes_is_stored(admin_client, settings):
+    files = [upload_file(f"noise-{n}.png", noise_png(n)) for n in range(3)]
+    assert sum(f.size for f in files) > 2 * settings.REQUEST_MAX_KB * 1024
+    response = admin_client.post(reverse("upload"), {"files": files})
+    assert response.status_code == 200
+    assert Image.objects.count() == 3
+
+
+def test_changing_a_password_applies_the_password_validators(admin_client, admin_user):
+    url = reverse("password_change")
+    assert admin_client.get(url).status_code == 200
+    weak = admin_client.post(
+        url,
+        {
+            "old_password": "correct-horse-battery",
+            "new_password1": "12345678",
+            "new_password2": "12345678",
+        },
+    )
+    assert weak.status_code == 200
+    assert b"This password is too common." in weak.content
+    assert b"This password is entirely numeric." in weak.content
+    admin_user.refresh_from_db()
+    assert admin_user.check_password("correct-horse-battery")
+    done = admin_client.post(
+        url,
+        {
+            "old_password": "correct-horse-battery",
+            "new_password1": "a quieter horse, stapled",
+            "new_password2": "a quieter horse, stapled",
+        },
+    )
+    assert done["Location"] == reverse("password_change_done")
+    admin_user.refresh_from_db()
+    assert admin_user.check_password("a quieter horse, stapled")
+
+
+def test_the_lockout_and_body_limits_come_from_the_environment(tmp_path):
+    script = (
+        "import django; django.setup(); from django.conf import settings as s; "
+        "print(s.AXES_FAILURE_LIMIT, s.AXES_COOLOFF_TIME.total_seconds(), "
+        "s.UPLOAD_MAX_REQUEST_MB, s.REQUEST_MAX_KB, s.SECURE_SSL_REDIRECT, s.SECURE_HSTS_SECONDS)"
+    )
+    base = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "DJANGO_SETTINGS_MODULE": "moderation.settings",
+        "DEBUG": "1",
+    }
+    root = Path(__file__).resolve().parent.parent
+
+    def run(**env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=root,
+            env={**base, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    assert run().stdout.split() == ["10", "900.0", "100", "1024", "False", "0"]
+    chosen = run(
+        LOGIN_FAILURE_LIMIT="4",
+        LOGIN_LOCKOUT_MINUTES="30",
+        UPLOAD_MAX_REQUEST_MB="250",
+        REQUEST_MAX_KB="256",
+        SECURE_SSL_REDIRECT="1",
+        SECURE_HSTS_SECONDS="31536000",
+    )
+    assert chosen.stdout.split() == ["4", "1800.0", "250", "256", "True", "31536000"]
+    refused = run(LOGIN_FAILURE_LIMIT="0")
+    assert refused.returncode != 0
+    assert "LOGIN_FAILURE_LIMIT and LOGIN_LOCKOUT_MINUTES must be at least 1" in refused.stderr

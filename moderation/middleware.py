@@ -1,0 +1,76 @@
+"""Request bodies refused by their declared size, before anything reads them.
+
+Django reads a request body only up to its Content-Length (WSGIRequest wraps the input in a
+LimitedStream of that length; a missing or unreadable length counts as an empty body), so the
+declared length bounds what can be read, and checking it here, before CSRF's process_view or a
+view parses a form, means an oversized body is never read at all: not into memory, not into a
+temporary file. A body sent without a length (Transfer-Encoding: chunked) would be silently
+treated as empty, so it is refused with 411 instead of being half-understood.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import reverse
+
+logger = logging.getLogger(__name__)
+
+MB = 1024 * 1024
+
+
+def may_upload(request: HttpRequest) -> bool:
+    user = request.user
+    return bool(user.is_authenticated and user.has_perm("moderation.add_image"))
+
+
+class RequestBodyLimitMiddleware:
+    """Answers 413 to a body over REQUEST_MAX_KB from anyone who may not upload (anonymous
+    clients included), and over UPLOAD_MAX_REQUEST_MB from anyone; 400 or 411 to a body whose
+    size is not declared as a number. Needs request.user, so it sits after authentication."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        refusal = self.refusal(request)
+        if refusal is not None:
+            status, reason = refusal
+            logger.warning(
+                "request body refused (%s) for %s from %s: %s",
+                status,
+                request.path,
+                request.META.get("REMOTE_ADDR"),
+                reason,
+            )
+            if request.path_info == reverse("imm_notification"):
+                return JsonResponse({"error": reason}, status=status)
+            return HttpResponse(reason + "\n", status=status, content_type="text/plain")
+        return self.get_response(request)
+
+    def refusal(self, request: HttpRequest) -> tuple[int, str] | None:
+        declared = request.META.get("CONTENT_LENGTH", "").strip()
+        if not declared:
+            if request.META.get("HTTP_TRANSFER_ENCODING"):
+                return 411, "a request body needs a Content-Length header"
+            return None
+        if not (declared.isascii() and declared.isdigit()):
+            return 400, "the Content-Length header is not a number of bytes"
+        length = int(declared)
+        small = settings.REQUEST_MAX_KB * 1024
+        if length <= small:
+            return None
+        if not may_upload(request):
+            return 413, (
+                f"the request body ({length / MB:.1f} MB) is larger than the "
+                f"{settings.REQUEST_MAX_KB} KB accepted here"
+            )
+        if length > settings.UPLOAD_MAX_REQUEST_MB * MB:
+            return 413, (
+                f"the request body ({length / MB:.1f} MB) is larger than the "
+                f"{settings.UPLOAD_MAX_REQUEST_MB} MB one upload may be: choose fewer files at once"
+            )
+        return None
