@@ -275,7 +275,9 @@ def _json_object(text: str | bytes, what: str) -> dict[str, Any]:
     except RecursionError:
         raise Refused(400, f"{what} is nested too deep") from None
     if not isinstance(value, dict):
-        raise Refused(400, f"{what} is a JSON {type(value).__name__}, not an object")
+        kind = {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}
+        shown = kind.get(type(value), "null")
+        raise Refused(400, f"{what} is a JSON {shown}, not an object")
     return value
 
 
