@@ -226,7 +226,7 @@ VERDICT_INT_MAX = 2**31 - 1
 _UNSTORABLE_TEXT = re.compile("[\x00\ud800-\udfff]")
 
 
-def checked_text(value: Any, what: str) -> str:
+def _checked_text(value: Any, what: str) -> str:
     """A string, or ValueError: PostgreSQL's text and jsonb refuse NUL and lone surrogates."""
     if not isinstance(value, str):
         raise ValueError(f"{what} is {_json_type(value)}, not a string")
@@ -250,13 +250,13 @@ def check_storable_json(value: Any, what: str) -> None:
                 raise ValueError(f"{what} is nested more than {JSON_MAX_DEPTH} levels deep")
             if isinstance(item, Mapping):
                 for key in item:
-                    checked_text(key, f"a key in {what}")
+                    _checked_text(key, f"a key in {what}")
                 children = list(item.values())
             else:
                 children = list(item)
             stack.extend((child, depth + 1) for child in children)
         elif isinstance(item, str):
-            checked_text(item, f"a string in {what}")
+            _checked_text(item, f"a string in {what}")
         elif isinstance(item, float) and not math.isfinite(item):
             raise ValueError(f"{what} holds NaN or an infinite number")
         elif isinstance(item, int) and not isinstance(item, bool) and abs(item) > JSON_INT_MAX:
@@ -283,7 +283,7 @@ def _json_type(value: Any) -> str:
 
 def _verdict_text(data: Mapping[str, Any], key: str, what: str) -> str:
     value = data.get(key)
-    return "" if value is None else checked_text(value, what)
+    return "" if value is None else _checked_text(value, what)
 
 
 def _verdict_int(value: Any, what: str) -> int:
@@ -400,7 +400,7 @@ class ModerationVerdict:
             uri=_verdict_text(data, "URI", "ModerationResult.URI"),
             suggestion=_verdict_text(data, "Suggestion", "ModerationResult.Suggestion"),
             categories=[
-                checked_text(c, f"ModerationResult.Categories[{n}]")
+                _checked_text(c, f"ModerationResult.Categories[{n}]")
                 for n, c in enumerate(categories)
             ],
             frames_total=_verdict_int(frames.get("TotalCount"), "Frames.TotalCount"),
@@ -892,9 +892,8 @@ def _snippet(response: httpx.Response, limit: int = 200) -> str:
 # what remains an unauthenticated client can do is bounded here: what is kept, and how many
 # distinct URLs are fetched a minute.
 MNS_CERTIFICATE_MAX_BYTES = 16 * 1024  # a PEM certificate is 1-2 KB
-MNS_CERTIFICATE_CACHE_ENTRIES = (
-    16  # certificates and remembered failures together, least recent out
-)
+# Certificates and remembered failures together; the least recently used goes first.
+MNS_CERTIFICATE_CACHE_ENTRIES = 16
 MNS_CERTIFICATE_FAILURE_SECONDS = 60.0  # a failed fetch is not tried again for this long
 # Distinct certificate URLs fetched a minute, across processes when they share Django's cache.
 MNS_CERTIFICATE_URLS_PER_MINUTE = 5
