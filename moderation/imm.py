@@ -26,11 +26,16 @@ Retries (REFERENCE.md 7.3):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
 import random
+import re
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,6 +44,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from cryptography import x509
 
 from . import acs3
 
@@ -215,18 +221,115 @@ def _text(data: Mapping[str, Any], key: str) -> str:
     return "" if value is None else str(value)
 
 
-def _int(value: Any) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
+# A verdict's counts and offsets are stored in 32-bit integer columns.
+VERDICT_INT_MAX = 2**31 - 1
+_UNSTORABLE_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
+def _checked_text(value: Any, what: str) -> str:
+    """A string, or ValueError: PostgreSQL's text and jsonb refuse NUL and lone surrogates."""
+    if not isinstance(value, str):
+        raise ValueError(f"{what} is {_json_type(value)}, not a string")
+    if _UNSTORABLE_TEXT.search(value):
+        raise ValueError(f"{what} holds a NUL character or a lone surrogate")
+    return value
+
+
+JSON_MAX_DEPTH = 32  # IMM's messages nest 6 deep at most
+JSON_INT_MAX = 2**63 - 1
+
+
+def check_storable_json(value: Any, what: str) -> None:
+    """ValueError unless `value` can be stored as jsonb: no NaN or infinity, no integer beyond 64
+    bits, no NUL or lone surrogate in a string or key, at most JSON_MAX_DEPTH levels."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping | list | tuple):
+            if depth > JSON_MAX_DEPTH:
+                raise ValueError(f"{what} is nested more than {JSON_MAX_DEPTH} levels deep")
+            if isinstance(item, Mapping):
+                for key in item:
+                    _checked_text(key, f"a key in {what}")
+                children = list(item.values())
+            else:
+                children = list(item)
+            stack.extend((child, depth + 1) for child in children)
+        elif isinstance(item, str):
+            _checked_text(item, f"a string in {what}")
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"{what} holds NaN or an infinite number")
+        elif isinstance(item, int) and not isinstance(item, bool) and abs(item) > JSON_INT_MAX:
+            raise ValueError(f"{what} holds an integer larger than 64 bits")
+        elif not (item is None or isinstance(item, bool | int | float)):
+            raise ValueError(f"{what} holds a {type(item).__name__}, which JSON has not")
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+def _verdict_text(data: Mapping[str, Any], key: str, what: str) -> str:
+    value = data.get(key)
+    return "" if value is None else _checked_text(value, what)
+
+
+def _verdict_int(value: Any, what: str) -> int:
+    """A count or offset: an integer (or one written as a string) from 0 to VERDICT_INT_MAX."""
+    if value is None:
         return 0
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 10:
+        value = int(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} is not a whole number")
+    if not 0 <= value <= VERDICT_INT_MAX:
+        raise ValueError(f"{what} is out of range (0 to {VERDICT_INT_MAX})")
+    return value
 
 
-def _float(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
+def _verdict_rate(value: Any, what: str) -> float:
+    """A confidence: a finite number (or one written as a string)."""
+    if value is None:
         return 0.0
+    if isinstance(value, str) and len(value) <= 32:
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"{what} is not a number") from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{what} is not a number")
+    try:
+        rate = float(value)
+    except OverflowError:
+        raise ValueError(f"{what} is out of range") from None
+    if not math.isfinite(rate):
+        raise ValueError(f"{what} is not a finite number")
+    return rate
+
+
+def _verdict_part(value: Any, kind: type, what: str) -> Any:
+    """A nested object or list of a verdict; absent (None) reads as empty."""
+    if value is None:
+        return kind()
+    if not isinstance(value, Mapping if kind is dict else list):
+        raise ValueError(
+            f"{what} is {_json_type(value)}, not {'an object' if kind is dict else 'a list'}"
+        )
+    return value
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
@@ -273,23 +376,35 @@ class ModerationVerdict:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModerationVerdict:
-        """Read a ModerationResult object; missing keys get empty defaults."""
-        frames = _mapping(data.get("Frames"))
-        categories = data.get("Categories")
-        return cls(
-            uri=_text(data, "URI"),
-            suggestion=_text(data, "Suggestion"),
-            categories=[str(c) for c in categories] if isinstance(categories, list) else [],
-            frames_total=_int(frames.get("TotalCount")),
-            block_frames=[
+        """Read a ModerationResult object; missing keys get empty defaults.
+
+        Numbers written as strings are read as numbers; anything else of the wrong type or out
+        of range (a list for Frames, a negative Offset, NaN) raises ValueError with the reason.
+        """
+        frames = _verdict_part(data.get("Frames"), dict, "ModerationResult.Frames")
+        categories = _verdict_part(data.get("Categories"), list, "ModerationResult.Categories")
+        block_frames = _verdict_part(frames.get("BlockFrames"), list, "Frames.BlockFrames")
+        parsed_frames = []
+        for n, frame in enumerate(block_frames):
+            what = f"Frames.BlockFrames[{n}]"
+            if not isinstance(frame, Mapping):
+                raise ValueError(f"{what} is {_json_type(frame)}, not an object")
+            parsed_frames.append(
                 BlockFrame(
-                    label=_text(frame, "Label"),
-                    offset=_int(frame.get("Offset")),
-                    rate=_float(frame.get("Rate")),
+                    label=_verdict_text(frame, "Label", f"{what}.Label"),
+                    offset=_verdict_int(frame.get("Offset"), f"{what}.Offset"),
+                    rate=_verdict_rate(frame.get("Rate"), f"{what}.Rate"),
                 )
-                for frame in frames.get("BlockFrames") or []
-                if isinstance(frame, Mapping)
+            )
+        return cls(
+            uri=_verdict_text(data, "URI", "ModerationResult.URI"),
+            suggestion=_verdict_text(data, "Suggestion", "ModerationResult.Suggestion"),
+            categories=[
+                _checked_text(c, f"ModerationResult.Categories[{n}]")
+                for n, c in enumerate(categories)
             ],
+            frames_total=_verdict_int(frames.get("TotalCount"), "Frames.TotalCount"),
+            block_frames=parsed_frames,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -536,7 +651,12 @@ class ImmClient:
             {"ProjectName": self.config.project, "TaskType": TASK_TYPE, "TaskId": task_id},
             idempotent=True,
         )
-        return ImageModerationResult.from_dict(data)
+        try:
+            return ImageModerationResult.from_dict(data)
+        except ValueError as exc:
+            raise ImmError(
+                INVALID_RESPONSE, f"GetImageModerationResult answered an unreadable verdict: {exc}"
+            ) from None
 
     def list_tasks(
         self,
@@ -766,27 +886,152 @@ def _snippet(response: httpx.Response, limit: int = 200) -> str:
 
 # --- MNS push certificates -------------------------------------------------------------------
 
-# Certificates already fetched, by URL. MNS signs with a handful of long-lived certificates, so
-# each is fetched once per process; the notification view only asks for URLs on Alibaba's hosts.
-MNS_CERTIFICATES: dict[str, bytes] = {}
-MNS_CERTIFICATE_MAX_BYTES = 64 * 1024
+# MNS signs pushes with a handful of long-lived certificates, so each is fetched once per process
+# and kept. The notification view asks only for URLs of the published form, and only for a push
+# that has passed every check it can make without the certificate (moderation/notifications.py);
+# what remains an unauthenticated client can do is bounded here: what is kept, and how many
+# distinct URLs are fetched a minute.
+MNS_CERTIFICATE_MAX_BYTES = 16 * 1024  # a PEM certificate is 1-2 KB
+# Certificates and remembered failures together; the least recently used goes first.
+MNS_CERTIFICATE_CACHE_ENTRIES = 16
+MNS_CERTIFICATE_FAILURE_SECONDS = 60.0  # a failed fetch is not tried again for this long
+# Distinct certificate URLs fetched a minute, across processes when they share Django's cache.
+MNS_CERTIFICATE_URLS_PER_MINUTE = 5
+MNS_CERTIFICATE_LIMITED = "MnsCertificateFetchLimit"  # ImmError code once the limit is reached
+# Tests put an httpx.MockTransport here; None means the network.
+MNS_CERTIFICATE_TRANSPORT: httpx.BaseTransport | None = None
 
 
-def mns_certificate(url: str, *, transport: httpx.BaseTransport | None = None) -> bytes:
-    """The PEM certificate MNS signed a push with (cached). Raises ImmError when unreachable."""
-    cached = MNS_CERTIFICATES.get(url)
-    if cached is not None:
+class _CertificateCache:
+    """An LRU of fetched certificates and of recent failures, bounded in entries, thread-safe."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[bytes | ImmError, float | None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, url: str, now: float) -> bytes | ImmError | None:
+        with self._lock:
+            entry = self._entries.get(url)
+            if entry is None:
+                return None
+            value, expires = entry
+            if expires is not None and now >= expires:
+                del self._entries[url]
+                return None
+            self._entries.move_to_end(url)
+            return value
+
+    def put(self, url: str, value: bytes | ImmError, expires: float | None = None) -> None:
+        with self._lock:
+            self._entries[url] = (value, expires)
+            self._entries.move_to_end(url)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def __contains__(self, url: str) -> bool:
+        with self._lock:
+            return url in self._entries
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+MNS_CERTIFICATES = _CertificateCache(MNS_CERTIFICATE_CACHE_ENTRIES)
+
+
+def mns_certificate(
+    url: str,
+    *,
+    transport: httpx.BaseTransport | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> bytes:
+    """The PEM certificate MNS signed a push with (cached). Raises ImmError when unavailable.
+
+    A failure is remembered for MNS_CERTIFICATE_FAILURE_SECONDS; a URL not yet held is fetched
+    only while fewer than MNS_CERTIFICATE_URLS_PER_MINUTE distinct URLs were fetched this
+    minute (ImmError code MNS_CERTIFICATE_LIMITED otherwise).
+    """
+    now = clock()
+    cached = MNS_CERTIFICATES.get(url, now)
+    if isinstance(cached, bytes):
         return cached
+    if isinstance(cached, ImmError):
+        raise ImmError(
+            cached.code, f"{cached.message} (remembered)", http_status=cached.http_status
+        )
+    if not _may_fetch_certificate(url):
+        raise ImmError(
+            MNS_CERTIFICATE_LIMITED,
+            f"over {MNS_CERTIFICATE_URLS_PER_MINUTE} distinct MNS certificate URLs this minute",
+        )
     try:
-        with httpx.Client(transport=transport, timeout=5.0, follow_redirects=False) as client:
-            response = client.get(url)
+        content = _fetch_certificate(url, transport or MNS_CERTIFICATE_TRANSPORT)
+    except ImmError as error:
+        MNS_CERTIFICATES.put(url, error, expires=now + MNS_CERTIFICATE_FAILURE_SECONDS)
+        raise
+    MNS_CERTIFICATES.put(url, content)
+    return content
+
+
+def _fetch_certificate(url: str, transport: httpx.BaseTransport | None) -> bytes:
+    try:
+        with (
+            httpx.Client(transport=transport, timeout=5.0, follow_redirects=False) as client,
+            client.stream("GET", url) as response,
+        ):
+            if response.status_code != 200:
+                raise ImmError(
+                    INVALID_RESPONSE,
+                    f"the MNS certificate URL answered HTTP {response.status_code}",
+                    http_status=response.status_code,
+                )
+            content = bytearray()
+            for chunk in response.iter_bytes():
+                content += chunk
+                if len(content) > MNS_CERTIFICATE_MAX_BYTES:
+                    raise ImmError(
+                        INVALID_RESPONSE,
+                        f"the MNS certificate is larger than {MNS_CERTIFICATE_MAX_BYTES} bytes",
+                        http_status=200,
+                    )
     except httpx.HTTPError as exc:
         raise ImmError(TRANSPORT, f"fetching the MNS certificate failed: {exc}") from None
-    if response.status_code != 200 or len(response.content) > MNS_CERTIFICATE_MAX_BYTES:
+    try:
+        x509.load_pem_x509_certificate(bytes(content))
+    except ValueError:
         raise ImmError(
-            INVALID_RESPONSE,
-            f"the MNS certificate URL answered HTTP {response.status_code}",
-            http_status=response.status_code,
-        )
-    MNS_CERTIFICATES[url] = response.content
-    return response.content
+            INVALID_RESPONSE, "the MNS certificate URL did not answer a PEM certificate"
+        ) from None
+    return bytes(content)
+
+
+def _may_fetch_certificate(url: str) -> bool:
+    """Count `url` among this minute's distinct fetches; False once over the limit.
+
+    Kept in Django's cache, so processes that share the cache share the limit. A URL counted
+    this minute keeps its answer: a retry of an allowed URL is allowed, of a refused one refused.
+    """
+    from django.core.cache import cache
+
+    window = int(time.time() // 60)
+    digest = hashlib.sha256(url.encode()).hexdigest()[:32]
+    url_key = f"mns-cert:url:{window}:{digest}"
+    decided = cache.get(url_key)
+    if decided is not None:
+        return bool(decided)
+    count_key = f"mns-cert:count:{window}"
+    cache.add(count_key, 0, timeout=120)
+    try:
+        count = cache.incr(count_key)
+    except ValueError:  # expired between add and incr
+        cache.add(count_key, 1, timeout=120)
+        count = 1
+    allowed = count <= MNS_CERTIFICATE_URLS_PER_MINUTE
+    cache.add(url_key, int(allowed), timeout=120)
+    return allowed

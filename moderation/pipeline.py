@@ -38,7 +38,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from . import audit, limits
-from .imm import ImmClient, ImmConfig, ImmError, ModerationVerdict
+from .imm import ImmClient, ImmConfig, ImmError, ModerationVerdict, check_storable_json
 from .models import (
     Image,
     ImageCategory,
@@ -423,33 +423,65 @@ class TaskMessage:
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> TaskMessage:
-        """Raise ValueError when it is not a task message we can key on."""
+        """Raise ValueError, with the reason, when it is not a task message we can key on and
+        store: no TaskId, values of the wrong type or longer than their column, bad times."""
         task_id = data.get("TaskId")
         if not isinstance(task_id, str) or not task_id:
             raise ValueError("the message has no TaskId")
         task_type = data.get("TaskType", "ImageModeration")
         if task_type != "ImageModeration":
-            raise ValueError(f"the message is for a {task_type} task, not ImageModeration")
-        status = str(data.get("Status") or "")
+            plain = isinstance(task_type, str) and task_type.isalnum() and len(task_type) <= 64
+            shown = task_type if plain else "different"
+            raise ValueError(f"the message is for a {shown} task, not ImageModeration")
+        check_storable_json(data, "the message")
+        text = {key: cls._text(data, key) for key in cls._TEXT_KEYS}
         verdict_source: Any = data.get("ModerationResult")
-        if not isinstance(verdict_source, Mapping) and "Suggestion" in data:
+        if verdict_source is not None and not isinstance(verdict_source, Mapping):
+            raise ValueError("the message's ModerationResult is not an object")
+        if verdict_source is None and "Suggestion" in data:
             verdict_source = data  # the verdict at the top level
         verdict = None
-        if isinstance(verdict_source, Mapping) and verdict_source.get("Suggestion"):
+        if verdict_source and verdict_source.get("Suggestion"):
             verdict = ModerationVerdict.from_dict(verdict_source)
+        for name, value, column in (
+            ("TaskId", task_id, "imm_task_id"),
+            ("Status", text["Status"], "status"),
+            ("Code", text["Code"], "code"),
+            ("ModerationResult.Suggestion", verdict.suggestion if verdict else "", "suggestion"),
+            ("ModerationResult.URI", verdict.uri if verdict else "", "uri"),
+        ):
+            limit = getattr(ModerationResult._meta.get_field(column), "max_length", 0)
+            if len(value) > limit:
+                raise ValueError(f"the message's {name} is longer than {limit} characters")
+        for key in ("StartTime", "EndTime"):
+            try:
+                parsed = parse_datetime(text[key]) if text[key] else None
+                if parsed is not None and timezone.is_aware(parsed):
+                    parsed.astimezone(UTC)  # what saving it does; years 1 and 9999 overflow
+            except (ValueError, OverflowError):
+                raise ValueError(f"the message's {key} is not a valid time") from None
         tags = data.get("Tags")
         return cls(
             task_id=task_id,
-            status=status,
-            code=str(data.get("Code") or ""),
-            message=str(data.get("Message") or ""),
-            start_time=str(data.get("StartTime") or ""),
-            end_time=str(data.get("EndTime") or ""),
-            user_data=str(data.get("UserData") or ""),
+            status=text["Status"],
+            code=text["Code"],
+            message=text["Message"],
+            start_time=text["StartTime"],
+            end_time=text["EndTime"],
+            user_data=text["UserData"],
             tags=tags if isinstance(tags, Mapping) else {},
             verdict=verdict,
             raw=dict(data),
         )
+
+    _TEXT_KEYS = ("Status", "Code", "Message", "StartTime", "EndTime", "UserData")
+
+    @staticmethod
+    def _text(data: Mapping[str, Any], key: str) -> str:
+        value = data.get(key)
+        if isinstance(value, Mapping | list):
+            raise ValueError(f"the message's {key} is not text")
+        return str(value or "")
 
     @property
     def needs_verdict(self) -> bool:
@@ -462,7 +494,7 @@ class TaskMessage:
             return key
         try:
             data = json.loads(self.user_data)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             return ""
         value = data.get("submission") if isinstance(data, dict) else None
         return value if isinstance(value, str) else ""

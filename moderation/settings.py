@@ -287,9 +287,13 @@ IMM_INTERVAL = env_int("IMM_INTERVAL", 1)
 IMM_MAX_FRAMES = env_int("IMM_MAX_FRAMES", 10)
 # Where IMM sends task notifications: "none", "mns:<topic>" or "rocketmq:<instance id>:<topic>".
 IMM_NOTIFICATION = env_str("IMM_NOTIFICATION", "none")
+# With IMM_NOTIFICATION=mns:<topic>, MNS pushes are taken only from that topic; set this to your
+# Alibaba Cloud account id to also require the push's TopicOwner to be that account.
+IMM_MNS_TOPIC_OWNER = env_str("IMM_MNS_TOPIC_OWNER", "").strip()
 IMM_OSS_BUCKET = env_str("IMM_OSS_BUCKET", "imm-moderation-local")
 # The shared secret a notification must carry in X-IMM-Notify-Token (MNS pushes are checked by
-# their own signature instead). Unset: only MNS-signed pushes are accepted, except under DEBUG.
+# their own signature instead, and only with IMM_NOTIFICATION=mns:<topic>). Unset: only
+# MNS-signed pushes are accepted, except under DEBUG.
 IMM_NOTIFY_TOKEN = env_secret("IMM_NOTIFY_TOKEN") or ("dev-notify-token" if DEBUG else "")
 # Seconds after submission before polling asks IMM for a result nobody notified us of.
 IMM_POLL_AFTER = env_int("IMM_POLL_AFTER", 60)

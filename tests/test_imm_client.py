@@ -512,7 +512,7 @@ def test_a_verdict_is_read_tolerantly_and_written_back_in_imms_shape():
                 "BlockFrames": [
                     {"Label": "sexy", "Offset": 2, "Rate": "97.5"},
                     {"Label": "porn", "Offset": "1", "Rate": 88},
-                    {"Label": "odd", "Rate": "not a number"},
+                    {"Label": "odd"},
                 ],
             },
         }
@@ -537,6 +537,37 @@ def test_a_verdict_is_read_tolerantly_and_written_back_in_imms_shape():
         },
     }
     assert ModerationVerdict.from_dict(verdict.as_dict()) == verdict
+
+
+@pytest.mark.parametrize(
+    ("verdict", "reason"),
+    [
+        ({"Frames": [1]}, "ModerationResult.Frames is a list, not an object"),
+        ({"Categories": "porn"}, "ModerationResult.Categories is a string, not a list"),
+        ({"Categories": [{"a": 1}]}, "ModerationResult.Categories[0] is an object, not a string"),
+        ({"Frames": {"BlockFrames": {}}}, "Frames.BlockFrames is an object, not a list"),
+        ({"Frames": {"BlockFrames": ["x"]}}, "Frames.BlockFrames[0] is a string, not an object"),
+        ({"Frames": {"TotalCount": -1}}, "Frames.TotalCount is out of range"),
+        ({"Frames": {"TotalCount": 2**40}}, "Frames.TotalCount is out of range"),
+        ({"Frames": {"TotalCount": "many"}}, "Frames.TotalCount is not a whole number"),
+        ({"Frames": {"BlockFrames": [{"Rate": "not a number"}]}}, "Rate is not a number"),
+        ({"Frames": {"BlockFrames": [{"Rate": float("nan")}]}}, "Rate is not a finite number"),
+        ({"Frames": {"BlockFrames": [{"Offset": 1.5}]}}, "Offset is not a whole number"),
+        ({"URI": "a\x00b"}, "ModerationResult.URI holds a NUL character"),
+    ],
+)
+def test_a_verdict_of_the_wrong_shape_is_refused_with_the_reason(verdict, reason):
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        ModerationVerdict.from_dict({"Suggestion": "block", **verdict})
+
+
+def test_an_unreadable_verdict_from_imm_is_an_invalid_response(imm):
+    answer = {**canned("get_image_moderation_result")}
+    answer["ModerationResult"] = {**answer["ModerationResult"], "Frames": "lots"}
+    harness = imm(ok(answer))
+    with pytest.raises(ImmError, match="unreadable verdict") as caught:
+        harness.client.get_image_moderation_result(TASK_ID)
+    assert caught.value.code == "InvalidResponse"
 
 
 def test_a_verdict_without_frames_or_categories_gets_empty_defaults():

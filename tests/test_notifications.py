@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import functools
+import hashlib
 import json
 import logging
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
+import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -240,9 +243,13 @@ def test_the_endpoint_needs_no_login_and_no_csrf(running_task):
 
 # --- MNS signatures --------------------------------------------------------------------------
 
+TOPIC = "imm-results"
+OWNER = "1234567890123456"
 
-@pytest.fixture(scope="module")
-def mns_key():
+
+@functools.cache
+def signing_key() -> tuple[rsa.RSAPrivateKey, bytes]:
+    """A key and its self-signed PEM certificate, standing in for MNS's."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mns test")])
     now = datetime.now(UTC)
@@ -259,19 +266,68 @@ def mns_key():
     return key, certificate.public_bytes(serialization.Encoding.PEM)
 
 
-@pytest.fixture
-def mns_certificate(mns_key):
-    # The certificate an MNS push names is fetched once per process and cached; a test seeds
-    # the cache instead of reaching Alibaba's certificate host.
-    imm.MNS_CERTIFICATES[CERT_URL] = mns_key[1]
-    yield mns_key[0]
-    imm.MNS_CERTIFICATES.pop(CERT_URL, None)
+def serve_certificates(monkeypatch, pem: bytes, status: int = 200) -> list[str]:
+    """Play Alibaba's certificate host at the transport; returns the URLs fetched, in order."""
+    fetched: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        fetched.append(str(request.url))
+        return httpx.Response(status, content=pem)
+
+    imm.MNS_CERTIFICATES.clear()
+    monkeypatch.setattr(imm, "MNS_CERTIFICATE_TRANSPORT", httpx.MockTransport(handler))
+    return fetched
 
 
-def mns_headers(key, body: bytes, *, cert_url=CERT_URL, date=None, tamper=False) -> dict:
+def mns_body(message: dict, *, topic=TOPIC, owner=OWNER, xml=False, encode=True) -> bytes:
+    """An MNS notification (NotifyContentFormat JSON or XML) carrying the IMM body."""
+    inner = json.dumps(message)
+    text = base64.b64encode(inner.encode()).decode() if encode else inner
+    if xml:
+        return (
+            '<?xml version="1.0" encoding="utf-8"?>'
+            '<Notification xmlns="http://mns.aliyuncs.com/doc/v1/">'
+            f"<TopicOwner>{owner}</TopicOwner><TopicName>{topic}</TopicName>"
+            "<Subscriber>123</Subscriber><SubscriptionName>dashboard</SubscriptionName>"
+            f"<MessageId>ABC</MessageId><Message>{text}</Message>"
+            "<PublishTime>1764059403456</PublishTime></Notification>"
+        ).encode()
+    return json.dumps(
+        {
+            "TopicOwner": owner,
+            "TopicName": topic,
+            "Subscriber": "123",
+            "SubscriptionName": "dashboard",
+            "MessageId": "ABC",
+            "Message": text,
+            "MessageMD5": "x",
+            "PublishTime": "1764059403456",
+        }
+    ).encode()
+
+
+def md5_as_mns_sdk_sends_it(body: bytes) -> str:
+    return base64.b64encode(hashlib.md5(body).hexdigest().encode()).decode()  # noqa: S324
+
+
+def md5_as_rfc_1864_says(body: bytes) -> str:
+    return base64.b64encode(hashlib.md5(body).digest()).decode()  # noqa: S324
+
+
+def mns_headers(
+    body: bytes,
+    *,
+    key=None,
+    cert_url=CERT_URL,
+    date=None,
+    content_md5=None,
+    content_type="text/xml;charset=utf-8",
+    tamper=False,
+) -> dict:
+    """Headers as MNS sends them, signed with `key` (the test signing key by default)."""
     headers = {
-        "Content-Type": "application/json",
-        "Content-MD5": "",
+        "Content-Type": content_type,
+        "Content-MD5": md5_as_mns_sdk_sends_it(body) if content_md5 is None else content_md5,
         "Date": format_datetime(date or datetime.now(UTC), usegmt=True),
         "x-mns-request-id": "REQ1",
         "x-mns-version": "2015-06-06",
@@ -280,22 +336,62 @@ def mns_headers(key, body: bytes, *, cert_url=CERT_URL, date=None, tamper=False)
     to_sign = notifications.mns_string_to_sign("POST", URL, headers)
     if tamper:
         to_sign += "x"
-    signature = key.sign(to_sign.encode(), padding.PKCS1v15(), hashes.SHA1())  # noqa: S303
+    signature = (key or signing_key()[0]).sign(
+        to_sign.encode(),
+        padding.PKCS1v15(),
+        hashes.SHA1(),  # noqa: S303
+    )
     headers["Authorization"] = base64.b64encode(signature).decode()
     return headers
 
 
 def post_mns(body: bytes, headers: dict):
+    content_type = headers.get("Content-Type", "")
     headers = {k: v for k, v in headers.items() if k != "Content-Type"}
-    return Client().post(URL, data=body, content_type="application/json", headers=headers)
+    return Client().post(URL, data=body, content_type=content_type, headers=headers)
 
 
-def test_a_signed_mns_push_is_accepted_without_a_token(running_task, mns_certificate):
-    body = json.dumps(envelope(task_message(running_task.task_id))).encode()
-    response = post_mns(body, mns_headers(mns_certificate, body))
+@pytest.fixture
+def mns(settings, monkeypatch) -> list[str]:
+    """A deployment notified by MNS topic TOPIC; returns the certificate URLs fetched."""
+    settings.IMM_NOTIFICATION = f"mns:{TOPIC}"
+    settings.IMM_REGION = "cn-hangzhou"
+    settings.IMM_MNS_TOPIC_OWNER = ""
+    return serve_certificates(monkeypatch, signing_key()[1])
+
+
+@pytest.mark.parametrize("xml", [False, True], ids=["json", "xml"])
+def test_a_signed_mns_push_is_accepted_without_a_token(running_task, mns, xml):
+    body = mns_body(envelope(task_message(running_task.task_id)), xml=xml)
+    response = post_mns(body, mns_headers(body))
     assert response.status_code == 201  # what MNS's own sample answers
     running_task.image.refresh_from_db()
     assert running_task.image.status == Image.Status.REJECTED
+    assert mns == [CERT_URL]
+
+
+@pytest.mark.parametrize(
+    "content_md5", [md5_as_mns_sdk_sends_it, md5_as_rfc_1864_says], ids=["sdk", "rfc1864"]
+)
+def test_content_md5_is_accepted_in_both_encodings_mns_sources_give(running_task, mns, content_md5):
+    body = mns_body(task_message(running_task.task_id, suggestion="pass"))
+    response = post_mns(body, mns_headers(body, content_md5=content_md5(body)))
+    assert response.status_code == 201
+    running_task.image.refresh_from_db()
+    assert running_task.image.status == Image.Status.APPROVED
+
+
+def test_the_topic_owner_is_checked_when_it_is_configured(running_task, mns, settings):
+    settings.IMM_MNS_TOPIC_OWNER = OWNER
+    body = mns_body(task_message(running_task.task_id), owner="999")
+    response = post_mns(body, mns_headers(body))
+    assert response.status_code == 403
+    assert "TopicOwner" in response.json()["error"]
+    assert not ModerationResult.objects.exists()
+
+    body = mns_body(task_message(running_task.task_id), owner=OWNER)
+    assert post_mns(body, mns_headers(body)).status_code == 201
+    assert ModerationResult.objects.count() == 1
 
 
 @pytest.mark.parametrize(
@@ -304,58 +400,167 @@ def test_a_signed_mns_push_is_accepted_without_a_token(running_task, mns_certifi
         ({"tamper": True}, 403, "signature does not verify"),
         ({"date": datetime.now(UTC) - timedelta(minutes=20)}, 403, "more than 15 minutes old"),
         (
-            {"cert_url": "https://evil.example.com/cert.pem"},
+            {"cert_url": "https://evil.example.com/x509_public_certificate.pem"},
             403,
-            "not from Alibaba Cloud's certificate host",
+            "not one of Alibaba Cloud's published certificate URLs",
         ),
     ],
 )
-def test_a_bad_mns_push_is_refused(running_task, mns_certificate, change, status, reason):
-    body = json.dumps(envelope(task_message(running_task.task_id))).encode()
-    response = post_mns(body, mns_headers(mns_certificate, body, **change))
+def test_a_bad_mns_push_is_refused(running_task, mns, change, status, reason):
+    body = mns_body(envelope(task_message(running_task.task_id)))
+    response = post_mns(body, mns_headers(body, **change))
     assert response.status_code == status
     assert reason in response.json()["error"]
     running_task.image.refresh_from_db()
     assert running_task.image.status == Image.Status.SUBMITTED
+    assert not ModerationResult.objects.exists()
 
 
-def test_an_mns_push_signed_by_another_key_is_refused(running_task, mns_certificate):
+def test_an_mns_push_signed_by_another_key_is_refused(running_task, mns):
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    body = json.dumps(envelope(task_message(running_task.task_id))).encode()
-    response = post_mns(body, mns_headers(other, body))
+    body = mns_body(envelope(task_message(running_task.task_id)))
+    response = post_mns(body, mns_headers(body, key=other))
     assert response.status_code == 403
     assert not ModerationResult.objects.exists()
 
 
-def test_an_mns_certificate_that_cannot_be_fetched_is_a_502_so_mns_retries(mns_key):
-    body = b"{}"
-    headers = mns_headers(mns_key[0], body)
+@pytest.mark.parametrize("status", [404, 503])
+def test_an_mns_certificate_that_cannot_be_fetched_is_a_502_so_mns_retries(
+    running_task, mns, monkeypatch, status
+):
+    fetched = serve_certificates(monkeypatch, b"nothing here", status=status)
+    body = mns_body(task_message(running_task.task_id))
+    response = post_mns(body, mns_headers(body))
+    assert response.status_code == 502
+    assert response.json() == {"error": "the MNS signing certificate could not be fetched"}
+    assert fetched == [CERT_URL]
+    assert not ModerationResult.objects.exists()
 
-    def unreachable(url: str) -> bytes:
-        raise imm.ImmError(imm.TRANSPORT, "connection refused")
 
-    with pytest.raises(notifications.Refused) as refused:
-        notifications.verify_mns(
-            method="POST", path=URL, headers=headers, certificate_for=unreachable
-        )
-    assert refused.value.status == 502
+def test_mns_certificates_are_fetched_once_and_cached(running_task, mns):
+    for suggestion in ("review", "block"):
+        message = task_message(running_task.task_id, suggestion=suggestion)
+        body = mns_body(message)
+        assert post_mns(body, mns_headers(body)).status_code == 201
+    assert mns == [CERT_URL]
+    assert ModerationResult.objects.count() == 2
 
 
-def test_mns_certificates_are_fetched_once_and_cached():
-    import httpx
+def test_a_failed_certificate_fetch_is_remembered_for_a_minute(monkeypatch):
+    url = "https://mns-cert.oss-cn-hangzhou.aliyuncs.com/x509_public_certificate.pem"
+    fetched = serve_certificates(monkeypatch, b"", status=404)
+    clock = iter([1000.0, 1030.0, 1061.0])
+    for _ in range(3):
+        with pytest.raises(imm.ImmError):
+            imm.mns_certificate(url, clock=lambda: next(clock))
+    assert fetched == [url, url]  # not at 30 s, again after 60 s
 
-    calls = []
 
-    def handler(request):
-        calls.append(str(request.url))
-        return httpx.Response(200, content=b"-----BEGIN CERTIFICATE-----\n...")
+def test_the_certificate_cache_keeps_the_most_recently_used_and_drops_the_rest(monkeypatch):
+    monkeypatch.setattr(imm, "MNS_CERTIFICATE_URLS_PER_MINUTE", 100)
+    fetched = serve_certificates(monkeypatch, signing_key()[1])
+    base = "https://mns-cert.oss-cn-hangzhou.aliyuncs.com/x509_public_certificate.pem.v"
+    first = base + "0"
+    imm.mns_certificate(first)
+    for n in range(1, imm.MNS_CERTIFICATE_CACHE_ENTRIES + 5):
+        imm.mns_certificate(first)  # used again each time: stays
+        imm.mns_certificate(f"{base}{n}")
+    assert len(imm.MNS_CERTIFICATES) == imm.MNS_CERTIFICATE_CACHE_ENTRIES
+    assert fetched.count(first) == 1
+    assert f"{base}1" not in imm.MNS_CERTIFICATES
+    imm.mns_certificate(f"{base}1")
+    assert fetched.count(f"{base}1") == 2
 
-    url = "https://mns-cert.oss-cn-hangzhou.aliyuncs.com/cached.pem"
-    imm.MNS_CERTIFICATES.pop(url, None)
-    try:
-        transport = httpx.MockTransport(handler)
-        assert imm.mns_certificate(url, transport=transport).startswith(b"-----BEGIN")
-        imm.mns_certificate(url, transport=transport)
-        assert calls == [url]
-    finally:
-        imm.MNS_CERTIFICATES.pop(url, None)
+
+def test_a_certificate_larger_than_the_bound_is_not_kept(monkeypatch):
+    url = "https://mns-cert.oss-cn-hangzhou.aliyuncs.com/x509_public_certificate.pem"
+    fetched = serve_certificates(monkeypatch, signing_key()[1] + b"\n" * 20_000)
+    with pytest.raises(imm.ImmError, match="larger than"):
+        imm.mns_certificate(url)
+    assert fetched == [url]
+    assert isinstance(imm.MNS_CERTIFICATES.get(url, 0.0), imm.ImmError)
+
+
+@pytest.mark.parametrize(
+    ("url", "region", "published"),
+    [
+        (
+            "https://mnstest.oss-cn-hangzhou.aliyuncs.com/x509_public_certificate.pem",
+            "eu-central-1",
+            True,
+        ),
+        (
+            "https://mns-cert.oss-cn-beijing.aliyuncs.com/x509_public_certificate.pem",
+            "cn-beijing",
+            True,
+        ),
+        (
+            "https://mns-cert.oss-cn-hangzhou.aliyuncs.com/x509_public_certificate.pem.version2",
+            "cn-hangzhou",
+            True,
+        ),
+        (
+            "https://mns-cert.oss-cn-beijing.aliyuncs.com/x509_public_certificate.pem",
+            "cn-hangzhou",
+            False,
+        ),
+        (
+            "http://mnstest.oss-cn-hangzhou.aliyuncs.com/x509_public_certificate.pem",
+            "cn-hangzhou",
+            False,
+        ),
+        (
+            "https://mnstest.oss-cn-hangzhou.aliyuncs.com:443/x509_public_certificate.pem",
+            "cn-hangzhou",
+            False,
+        ),
+        (
+            "https://u:p@mnstest.oss-cn-hangzhou.aliyuncs.com/x509_public_certificate.pem",
+            "cn-hangzhou",
+            False,
+        ),
+        (
+            "https://mnstest.oss-cn-hangzhou.aliyuncs.com/x509_public_certificate.pem?x=1",
+            "cn-hangzhou",
+            False,
+        ),
+        (
+            "https://mnstest.oss-cn-hangzhou.aliyuncs.com/x509_public_certificate.pem#x",
+            "cn-hangzhou",
+            False,
+        ),
+        (
+            "https://mnstest.oss-cn-hangzhou.aliyuncs.com/x509_public_certificate%2Epem",
+            "cn-hangzhou",
+            False,
+        ),
+        (
+            "https://mnstest.oss-cn-hangzhou.aliyuncs.com/x509_public_certificate.pem/../a",
+            "cn-hangzhou",
+            False,
+        ),
+        (
+            "https://mnstest.oss-cn-hangzhou.aliyuncs.com/./x509_public_certificate.pem",
+            "cn-hangzhou",
+            False,
+        ),
+        ("https://mnstest.oss-cn-hangzhou.aliyuncs.com/other.pem", "cn-hangzhou", False),
+        (
+            "https://mnstest.oss-cn-hangzhou.aliyuncs.com.evil.com/x509_public_certificate.pem",
+            "cn-hangzhou",
+            False,
+        ),
+        (
+            "https://MNSTEST.oss-cn-hangzhou.aliyuncs.com/x509_public_certificate.pem",
+            "cn-hangzhou",
+            False,
+        ),
+        (
+            "https://mnstest.oss-cn-hangzhou.aliyuncs.com/x509_public_certificate.pem\n",
+            "cn-hangzhou",
+            False,
+        ),
+    ],
+)
+def test_only_the_published_certificate_urls_are_accepted(url, region, published):
+    assert notifications.is_published_certificate_url(url, region) is published
