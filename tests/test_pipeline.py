@@ -1468,3 +1468,225 @@ def test_a_kept_result_is_pruned_only_after_two_weeks(make_image, imm):
         )
         == 1
     )
+
+
+# --- Who may move an image: every state x every later IMM message ----------------------------
+
+LATER = "2025-05-20T10:00:00.000Z"  # after every message that built the state
+WAITING = Image.Status.AWAITING_REVIEW
+
+
+def _person(make_image, imm, reviewer_user, verdict: str, *, undo: bool = False) -> Image:
+    from reviews import services as reviews
+    from reviews.models import Decision
+
+    image, task = submitted(make_image, imm)
+    deliver(task.task_id, "review", categories=("sexy",))
+    claim = reviews.claim_next(reviewer=reviewer_user)
+    assert claim is not None
+    assert claim.image_id == image.pk
+    reason = {Decision.Verdict.APPROVE: ""}.get(verdict, "a person looked at it")
+    outcome = reviews.decide(
+        image_id=image.pk, reviewer=reviewer_user, verdict=verdict, reason=reason
+    )
+    if undo:
+        reviews.undo(decision_id=outcome.decision.pk, reviewer=reviewer_user)
+    return image
+
+
+def _state(name: str, make_image, imm, reviewer_user, admin_user) -> tuple[Image, dict[str, Any]]:
+    """An image brought to the named state the way it gets there, and how IMM then names its task.
+
+    The keyword arguments are for `deliver`: the TaskId (and the submission tag, when IMM's word
+    arrives before the create response gave us the TaskId).
+    """
+    from reviews import services as reviews
+    from reviews.models import Decision
+
+    if name == "received, submission in flight":
+        image = make_image()
+        task = ModerationTask.objects.create(
+            image=image, submission_key=uuid.uuid4().hex, attempts=1, ambiguous=True
+        )
+        return image, {
+            "task_id": f"ImageModeration-{uuid.uuid4()}",
+            "tags": {"submission": task.submission_key},
+        }
+    image, task = submitted(make_image, imm)
+    if name == "received after an admin's retry":
+        deliver(task.task_id, suggestion="", status="Failed", code="InvalidArgument")
+        image.refresh_from_db()
+        assert pipeline.retry_image(image=image, actor=admin_user, context=audit.SYSTEM_CONTEXT)
+    elif name == "submitted":
+        pass
+    elif name == "awaiting review":
+        deliver(task.task_id, "review", categories=("sexy",))
+    elif name == "awaiting review, held by a reviewer":
+        deliver(task.task_id, "review", categories=("sexy",))
+        assert reviews.claim_next(reviewer=reviewer_user) is not None
+    elif name == "approved by IMM":
+        deliver(task.task_id, "pass")
+    elif name == "rejected by IMM":
+        deliver(task.task_id, "block", categories=("porn",))
+    elif name == "failed (IMM said Failed)":
+        deliver(task.task_id, suggestion="", status="Failed", code="InvalidArgument")
+    elif name == "expired":
+        pipeline.expire(task, reason="IMM no longer knows it")
+    elif name == "approved by a person":
+        image = _person(make_image, imm, reviewer_user, Decision.Verdict.APPROVE)
+    elif name == "rejected by a person":
+        image = _person(make_image, imm, reviewer_user, Decision.Verdict.REJECT)
+    elif name == "escalated by a reviewer":
+        image = _person(make_image, imm, reviewer_user, Decision.Verdict.ESCALATE)
+    elif name == "awaiting review after a person's undo":
+        image = _person(make_image, imm, reviewer_user, Decision.Verdict.APPROVE, undo=True)
+    else:
+        raise AssertionError(name)
+    image.refresh_from_db()
+    return image, {"task_id": image.moderation_tasks.get().task_id}
+
+
+A_VERDICT = "it has a verdict, which IMM's later failure does not take away"
+A_PERSON = "a person has decided this image; IMM's later word does not override it"
+ESCALATED_KEPT = "a reviewer escalated this image; only an admin decides it"
+RETRIED = "an admin asked for a new check; the new submission decides"
+# state: (state it is in, then where IMM's later pass / review / block / Failed leaves it; a
+# string is the reason the word is kept instead, and the image stays where it was).
+IMM_MOVES: dict[str, tuple[str, tuple[str, str, str, str]]] = {
+    "received, submission in flight": (
+        Image.Status.RECEIVED,
+        (Image.Status.APPROVED, WAITING, Image.Status.REJECTED, Image.Status.FAILED),
+    ),
+    "received after an admin's retry": (Image.Status.RECEIVED, (RETRIED,) * 4),
+    "submitted": (
+        Image.Status.SUBMITTED,
+        (Image.Status.APPROVED, WAITING, Image.Status.REJECTED, Image.Status.FAILED),
+    ),
+    "awaiting review": (
+        WAITING,
+        (Image.Status.APPROVED, WAITING, Image.Status.REJECTED, A_VERDICT),
+    ),
+    "awaiting review, held by a reviewer": (
+        WAITING,
+        (Image.Status.APPROVED, WAITING, Image.Status.REJECTED, A_VERDICT),
+    ),
+    "approved by IMM": (
+        Image.Status.APPROVED,
+        (Image.Status.APPROVED, WAITING, Image.Status.REJECTED, A_VERDICT),
+    ),
+    "rejected by IMM": (
+        Image.Status.REJECTED,
+        (Image.Status.APPROVED, WAITING, Image.Status.REJECTED, A_VERDICT),
+    ),
+    "approved by a person": (Image.Status.APPROVED, (A_PERSON,) * 4),
+    "rejected by a person": (Image.Status.REJECTED, (A_PERSON,) * 4),
+    "failed (IMM said Failed)": (
+        Image.Status.FAILED,
+        (Image.Status.APPROVED, WAITING, Image.Status.REJECTED, "it has failed already"),
+    ),
+    "expired": (
+        Image.Status.EXPIRED,
+        (Image.Status.APPROVED, WAITING, Image.Status.REJECTED, Image.Status.FAILED),
+    ),
+    "escalated by a reviewer": (Image.Status.ESCALATED, (ESCALATED_KEPT,) * 4),
+    "awaiting review after a person's undo": (
+        WAITING,
+        (Image.Status.APPROVED, WAITING, Image.Status.REJECTED, A_VERDICT),
+    ),
+}
+LATER_WORDS = {
+    "pass": {"suggestion": "pass"},
+    "review": {"suggestion": "review", "categories": ("sexy",)},
+    "block": {"suggestion": "block", "categories": ("porn",)},
+    "Failed": {"suggestion": "", "status": "Failed", "code": "InternalError", "text": "later"},
+}
+
+
+def test_the_table_covers_every_image_state():
+    assert set(pipeline.IMM_MAY_MOVE) == set(Image.Status.values)
+    assert {state for state, _ in IMM_MOVES.values()} == set(Image.Status.values)
+
+
+@pytest.mark.parametrize("word", list(LATER_WORDS))
+@pytest.mark.parametrize("state", list(IMM_MOVES))
+def test_imm_s_later_word_moves_an_image_only_out_of_the_states_the_table_allows(
+    state, word, make_image, imm, reviewer_user, admin_user
+):
+    image, naming = _state(state, make_image, imm, reviewer_user, admin_user)
+    before, outcomes = IMM_MOVES[state]
+    expected = outcomes[list(LATER_WORDS).index(word)]
+    assert image.status == before
+    human_decided_at = image.human_decided_at
+    seq = AuditEntry.objects.order_by("-seq").values_list("seq", flat=True).first()
+
+    outcome = deliver(end=LATER, **naming, **LATER_WORDS[word])
+
+    assert outcome.what == "recorded"
+    result = outcome.result
+    image.refresh_from_db()
+    assert image.human_decided_at == human_decided_at
+    written = list(AuditEntry.objects.filter(seq__gt=seq).order_by("seq"))
+    [received] = [e for e in written if e.action == "imm.result_received"]
+    assert received.image == image
+    assert (received.state_before, received.state_after) == (before, before)
+    assert received.detail["result_id"] == result.pk
+    moves = [e for e in written if e.action in ("imm.routed", "imm.failed")]
+    if expected in Image.Status.values:
+        assert result.applied is True
+        assert image.status == expected
+        assert received.reason == ""
+        if word == "Failed":
+            assert result.outcome == "task failed"
+        else:
+            assert result.outcome.startswith(f"routed: IMM said {word}")
+        if expected == before:  # already where this word sends it: no move
+            assert moves == []
+        else:
+            [move] = moves
+            assert (move.state_before, move.state_after) == (before, expected)
+    else:
+        assert image.status == before
+        assert result.applied is False
+        assert result.outcome == f"kept: {expected}"
+        assert received.reason == result.outcome
+        assert moves == []
+    assert_chain_intact()
+
+
+def test_an_escalated_image_keeps_imm_s_manual_review_for_the_admin_to_see(
+    make_image, imm, reviewer_user, admin_client
+):
+    from reviews.models import Decision
+
+    image = _person(make_image, imm, reviewer_user, Decision.Verdict.ESCALATE)
+    task = image.moderation_tasks.get()
+
+    outcome = deliver(task.task_id, "pass", end=LATER)
+
+    image.refresh_from_db()
+    assert image.status == Image.Status.ESCALATED
+    assert outcome.result.applied is False
+    assert outcome.result.outcome == f"kept: {ESCALATED_KEPT}"
+    html = admin_client.get(f"/reviews/{image.pk}/").content.decode()
+    assert (
+        f'IMM result received <span class="muted">by system</span> — kept: {ESCALATED_KEPT}' in html
+    )
+    detail = admin_client.get(image.get_absolute_url()).content.decode()
+    assert "kept: a reviewer escalated this image" in detail
+
+
+def test_an_expiry_does_not_move_an_image_the_table_keeps(make_image, imm, admin_user):
+    # A task IMM forgot while the image was escalated (a resubmitted task cannot be: only a
+    # received image is submitted); the table is consulted there as well.
+    image, task = submitted(make_image, imm)
+    Image.objects.filter(pk=image.pk).update(status=Image.Status.ESCALATED)
+
+    pipeline.expire(task, reason="IMM no longer knows it")
+
+    image.refresh_from_db()
+    task.refresh_from_db()
+    assert image.status == Image.Status.ESCALATED
+    assert task.state == ModerationTask.State.EXPIRED
+    [entry] = entries("imm.expired", image)
+    assert (entry.state_before, entry.state_after) == ("escalated", "escalated")
+    assert entry.reason == f"IMM no longer knows it ({ESCALATED_KEPT})"
