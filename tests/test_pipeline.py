@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 import threading
 import uuid
 from collections import defaultdict, deque
@@ -1690,3 +1692,141 @@ def test_an_expiry_does_not_move_an_image_the_table_keeps(make_image, imm, admin
     [entry] = entries("imm.expired", image)
     assert (entry.state_before, entry.state_after) == ("escalated", "escalated")
     assert entry.reason == f"IMM no longer knows it ({ESCALATED_KEPT})"
+
+
+# --- One lock order: the image, then the task ------------------------------------------------
+
+
+@pytest.fixture
+def row_locks(monkeypatch) -> Iterator[Callable[[], list[list[str]]]]:
+    """The tables each SELECT ... FOR UPDATE locked, in order, one list per transaction.
+
+    SQLite has no row locks and Django leaves FOR UPDATE out there: the test makes Django write
+    it (so the order is recorded on both databases) and takes it off before SQLite runs it.
+    """
+    if not connection.features.has_select_for_update:
+        monkeypatch.setattr(connection.features, "has_select_for_update", True)
+        monkeypatch.setattr(connection.features, "has_select_for_update_skip_locked", True)
+
+        def without_for_update(execute, sql, params, many, context):
+            return execute(re.sub(r" FOR UPDATE( SKIP LOCKED)?$", "", sql), params, many, context)
+
+        wrapper = connection.execute_wrapper(without_for_update)
+    else:
+        wrapper = contextlib.nullcontext()
+    with wrapper, CaptureQueriesContext(connection) as captured:
+
+        def read() -> list[list[str]]:
+            groups: dict[str, list[str]] = {}
+            stack: list[str] = []
+            for query in captured.captured_queries:
+                sql = query["sql"]
+                if sql.startswith("SAVEPOINT "):
+                    stack.append(sql.split()[1])
+                    if len(stack) == 1:
+                        groups[stack[0]] = []
+                elif sql.startswith(("RELEASE SAVEPOINT ", "ROLLBACK TO SAVEPOINT ")):
+                    stack = stack[: stack.index(sql.split()[-1])]
+                elif "FOR UPDATE" in sql:
+                    table = re.search(r'FROM "(\w+)"', sql)
+                    assert table is not None, sql
+                    assert stack, f"a row lock outside any transaction block: {sql}"
+                    groups[stack[0]].append(table.group(1))
+            return [locked for locked in groups.values() if locked]
+
+        yield read
+
+
+IMAGE_TABLE = Image._meta.db_table
+TASK_TABLE = ModerationTask._meta.db_table
+
+
+def assert_image_before_task(transactions: list[list[str]]) -> None:
+    for locked in transactions:
+        both = [t for t in locked if t in (IMAGE_TABLE, TASK_TABLE)]
+        if TASK_TABLE in both:
+            assert both[0] == IMAGE_TABLE, f"the task was locked before its image: {locked}"
+
+
+def _path_submit(make_image, fake, imm) -> Callable[[], object]:
+    image = make_image()
+    return lambda: pipeline.submit(image_id=image.pk, client=imm)
+
+
+def _path_adopt_after_a_lost_answer(make_image, fake, imm) -> Callable[[], object]:
+    image = make_image()
+    fake.faults[CREATE].append(acts_then_times_out)
+    assert pipeline.submit(image_id=image.pk, client=imm).what == "retrying"
+    ModerationTask.objects.update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+    return lambda: pipeline.submit(image_id=image.pk, client=imm)
+
+
+def _path_refused_submission(make_image, fake, imm) -> Callable[[], object]:
+    image = make_image()
+    fake.faults[CREATE].append(imm_error(400, "InvalidArgument", "bad"))
+    return lambda: pipeline.submit(image_id=image.pk, client=imm)
+
+
+def _path_throttled_submission(make_image, fake, imm) -> Callable[[], object]:
+    image = make_image()
+    fake.down[CREATE] = throttled()
+    return lambda: pipeline.submit(image_id=image.pk, client=imm)
+
+
+def _path_result(make_image, fake, imm) -> Callable[[], object]:
+    _image, task = submitted(make_image, imm)
+    return lambda: deliver(task.task_id, "review", categories=("sexy",))
+
+
+def _path_result_before_the_create_response(make_image, fake, imm) -> Callable[[], object]:
+    image = make_image()
+    task = ModerationTask.objects.create(image=image, submission_key="s" * 32, attempts=1)
+    return lambda: deliver(
+        "ImageModeration-early", "pass", tags={"submission": task.submission_key}
+    )
+
+
+def _path_kept_result_claimed(make_image, fake, imm) -> Callable[[], object]:
+    _image, task = submitted(make_image, imm)
+    deliver("ImageModeration-kept", "block", categories=("porn",))
+    ModerationTask.objects.filter(pk=task.pk).update(task_id="ImageModeration-kept")
+    return pipeline.claim_unmatched_results
+
+
+def _path_expiry(make_image, fake, imm) -> Callable[[], object]:
+    _image, task = submitted(make_image, imm)
+    return lambda: pipeline.expire(task, reason="IMM no longer knows it")
+
+
+def _path_poll_round(make_image, fake, imm) -> Callable[[], object]:
+    _done, finished = submitted(make_image, imm)
+    fake.finish(finished.task_id, "pass")
+    _gone, forgotten = submitted(make_image, imm)
+    del fake.tasks[forgotten.task_id]
+    later = timezone.now() + timedelta(hours=1)
+    return lambda: pipeline.poll_once(client=imm, now=later)
+
+
+LOCKING_PATHS = {
+    "submission": _path_submit,
+    "adopting a task after a lost answer": _path_adopt_after_a_lost_answer,
+    "a refused submission": _path_refused_submission,
+    "a throttled submission": _path_throttled_submission,
+    "a result": _path_result,
+    "a result before the create response": _path_result_before_the_create_response,
+    "a kept result claimed": _path_kept_result_claimed,
+    "an expiry": _path_expiry,
+    "a poll round": _path_poll_round,
+}
+
+
+@pytest.mark.parametrize("path", list(LOCKING_PATHS))
+def test_every_path_locks_the_image_before_the_task(path, make_image, fake, imm, row_locks):
+    run = LOCKING_PATHS[path](make_image, fake, imm)
+    before = len(row_locks())
+
+    run()
+
+    transactions = row_locks()[before:]
+    assert any(TASK_TABLE in locked for locked in transactions), transactions
+    assert_image_before_task(transactions)
