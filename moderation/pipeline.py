@@ -844,6 +844,35 @@ def route(
     return Image.Status.AWAITING_REVIEW, f"IMM said {suggestion or 'nothing'}: a person decides"
 
 
+def checked_frames(
+    *,
+    frames_total: int,
+    frame_count: int,
+    interval: int,
+    max_frames: int,
+    block_frames: Iterable[Mapping[str, Any]],
+) -> list[tuple[int, Mapping[str, Any] | None]]:
+    """The frames IMM checked, by their number in the image, each with its BlockFrame if any.
+
+    IMM samples frames 0, Interval, 2 x Interval, ... below the image's frame count, at most
+    MaxFrames of them, and a BlockFrame's Offset is the frame's number in the image (the emulator
+    reports it so). So with Interval 3 on a 30-frame GIF the ten checked frames are 0, 3, ..., 27
+    and an Offset of 6 is the third of them. When TotalCount disagrees with that grid (IMM read
+    the frame count otherwise) IMM's count wins along the same step, never beyond MaxFrames. An
+    offending frame off the grid is listed all the same, in its place: never dropped.
+    """
+    step, most = max(interval, 1), max(max_frames, 1)
+    grid = list(range(0, max(frame_count, 1), step))[:most]
+    if frames_total != len(grid):
+        grid = [n * step for n in range(min(frames_total, most))]
+    hits: dict[int, Mapping[str, Any]] = {}
+    for frame in block_frames:
+        offset = frame.get("Offset")
+        if isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0:
+            hits.setdefault(offset, frame)
+    return [(number, hits.get(number)) for number in sorted({*grid, *hits})]
+
+
 # --- Polling ---------------------------------------------------------------------------------
 
 

@@ -8,8 +8,10 @@ has decided or escalated (point 2), submission and result recording at once on P
 
 from __future__ import annotations
 
+import io
 import json
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -21,12 +23,15 @@ from django.db import connection
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
+from PIL import Image as PILImage
 
-from moderation import audit, pipeline
+from moderation import audit, pipeline, services
+from moderation.emulator import Emulator
+from moderation.imm import ImmClient, ImmConfig
 from moderation.models import AuditEntry, Image, ModerationResult, ModerationTask
 
 from .conftest import postgres_only
-from .test_pipeline import CREATE, FakeImm, acts_then_times_out, client_for
+from .test_pipeline import CREATE, SECRET, FakeImm, acts_then_times_out, client_for
 
 TOKEN = "adversarial-notify-token"
 URL = "/imm/notifications/"
@@ -255,3 +260,67 @@ def test_submission_notifications_and_polling_at_once_never_deadlock(make_image)
         routed = AuditEntry.objects.filter(image=image, action="imm.routed").order_by("seq")
         assert routed.last().state_after == Image.Status.REJECTED
     assert [head.count for head in audit.walk_chain()][-1] == AuditEntry.objects.count()
+
+
+# --- Point 9: frame numbers with IMM_INTERVAL > 1 ---------------------------------------------
+
+
+def thirty_frame_gif(offending: int) -> bytes:
+    """A 30-frame GIF, blue-grey but for one frame mostly skin-coloured (the emulator blocks it)."""
+    frames = [PILImage.new("RGB", (96, 72), (90, 110, 130 + n)) for n in range(30)]
+    frames[offending] = PILImage.new("RGB", (96, 72), (224, 172, 140))
+    out = io.BytesIO()
+    frames[0].save(out, format="GIF", save_all=True, append_images=frames[1:], duration=100)
+    return out.getvalue()
+
+
+def test_the_pane_marks_the_frame_imm_flagged_with_interval_3_on_a_30_frame_gif(
+    settings, admin_user, admin_client
+):
+    settings.IMM_INTERVAL = 3
+    settings.IMM_MAX_FRAMES = 10
+    settings.IMM_SCENES = ["porn"]
+    stored = services.ingest(fp=io.BytesIO(thirty_frame_gif(6)), filename="a.gif", actor=admin_user)
+    image = stored.image
+    assert image is not None
+    assert image.frame_count == 30
+    emulator = Emulator(
+        access_key_id="AK",
+        access_key_secret=SECRET,
+        project="p",
+        bucket="review-bucket",
+        delay=0,
+    )
+    emulator.start()
+    try:
+        config = ImmConfig(
+            endpoint=emulator.url,
+            region="cn-hangzhou",
+            project="p",
+            access_key_id="AK",
+            access_key_secret=SECRET,
+        )
+        with ImmClient(config) as imm:
+            outcome = pipeline.submit(image_id=image.pk, client=imm)
+            assert outcome.what == "submitted"
+            deadline = time.monotonic() + 20
+            while (answer := imm.get_image_moderation_result(outcome.detail)).status == "Running":
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+    finally:
+        emulator.stop()
+    message = pipeline.TaskMessage.parse({**answer.raw, "TaskType": "ImageModeration"})
+    assert pipeline.record_result(message=message, source="poll").what == "recorded"
+    result = ModerationResult.objects.get()
+    # The emulator checked frames 0, 3, ..., 27 and names the offending one by its GIF index.
+    assert result.frames_total == 10
+    assert [f["Offset"] for f in result.block_frames] == [6]
+    image.refresh_from_db()
+    assert image.status == Image.Status.REJECTED
+
+    html = admin_client.get(reverse("review_item", args=[image.pk])).content.decode()
+
+    frames = re.findall(r'<li class="(\w*)" title="frame (\d+):', html)
+    assert [int(number) for _, number in frames] == list(range(0, 30, 3))
+    assert [int(number) for hit, number in frames if hit] == [6]
+    assert "10 frames of 30 checked, offending ones marked" in html

@@ -1830,3 +1830,68 @@ def test_every_path_locks_the_image_before_the_task(path, make_image, fake, imm,
     transactions = row_locks()[before:]
     assert any(TASK_TABLE in locked for locked in transactions), transactions
     assert_image_before_task(transactions)
+
+
+# --- Frame numbers ---------------------------------------------------------------------------
+
+
+def test_checked_frames_with_interval_3_on_a_30_frame_gif_are_every_third_frame():
+    frames = pipeline.checked_frames(
+        frames_total=10,
+        frame_count=30,
+        interval=3,
+        max_frames=10,
+        block_frames=[{"Label": "porn", "Offset": 6, "Rate": 99.5}],
+    )
+
+    assert [number for number, _ in frames] == [0, 3, 6, 9, 12, 15, 18, 21, 24, 27]
+    assert [number for number, hit in frames if hit] == [6]
+    assert frames[2][1] == {"Label": "porn", "Offset": 6, "Rate": 99.5}
+
+
+@pytest.mark.parametrize(
+    ("frame_count", "interval", "max_frames", "total", "numbers"),
+    [
+        (1, 1, 1, 1, [0]),  # a still image
+        (30, 1, 10, 10, list(range(10))),  # every frame, capped by MaxFrames
+        (20, 3, 10, 7, [0, 3, 6, 9, 12, 15, 18]),  # the GIF ends before MaxFrames
+        (30, 3, 10, 4, [0, 3, 6, 9]),  # IMM counted fewer: its count wins
+        (12, 3, 10, 6, [0, 3, 6, 9, 12, 15]),  # IMM read more frames than we did
+        (30, 3, 10, 2_000_000_000, [3 * n for n in range(10)]),  # never beyond MaxFrames
+        (30, 3, 10, 0, []),  # IMM said nothing about frames
+    ],
+)
+def test_checked_frames_follow_the_grid_and_imm_s_count(
+    frame_count, interval, max_frames, total, numbers
+):
+    frames = pipeline.checked_frames(
+        frames_total=total,
+        frame_count=frame_count,
+        interval=interval,
+        max_frames=max_frames,
+        block_frames=[],
+    )
+
+    assert [number for number, _ in frames] == numbers
+
+
+def test_an_offending_frame_off_the_grid_is_shown_in_its_place_never_dropped():
+    hits = [
+        {"Label": "porn", "Offset": 7, "Rate": 90.0},
+        {"Label": "sexy", "Offset": 40, "Rate": 80.0},
+        {"Label": "bad", "Offset": -1, "Rate": 1.0},
+        {"Label": "bad", "Offset": "3", "Rate": 1.0},
+    ]
+
+    frames = pipeline.checked_frames(
+        frames_total=4, frame_count=12, interval=3, max_frames=10, block_frames=hits
+    )
+
+    assert [(number, hit["Label"] if hit else "") for number, hit in frames] == [
+        (0, ""),
+        (3, ""),
+        (6, ""),
+        (7, "porn"),
+        (9, ""),
+        (40, "sexy"),
+    ]
