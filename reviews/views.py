@@ -51,7 +51,7 @@ def queue(request: HtmxHttpRequest) -> HttpResponse:
     filters = queue_reads.Filters.from_query(request.GET)
     now = timezone.now()
     page = queue_reads.page(filters, after=request.GET.get("after", ""), now=now)
-    counts = queue_reads.counts(filters, now=now)
+    counts = queue_reads.counts(filters, page=page, now=now)
     uploaders = queue_reads.uploaders() if request.user.has_perm(ADMIN) else []
     context = {
         "nav": "queue",

@@ -324,3 +324,24 @@ def test_the_pane_marks_the_frame_imm_flagged_with_interval_3_on_a_30_frame_gif(
     assert [int(number) for _, number in frames] == list(range(0, 30, 3))
     assert [int(number) for hit, number in frames if hit] == [6]
     assert "10 frames of 30 checked, offending ones marked" in html
+
+
+# --- Point 9: queue counts never contradict the list under them ---------------------------------
+
+
+def test_a_reviewer_never_sees_3_waiting_above_one_row(make_image, reviewer_client, admin_client):
+    images = [make_image(status=Image.Status.AWAITING_REVIEW) for _ in range(3)]
+    first = reviewer_client.get(reverse("review_queue")).content.decode()
+    assert '<span class="figure" id="waiting-count">3</span>' in first
+
+    # Within the 30 seconds the counts used to be cached for, an admin decides two of them.
+    for image in images[:2]:
+        response = admin_client.post(
+            reverse("review_decide", args=[image.pk]), {"action": "approve"}
+        )
+        assert response.status_code == 302
+    html = reviewer_client.get(reverse("review_queue")).content.decode()
+
+    assert html.count('class="sensitive mini ') == 1
+    assert f'alt="Image {images[2].pk} (blurred)"' in html
+    assert '<span class="figure" id="waiting-count">1</span>' in html
