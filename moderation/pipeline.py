@@ -14,8 +14,12 @@ instead of a retry storm; an admin resumes them once it is fixed.
 
 Results arrive three ways (notification, polling, a fetch when a notification carries no verdict)
 and all go through `record_result`, which keys on TaskId, stores each distinct message once, keeps
-later messages in the history, never lets IMM override a person's decision, and keeps a result
-for a TaskId it does not know yet until a task claims it, or for two weeks (the poller prunes it).
+later messages in the history, and keeps a result for a TaskId it does not know yet until a task
+claims it, or for two weeks (the poller prunes it). Whether IMM's word may move an image at all
+is one table, IMM_MAY_MOVE: never once a person has decided or escalated it.
+
+Locks. Every path that changes a task and its image locks the image row first, then the task
+row (_lock_image_and_task), so submission, result recording, polling and expiry never deadlock.
 """
 
 from __future__ import annotations
@@ -89,7 +93,10 @@ IMM_MAY_MOVE: dict[str, ImmReach] = {
     # Waiting for its first verdict: the notification can beat the create response. After an
     # admin's retry the old task's late word does not count: the new submission decides.
     Image.Status.RECEIVED: ImmReach(
-        True, True, "an admin asked for a new check; the new submission decides", True
+        True,
+        True,
+        "an admin asked for a new check; the new submission decides",
+        in_flight_only=True,
     ),
     Image.Status.SUBMITTED: ImmReach(True, True, ""),
     # IMM sent it to a person and its own manual review settles it, unless a person already has
@@ -578,7 +585,8 @@ def record_result(*, message: TaskMessage, source: str) -> RecordOutcome:
         with transaction.atomic():
             if ModerationResult.objects.filter(fingerprint=fingerprint).exists():
                 return RecordOutcome("duplicate")
-            image, task = _find_task(message)
+            found = _find_task(message)
+            image, task = found if found else (None, None)
             verdict = message.verdict
             result = ModerationResult.objects.create(
                 imm_task_id=message.task_id,
@@ -601,14 +609,13 @@ def record_result(*, message: TaskMessage, source: str) -> RecordOutcome:
                 end_time=_parse_time(message.end_time),
                 raw=json.loads(json.dumps(message.raw, default=str)),
             )
-            if task is None:
+            if image is None or task is None:
                 result.outcome = (
                     "kept: no task with this TaskId yet; it is matched when one appears"
                 )
                 result.save(update_fields=["outcome"])
                 logger.warning("IMM result for unknown task %s kept for later", message.task_id)
                 return RecordOutcome("unmatched", result)
-            assert image is not None
             _apply(task, result, image)
     except IntegrityError:
         # A concurrent delivery of the same content won the insert.
@@ -639,7 +646,7 @@ def _speaks_of(message: TaskMessage, task: ModerationTask) -> bool:
     return bool(message.submission_key) and task.submission_key == message.submission_key
 
 
-def _find_task(message: TaskMessage) -> tuple[Image | None, ModerationTask | None]:
+def _find_task(message: TaskMessage) -> tuple[Image, ModerationTask] | None:
     """The task this message speaks of (by TaskId, else by our submission tag) and its image,
     both locked, image first."""
     query = Q(task_id=message.task_id)
@@ -653,7 +660,7 @@ def _find_task(message: TaskMessage) -> tuple[Image | None, ModerationTask | Non
         # Read unlocked, it may have taken another TaskId meanwhile (an adopted submission).
         if _speaks_of(message, task):
             return image, task
-    return None, None
+    return None
 
 
 def _claim_unmatched_results(task: ModerationTask, image: Image) -> None:
