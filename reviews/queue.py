@@ -195,10 +195,12 @@ def counts(filters: Filters, *, page: Page | None = None, now: datetime | None =
     whole = page is not None and page.first and page.next_cursor is None
     if cached is None or whole or (page is not None and _disproves(page, cached)):
         # With an age filter the age counts cover the other ages too, which a small page does
-        # not bound: those stay as cached (the shown one is the page's own count).
+        # not bound: those stay as cached (the shown one is the page's own count), and this
+        # mix is not cached, so the cached entry still expires and is counted whole again.
         ages = cached.ages if whole and cached is not None and filters.age else None
         cached = _count(filters, now=now, ages=ages)
-        cache.set(key, cached, COUNTS_TTL)
+        if ages is None:
+            cache.set(key, cached, COUNTS_TTL)
     if page is not None and page.first and page.rows and not filters.active:
         # The first row of the unfiltered queue is the oldest waiting item (no query).
         cached = replace(cached, oldest=page.rows[0].status_changed_at)
