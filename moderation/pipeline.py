@@ -14,8 +14,12 @@ instead of a retry storm; an admin resumes them once it is fixed.
 
 Results arrive three ways (notification, polling, a fetch when a notification carries no verdict)
 and all go through `record_result`, which keys on TaskId, stores each distinct message once, keeps
-later messages in the history, never lets IMM override a person's decision, and keeps a result
-for a TaskId it does not know yet until a task claims it, or for two weeks (the poller prunes it).
+later messages in the history, and keeps a result for a TaskId it does not know yet until a task
+claims it, or for two weeks (the poller prunes it). Whether IMM's word may move an image at all
+is one table, IMM_MAY_MOVE: never once a person has decided or escalated it.
+
+Locks. Every path that changes a task and its image locks the image row first, then the task
+row (_lock_image_and_task), so submission, result recording, polling and expiry never deadlock.
 """
 
 from __future__ import annotations
@@ -69,6 +73,68 @@ ROUTES = {
     "block": Image.Status.REJECTED,
     "review": Image.Status.AWAITING_REVIEW,
 }
+
+
+@dataclass(frozen=True)
+class ImmReach:
+    """What IMM's word may do to an image in one state: the table below, one row a state."""
+
+    verdict: bool  # a Succeeded message (pass, review or block) may route the image out of it
+    ending: bool  # a Failed message, a refused submission or the task's expiry may end it there
+    why: str  # what a refused word is told (the result's outcome and the audit entry say it)
+    in_flight_only: bool = False  # only the task being submitted now may move it
+
+
+# Which states IMM's word may move an image out of: the one table every path consults (results,
+# failed submissions, expiry) through imm_may_not_move. Above it stands the person-decided rule:
+# an image a person approved or rejected (human_decided_at) is never moved by IMM, whatever its
+# state. A refused word is still stored (ModerationResult, with its outcome) and audited.
+IMM_MAY_MOVE: dict[str, ImmReach] = {
+    # Waiting for its first verdict: the notification can beat the create response. After an
+    # admin's retry the old task's late word does not count: the new submission decides.
+    Image.Status.RECEIVED: ImmReach(
+        True,
+        True,
+        "an admin asked for a new check; the new submission decides",
+        in_flight_only=True,
+    ),
+    Image.Status.SUBMITTED: ImmReach(True, True, ""),
+    # IMM sent it to a person and its own manual review settles it, unless a person already has
+    # (escalated, decided). A claim is a lease, not a decision; an undone decision stands no more.
+    Image.Status.AWAITING_REVIEW: ImmReach(
+        True, False, "it has a verdict, which IMM's later failure does not take away"
+    ),
+    # IMM's own verdict: IMM's newer word on the same task (its manual review) stands.
+    Image.Status.APPROVED: ImmReach(
+        True, False, "it has a verdict, which IMM's later failure does not take away"
+    ),
+    Image.Status.REJECTED: ImmReach(
+        True, False, "it has a verdict, which IMM's later failure does not take away"
+    ),
+    # No verdict yet: one that arrives after all is better than none.
+    Image.Status.FAILED: ImmReach(True, False, "it has failed already"),
+    Image.Status.EXPIRED: ImmReach(True, True, ""),
+    # A person sent it to an admin: only an admin decides it.
+    Image.Status.ESCALATED: ImmReach(
+        False, False, "a reviewer escalated this image; only an admin decides it"
+    ),
+}
+
+
+def imm_may_not_move(image: Image, task: ModerationTask, *, ending: bool) -> str:
+    """Why IMM's word through `task` may not move the image ("" when it may): IMM_MAY_MOVE.
+
+    `ending` is a word without a verdict (a Failed message, a refused submission, an expiry).
+    """
+    if image.human_decided_at is not None:
+        return "a person has decided this image; IMM's later word does not override it"
+    reach = IMM_MAY_MOVE.get(image.status)
+    if reach is None:
+        return f"the image is {image.status}, a state IMM does not move"
+    allowed = reach.ending if ending else reach.verdict
+    if allowed and reach.in_flight_only:
+        allowed = task.state in ModerationTask.LIVE_STATES
+    return "" if allowed else reach.why
 
 
 _clients: dict[ImmConfig, ImmClient] = {}
@@ -185,7 +251,12 @@ def submit(*, image_id: int, client: ImmClient) -> SubmitOutcome:
         image = Image.objects.select_for_update().filter(pk=image_id).first()
         if image is None or image.status != Image.Status.RECEIVED:
             return SubmitOutcome("skipped", "nothing to submit")
-        task = image.moderation_tasks.filter(state=ModerationTask.State.SENDING).first()
+        # The one lock order (see _lock_image_and_task): the image above, then its task.
+        task = (
+            image.moderation_tasks.select_for_update()
+            .filter(state=ModerationTask.State.SENDING)
+            .first()
+        )
         if task is None:
             task = ModerationTask.objects.create(
                 image=image,
@@ -232,7 +303,7 @@ def _mark_submitted(
 ) -> None:
     now = timezone.now()
     with transaction.atomic():
-        task = ModerationTask.objects.select_for_update().get(pk=task.pk)
+        image, task = _lock_image_and_task(task.pk)
         if task.state != ModerationTask.State.SENDING:
             # A notification for this submission arrived first and already adopted the task;
             # keep IMM's answer to the create and put the submission on the record.
@@ -240,7 +311,6 @@ def _mark_submitted(
                 task.request_id, task.event_id = request_id, event_id
                 task.ambiguous = False
                 task.save(update_fields=["request_id", "event_id", "ambiguous"])
-                image = Image.objects.get(pk=task.image_id)
                 audit.record(
                     action="imm.submitted",
                     actor=None,
@@ -250,7 +320,6 @@ def _mark_submitted(
                     detail=_submission_detail(task, adopted=adopted, notified_first=True),
                 )
             return
-        image = Image.objects.select_for_update().get(pk=task.image_id)
         earlier = image.moderation_tasks.exclude(pk=task.pk).exists()
         task.task_id = task_id
         task.request_id = request_id
@@ -273,7 +342,7 @@ def _mark_submitted(
             state_after=image.status,
             detail=_submission_detail(task, adopted=adopted, scenes=task.scenes),
         )
-        _claim_unmatched_results(task)
+        _claim_unmatched_results(task, image)
     logger.info("image %s submitted to IMM as %s", task.image_id, task_id)
 
 
@@ -291,7 +360,7 @@ def _submission_detail(task: ModerationTask, **extra: Any) -> dict[str, Any]:
 def _submit_failed(task: ModerationTask, error: ImmError, *, was_ambiguous: bool) -> SubmitOutcome:
     now = timezone.now()
     with transaction.atomic():
-        task = ModerationTask.objects.select_for_update().get(pk=task.pk)
+        image, task = _lock_image_and_task(task.pk)
         if task.state != ModerationTask.State.SENDING:
             # A notification for this very submission arrived first and settled the task.
             return SubmitOutcome("skipped", f"settled by a notification despite {error.code}")
@@ -315,18 +384,27 @@ def _submit_failed(task: ModerationTask, error: ImmError, *, was_ambiguous: bool
                 delay,
             )
             return SubmitOutcome("retrying", error.code)
+        kept = imm_may_not_move(image, task, ending=True)
         task.state = ModerationTask.State.FAILED
         task.finished_at = now
         task.next_attempt_at = None
         task.save()
-        image = Image.objects.select_for_update().get(pk=task.image_id)
-        _move(
-            image,
-            Image.Status.FAILED,
-            action="imm.submit_failed",
-            reason=f"{error.code}: {error.message}",
-            detail={"code": error.code, "request_id": error.request_id, "http": error.http_status},
-        )
+        detail = {"code": error.code, "request_id": error.request_id, "http": error.http_status}
+        reason = f"{error.code}: {error.message}"
+        if kept:
+            audit.record(
+                action="imm.submit_failed",
+                actor=None,
+                image=image,
+                state_before=image.status,
+                state_after=image.status,
+                reason=f"{reason} ({kept})",
+                detail=detail,
+            )
+        else:
+            _move(
+                image, Image.Status.FAILED, action="imm.submit_failed", reason=reason, detail=detail
+            )
     return SubmitOutcome("failed", error.code)
 
 
@@ -539,7 +617,8 @@ def record_result(*, message: TaskMessage, source: str) -> RecordOutcome:
         with transaction.atomic():
             if ModerationResult.objects.filter(fingerprint=fingerprint).exists():
                 return RecordOutcome("duplicate")
-            task = _find_task(message)
+            found = _find_task(message)
+            image, task = found if found else (None, None)
             verdict = message.verdict
             result = ModerationResult.objects.create(
                 imm_task_id=message.task_id,
@@ -562,14 +641,14 @@ def record_result(*, message: TaskMessage, source: str) -> RecordOutcome:
                 end_time=_parse_time(message.end_time),
                 raw=json.loads(json.dumps(message.raw, default=str)),
             )
-            if task is None:
+            if image is None or task is None:
                 result.outcome = (
                     "kept: no task with this TaskId yet; it is matched when one appears"
                 )
                 result.save(update_fields=["outcome"])
                 logger.warning("IMM result for unknown task %s kept for later", message.task_id)
                 return RecordOutcome("unmatched", result)
-            _apply(task, result)
+            _apply(task, result, image)
     except IntegrityError:
         # A concurrent delivery of the same content won the insert.
         if ModerationResult.objects.filter(fingerprint=fingerprint).exists():
@@ -578,15 +657,46 @@ def record_result(*, message: TaskMessage, source: str) -> RecordOutcome:
     return RecordOutcome("recorded", result)
 
 
-def _find_task(message: TaskMessage) -> ModerationTask | None:
-    """The task this message speaks of, locked; by TaskId, else by our submission tag."""
+def _lock_image_and_task(task_pk: int) -> tuple[Image, ModerationTask]:
+    """Lock a task's image, then the task, and read both afresh (inside a transaction).
+
+    The one lock order for every path that changes a task and its image (submission, its
+    failure, result recording, claiming kept results, expiry): image first, then task. Two paths
+    taking them in opposite orders can each hold one and wait for the other, a deadlock that
+    PostgreSQL breaks by failing one of them. The image id is read unlocked first: it never
+    changes.
+    """
+    image_id = ModerationTask.objects.filter(pk=task_pk).values_list("image_id", flat=True).get()
+    image = Image.objects.select_for_update().get(pk=image_id)
+    task = ModerationTask.objects.select_for_update().get(pk=task_pk)
+    return image, task
+
+
+def _speaks_of(message: TaskMessage, task: ModerationTask) -> bool:
+    if task.task_id is not None:
+        return task.task_id == message.task_id
+    return bool(message.submission_key) and task.submission_key == message.submission_key
+
+
+def _find_task(message: TaskMessage) -> tuple[Image, ModerationTask] | None:
+    """The task this message speaks of (by TaskId, else by our submission tag) and its image,
+    both locked, image first."""
     query = Q(task_id=message.task_id)
     if message.submission_key:
         query |= Q(submission_key=message.submission_key, task_id__isnull=True)
-    return ModerationTask.objects.select_for_update().filter(query).first()
+    for _ in range(3):
+        found = ModerationTask.objects.filter(query).values_list("pk", flat=True).first()
+        if found is None:
+            break
+        image, task = _lock_image_and_task(found)
+        # Read unlocked, it may have taken another TaskId meanwhile (an adopted submission).
+        if _speaks_of(message, task):
+            return image, task
+    return None
 
 
-def _claim_unmatched_results(task: ModerationTask) -> None:
+def _claim_unmatched_results(task: ModerationTask, image: Image) -> None:
+    """Apply the kept results for this task's TaskId (image and task locked by the caller)."""
     pending = ModerationResult.objects.select_for_update().filter(
         imm_task_id=task.task_id, task__isnull=True
     )
@@ -594,7 +704,7 @@ def _claim_unmatched_results(task: ModerationTask) -> None:
         result.task = task
         result.image_id = task.image_id
         result.save(update_fields=["task", "image"])
-        _apply(task, result)
+        _apply(task, result, image)
 
 
 def claim_unmatched_results(*, now: datetime | None = None) -> int:
@@ -609,9 +719,10 @@ def claim_unmatched_results(*, now: datetime | None = None) -> int:
     )
     for task_id in task_ids:
         with transaction.atomic():
-            task = ModerationTask.objects.select_for_update().filter(task_id=task_id).first()
-            if task is not None:
-                _claim_unmatched_results(task)
+            found = ModerationTask.objects.filter(task_id=task_id).values_list("pk", flat=True)
+            if found:
+                image, task = _lock_image_and_task(found[0])
+                _claim_unmatched_results(task, image)
                 matched += 1
     return matched
 
@@ -637,9 +748,12 @@ def prune_unmatched_results(*, now: datetime | None = None) -> int:
     return deleted
 
 
-def _apply(task: ModerationTask, result: ModerationResult) -> None:
-    """Route the task's image by this result if it is the newest word (inside a transaction)."""
-    image = Image.objects.select_for_update().get(pk=task.image_id)
+def _apply(task: ModerationTask, result: ModerationResult, image: Image) -> None:
+    """Route the task's image by this result if IMM may still move it and this is its newest word.
+
+    Inside a transaction, with the image and the task locked (image first). A result that is not
+    applied is kept with its outcome saying why, and the audit entry says the same.
+    """
     verdict = {
         "task_id": result.imm_task_id,
         "status": result.status,
@@ -663,14 +777,17 @@ def _apply(task: ModerationTask, result: ModerationResult) -> None:
         else None
     )
     latest_task = image.moderation_tasks.order_by("-created_at", "-id").first()
+    refused = ""
+    if result.status in ("Succeeded", "Failed"):
+        refused = imm_may_not_move(image, task, ending=result.status == "Failed")
     if newer is not None:
         outcome = f"kept: older than result {newer.pk}, which stands (delivered out of order)"
-    elif image.human_decided_at is not None:
-        outcome = "kept: a person has decided this image; IMM's later word does not override it"
     elif latest_task is not None and latest_task.pk != task.pk:
         outcome = "kept: the image was submitted again since; the newer task decides"
     elif result.status not in ("Succeeded", "Failed"):
         outcome = f"kept: the task is {result.status or 'in an unknown state'}"
+    elif refused:
+        outcome = f"kept: {refused}"
     else:
         outcome = ""
     state_before = image.status
@@ -766,6 +883,35 @@ def route(
     return Image.Status.AWAITING_REVIEW, f"IMM said {suggestion or 'nothing'}: a person decides"
 
 
+def checked_frames(
+    *,
+    frames_total: int,
+    frame_count: int,
+    interval: int,
+    max_frames: int,
+    block_frames: Iterable[Mapping[str, Any]],
+) -> list[tuple[int, Mapping[str, Any] | None]]:
+    """The frames IMM checked, by their number in the image, each with its BlockFrame if any.
+
+    IMM samples frames 0, Interval, 2 x Interval, ... below the image's frame count, at most
+    MaxFrames of them, and a BlockFrame's Offset is the frame's number in the image (the emulator
+    reports it so). So with Interval 3 on a 30-frame GIF the ten checked frames are 0, 3, ..., 27
+    and an Offset of 6 is the third of them. When TotalCount disagrees with that grid (IMM read
+    the frame count otherwise) IMM's count wins along the same step, never beyond MaxFrames. An
+    offending frame off the grid is listed all the same, in its place: never dropped.
+    """
+    step, most = max(interval, 1), max(max_frames, 1)
+    grid = list(range(0, max(frame_count, 1), step))[:most]
+    if frames_total != len(grid):
+        grid = [n * step for n in range(min(frames_total, most))]
+    hits: dict[int, Mapping[str, Any]] = {}
+    for frame in block_frames:
+        offset = frame.get("Offset")
+        if isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0:
+            hits.setdefault(offset, frame)
+    return [(number, hits.get(number)) for number in sorted({*grid, *hits})]
+
+
 # --- Polling ---------------------------------------------------------------------------------
 
 
@@ -835,20 +981,20 @@ def poll_once(*, client: ImmClient, now: datetime | None = None, limit: int = 10
 
 
 def expire(task: ModerationTask, *, reason: str) -> None:
+    """Give up on a task IMM no longer knows (or kept past its retention); audited."""
     with transaction.atomic():
-        task = ModerationTask.objects.select_for_update().get(pk=task.pk)
+        image, task = _lock_image_and_task(task.pk)
         if task.state not in ModerationTask.LIVE_STATES:
             return
+        kept = imm_may_not_move(image, task, ending=True)
         task.state = ModerationTask.State.EXPIRED
         task.finished_at = timezone.now()
         task.next_poll_at = None
         task.save()
-        image = Image.objects.select_for_update().get(pk=task.image_id)
         before = image.status
-        if image.human_decided_at is None and image.status in (
-            Image.Status.SUBMITTED,
-            Image.Status.RECEIVED,
-        ):
+        if kept:
+            reason = f"{reason} ({kept})"
+        else:
             _set_status(image, Image.Status.EXPIRED)
         audit.record(
             action="imm.expired",

@@ -3,13 +3,14 @@
 Built for 100,000 waiting items among 1,000,000 images: pages are keyset pages on the
 (status, status_changed_at, id) index, rows come with their holders in the same query, and
 counts (which do scan) are cached for COUNTS_TTL seconds per filter, so a page view never
-counts the table.
+counts the table; a page that shows the whole filtered set, or disproves a cached count, gets
+fresh counts (see counts).
 """
 
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from django.contrib.auth import get_user_model
@@ -180,13 +181,40 @@ class Counts:
     ages: dict[str, int] = field(default_factory=dict)
 
 
-def counts(filters: Filters, *, now: datetime | None = None) -> Counts:
-    """Counts for the filter bar, cached briefly: they scan, the page itself never does."""
+def counts(filters: Filters, *, page: Page | None = None, now: datetime | None = None) -> Counts:
+    """Counts for the filter bar, never contradicting the page they are shown above.
+
+    They scan, so for a queue larger than a page they are cached COUNTS_TTL seconds. `page` (the
+    one shown under them) is checked against them: a first page with no next page is the whole
+    filtered set, at most a page of rows, so its counts are taken fresh (cheap); a cached count
+    the page disproves (fewer than the rows shown, or not more than them while there is a next
+    page) is taken again; and the first page of the unfiltered queue shows the oldest waiting
+    item itself.
+    """
     key = f"reviews:counts:{filters.query()}"
-    cached = cache.get(key)
-    if cached is not None:
-        return cached
+    cached: Counts | None = cache.get(key)
     now = now or timezone.now()
+    whole = page is not None and page.first and page.next_cursor is None
+    if cached is None or whole or (page is not None and _disproves(page, cached)):
+        # With an age filter the age counts cover the other ages too, which a small page does
+        # not bound: those stay as cached (the shown one is the page's own count), and this
+        # mix is not cached, so the cached entry still expires and is counted whole again.
+        ages = cached.ages if whole and cached is not None and filters.age else None
+        cached = _count(filters, now=now, ages=ages)
+        if ages is None:
+            cache.set(key, cached, COUNTS_TTL)
+    if page is not None and page.first and page.rows and not filters.active:
+        # The first row of the unfiltered queue is the oldest waiting item (no query).
+        cached = replace(cached, oldest=page.rows[0].status_changed_at)
+    return cached
+
+
+def _disproves(page: Page, counts: Counts) -> bool:
+    shown = len(page.rows)
+    return counts.waiting < shown or (page.next_cursor is not None and counts.waiting <= shown)
+
+
+def _count(filters: Filters, *, now: datetime, ages: dict[str, int] | None = None) -> Counts:
     scoped = filters.apply(waiting(), now=now)
     total = scoped.order_by()[:COUNT_CAP].count()
     oldest = waiting().values_list("status_changed_at", flat=True).first()
@@ -207,17 +235,20 @@ def counts(filters: Filters, *, now: datetime | None = None) -> Counts:
         }
     )
     scenes = {scene: per_scene[f"scene_{scene}"] for scene in SCENE_CATEGORIES}
-    ages = {}
-    # Each age count applies every other filter, as the scene and category counts do.
-    others = Filters(filters.scene, filters.category, "", filters.uploader)
-    for name, (_, newer_than, older_than) in AGES.items():
-        bucket = others.apply(waiting(), now=now)
-        if newer_than is not None:
-            bucket = bucket.filter(status_changed_at__lte=now - newer_than)
-        if older_than is not None:
-            bucket = bucket.filter(status_changed_at__gt=now - older_than)
-        ages[name] = bucket.order_by()[:COUNT_CAP].count()
-    result = Counts(
+    if ages is not None:
+        ages = {**ages, filters.age: total}
+    else:
+        ages = {}
+        # Each age count applies every other filter, as the scene and category counts do.
+        others = Filters(filters.scene, filters.category, "", filters.uploader)
+        for name, (_, newer_than, older_than) in AGES.items():
+            bucket = others.apply(waiting(), now=now)
+            if newer_than is not None:
+                bucket = bucket.filter(status_changed_at__lte=now - newer_than)
+            if older_than is not None:
+                bucket = bucket.filter(status_changed_at__gt=now - older_than)
+            ages[name] = bucket.order_by()[:COUNT_CAP].count()
+    return Counts(
         waiting=total,
         capped=total >= COUNT_CAP,
         oldest=oldest,
@@ -225,8 +256,6 @@ def counts(filters: Filters, *, now: datetime | None = None) -> Counts:
         scenes={k: v for k, v in scenes.items() if v},
         ages=ages,
     )
-    cache.set(key, result, COUNTS_TTL)
-    return result
 
 
 @dataclass

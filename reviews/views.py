@@ -14,7 +14,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 from django_htmx.http import HttpResponseClientRedirect, push_url, trigger_client_event
 
-from moderation import audit, limits
+from moderation import audit, limits, pipeline
 from moderation.models import AuditEntry, Image, ModerationResult
 from moderation.routing import SCENE_CATEGORIES
 
@@ -51,7 +51,7 @@ def queue(request: HtmxHttpRequest) -> HttpResponse:
     filters = _filters(request, request.GET)
     now = timezone.now()
     page = queue_reads.page(filters, after=request.GET.get("after", ""), now=now)
-    counts = queue_reads.counts(filters, now=now)
+    counts = queue_reads.counts(filters, page=page, now=now)
     uploaders = queue_reads.uploaders() if request.user.has_perm(ADMIN) else []
     context = {
         "nav": "queue",
@@ -110,10 +110,22 @@ def _pane_context(request: HtmxHttpRequest, image: Image | None, **extra: object
         claim = Claim.objects.select_related("reviewer").filter(image=image).first()
         result = (
             ModerationResult.objects.filter(image=image, applied=True)
+            .select_related("task")
             .order_by("-received_at", "-id")
             .first()
         )
-        offending = {int(f.get("Offset", -1)): f for f in (result.block_frames if result else [])}
+        # Numbered as IMM numbers them (frames of the image, every Interval-th), not 0, 1, 2, ...
+        frames = (
+            pipeline.checked_frames(
+                frames_total=result.frames_total,
+                frame_count=image.frame_count,
+                interval=result.task.interval if result.task else 1,
+                max_frames=result.task.max_frames if result.task else result.frames_total,
+                block_frames=result.block_frames,
+            )
+            if result
+            else []
+        )
         context.update(
             {
                 "claim": claim,
@@ -121,10 +133,7 @@ def _pane_context(request: HtmxHttpRequest, image: Image | None, **extra: object
                 and claim.reviewer_id == request.user.pk
                 and claim.expires_at > timezone.now(),
                 "result": result,
-                "frames": [
-                    (offset, offending.get(offset))
-                    for offset in range(result.frames_total if result else 0)
-                ],
+                "frames": frames,
                 "history": AuditEntry.objects.filter(image=image)
                 .order_by("seq")
                 .select_related("actor"),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 import threading
 import uuid
 from collections import defaultdict, deque
@@ -1468,3 +1470,428 @@ def test_a_kept_result_is_pruned_only_after_two_weeks(make_image, imm):
         )
         == 1
     )
+
+
+# --- Who may move an image: every state x every later IMM message ----------------------------
+
+LATER = "2025-05-20T10:00:00.000Z"  # after every message that built the state
+WAITING = Image.Status.AWAITING_REVIEW
+
+
+def _person(make_image, imm, reviewer_user, verdict: str, *, undo: bool = False) -> Image:
+    from reviews import services as reviews
+    from reviews.models import Decision
+
+    image, task = submitted(make_image, imm)
+    deliver(task.task_id, "review", categories=("sexy",))
+    claim = reviews.claim_next(reviewer=reviewer_user)
+    assert claim is not None
+    assert claim.image_id == image.pk
+    reason = {Decision.Verdict.APPROVE: ""}.get(verdict, "a person looked at it")
+    outcome = reviews.decide(
+        image_id=image.pk, reviewer=reviewer_user, verdict=verdict, reason=reason
+    )
+    if undo:
+        reviews.undo(decision_id=outcome.decision.pk, reviewer=reviewer_user)
+    return image
+
+
+def _state(name: str, make_image, imm, reviewer_user, admin_user) -> tuple[Image, dict[str, Any]]:
+    """An image brought to the named state the way it gets there, and how IMM then names its task.
+
+    The keyword arguments are for `deliver`: the TaskId (and the submission tag, when IMM's word
+    arrives before the create response gave us the TaskId).
+    """
+    from reviews import services as reviews
+    from reviews.models import Decision
+
+    if name == "received, submission in flight":
+        image = make_image()
+        task = ModerationTask.objects.create(
+            image=image, submission_key=uuid.uuid4().hex, attempts=1, ambiguous=True
+        )
+        return image, {
+            "task_id": f"ImageModeration-{uuid.uuid4()}",
+            "tags": {"submission": task.submission_key},
+        }
+    image, task = submitted(make_image, imm)
+    if name == "received after an admin's retry":
+        deliver(task.task_id, suggestion="", status="Failed", code="InvalidArgument")
+        image.refresh_from_db()
+        assert pipeline.retry_image(image=image, actor=admin_user, context=audit.SYSTEM_CONTEXT)
+    elif name == "submitted":
+        pass
+    elif name == "awaiting review":
+        deliver(task.task_id, "review", categories=("sexy",))
+    elif name == "awaiting review, held by a reviewer":
+        deliver(task.task_id, "review", categories=("sexy",))
+        assert reviews.claim_next(reviewer=reviewer_user) is not None
+    elif name == "approved by IMM":
+        deliver(task.task_id, "pass")
+    elif name == "rejected by IMM":
+        deliver(task.task_id, "block", categories=("porn",))
+    elif name == "failed (IMM said Failed)":
+        deliver(task.task_id, suggestion="", status="Failed", code="InvalidArgument")
+    elif name == "expired":
+        pipeline.expire(task, reason="IMM no longer knows it")
+    elif name == "approved by a person":
+        image = _person(make_image, imm, reviewer_user, Decision.Verdict.APPROVE)
+    elif name == "rejected by a person":
+        image = _person(make_image, imm, reviewer_user, Decision.Verdict.REJECT)
+    elif name == "escalated by a reviewer":
+        image = _person(make_image, imm, reviewer_user, Decision.Verdict.ESCALATE)
+    elif name == "awaiting review after a person's undo":
+        image = _person(make_image, imm, reviewer_user, Decision.Verdict.APPROVE, undo=True)
+    else:
+        raise AssertionError(name)
+    image.refresh_from_db()
+    return image, {"task_id": image.moderation_tasks.get().task_id}
+
+
+A_VERDICT = "it has a verdict, which IMM's later failure does not take away"
+A_PERSON = "a person has decided this image; IMM's later word does not override it"
+ESCALATED_KEPT = "a reviewer escalated this image; only an admin decides it"
+RETRIED = "an admin asked for a new check; the new submission decides"
+# state: (state it is in, then where IMM's later pass / review / block / Failed leaves it; a
+# string is the reason the word is kept instead, and the image stays where it was).
+IMM_MOVES: dict[str, tuple[str, tuple[str, str, str, str]]] = {
+    "received, submission in flight": (
+        Image.Status.RECEIVED,
+        (Image.Status.APPROVED, WAITING, Image.Status.REJECTED, Image.Status.FAILED),
+    ),
+    "received after an admin's retry": (Image.Status.RECEIVED, (RETRIED,) * 4),
+    "submitted": (
+        Image.Status.SUBMITTED,
+        (Image.Status.APPROVED, WAITING, Image.Status.REJECTED, Image.Status.FAILED),
+    ),
+    "awaiting review": (
+        WAITING,
+        (Image.Status.APPROVED, WAITING, Image.Status.REJECTED, A_VERDICT),
+    ),
+    "awaiting review, held by a reviewer": (
+        WAITING,
+        (Image.Status.APPROVED, WAITING, Image.Status.REJECTED, A_VERDICT),
+    ),
+    "approved by IMM": (
+        Image.Status.APPROVED,
+        (Image.Status.APPROVED, WAITING, Image.Status.REJECTED, A_VERDICT),
+    ),
+    "rejected by IMM": (
+        Image.Status.REJECTED,
+        (Image.Status.APPROVED, WAITING, Image.Status.REJECTED, A_VERDICT),
+    ),
+    "approved by a person": (Image.Status.APPROVED, (A_PERSON,) * 4),
+    "rejected by a person": (Image.Status.REJECTED, (A_PERSON,) * 4),
+    "failed (IMM said Failed)": (
+        Image.Status.FAILED,
+        (Image.Status.APPROVED, WAITING, Image.Status.REJECTED, "it has failed already"),
+    ),
+    "expired": (
+        Image.Status.EXPIRED,
+        (Image.Status.APPROVED, WAITING, Image.Status.REJECTED, Image.Status.FAILED),
+    ),
+    "escalated by a reviewer": (Image.Status.ESCALATED, (ESCALATED_KEPT,) * 4),
+    "awaiting review after a person's undo": (
+        WAITING,
+        (Image.Status.APPROVED, WAITING, Image.Status.REJECTED, A_VERDICT),
+    ),
+}
+LATER_WORDS = {
+    "pass": {"suggestion": "pass"},
+    "review": {"suggestion": "review", "categories": ("sexy",)},
+    "block": {"suggestion": "block", "categories": ("porn",)},
+    "Failed": {"suggestion": "", "status": "Failed", "code": "InternalError", "text": "later"},
+}
+
+
+def test_the_table_covers_every_image_state():
+    assert set(pipeline.IMM_MAY_MOVE) == set(Image.Status.values)
+    assert {state for state, _ in IMM_MOVES.values()} == set(Image.Status.values)
+
+
+@pytest.mark.parametrize("word", list(LATER_WORDS))
+@pytest.mark.parametrize("state", list(IMM_MOVES))
+def test_imm_s_later_word_moves_an_image_only_out_of_the_states_the_table_allows(
+    state, word, make_image, imm, reviewer_user, admin_user
+):
+    image, naming = _state(state, make_image, imm, reviewer_user, admin_user)
+    before, outcomes = IMM_MOVES[state]
+    expected = outcomes[list(LATER_WORDS).index(word)]
+    assert image.status == before
+    human_decided_at = image.human_decided_at
+    seq = AuditEntry.objects.order_by("-seq").values_list("seq", flat=True).first()
+
+    outcome = deliver(end=LATER, **naming, **LATER_WORDS[word])
+
+    assert outcome.what == "recorded"
+    result = outcome.result
+    image.refresh_from_db()
+    assert image.human_decided_at == human_decided_at
+    written = list(AuditEntry.objects.filter(seq__gt=seq).order_by("seq"))
+    [received] = [e for e in written if e.action == "imm.result_received"]
+    assert received.image == image
+    assert (received.state_before, received.state_after) == (before, before)
+    assert received.detail["result_id"] == result.pk
+    moves = [e for e in written if e.action in ("imm.routed", "imm.failed")]
+    if expected in Image.Status.values:
+        assert result.applied is True
+        assert image.status == expected
+        assert received.reason == ""
+        if word == "Failed":
+            assert result.outcome == "task failed"
+        else:
+            assert result.outcome.startswith(f"routed: IMM said {word}")
+        if expected == before:  # already where this word sends it: no move
+            assert moves == []
+        else:
+            [move] = moves
+            assert (move.state_before, move.state_after) == (before, expected)
+    else:
+        assert image.status == before
+        assert result.applied is False
+        assert result.outcome == f"kept: {expected}"
+        assert received.reason == result.outcome
+        assert moves == []
+    assert_chain_intact()
+
+
+def test_an_escalated_image_keeps_imm_s_manual_review_for_the_admin_to_see(
+    make_image, imm, reviewer_user, admin_client
+):
+    from reviews.models import Decision
+
+    image = _person(make_image, imm, reviewer_user, Decision.Verdict.ESCALATE)
+    task = image.moderation_tasks.get()
+
+    outcome = deliver(task.task_id, "pass", end=LATER)
+
+    image.refresh_from_db()
+    assert image.status == Image.Status.ESCALATED
+    assert outcome.result.applied is False
+    assert outcome.result.outcome == f"kept: {ESCALATED_KEPT}"
+    html = admin_client.get(f"/reviews/{image.pk}/").content.decode()
+    assert (
+        f'IMM result received <span class="muted">by system</span> — kept: {ESCALATED_KEPT}' in html
+    )
+    detail = admin_client.get(image.get_absolute_url()).content.decode()
+    assert "kept: a reviewer escalated this image" in detail
+
+
+def test_an_expiry_does_not_move_an_image_the_table_keeps(make_image, imm, admin_user):
+    # A task IMM forgot while the image was escalated (a resubmitted task cannot be: only a
+    # received image is submitted); the table is consulted there as well.
+    image, task = submitted(make_image, imm)
+    Image.objects.filter(pk=image.pk).update(status=Image.Status.ESCALATED)
+
+    pipeline.expire(task, reason="IMM no longer knows it")
+
+    image.refresh_from_db()
+    task.refresh_from_db()
+    assert image.status == Image.Status.ESCALATED
+    assert task.state == ModerationTask.State.EXPIRED
+    [entry] = entries("imm.expired", image)
+    assert (entry.state_before, entry.state_after) == ("escalated", "escalated")
+    assert entry.reason == f"IMM no longer knows it ({ESCALATED_KEPT})"
+
+
+# --- One lock order: the image, then the task ------------------------------------------------
+
+
+@pytest.fixture
+def row_locks(monkeypatch) -> Iterator[Callable[[], list[list[str]]]]:
+    """The tables each SELECT ... FOR UPDATE locked, in order, one list per transaction.
+
+    SQLite has no row locks and Django leaves FOR UPDATE out there: the test makes Django write
+    it (so the order is recorded on both databases) and takes it off before SQLite runs it.
+    """
+    if not connection.features.has_select_for_update:
+        monkeypatch.setattr(connection.features, "has_select_for_update", True)
+        monkeypatch.setattr(connection.features, "has_select_for_update_skip_locked", True)
+
+        def without_for_update(execute, sql, params, many, context):
+            return execute(re.sub(r" FOR UPDATE( SKIP LOCKED)?$", "", sql), params, many, context)
+
+        wrapper = connection.execute_wrapper(without_for_update)
+    else:
+        wrapper = contextlib.nullcontext()
+    with wrapper, CaptureQueriesContext(connection) as captured:
+
+        def read() -> list[list[str]]:
+            groups: dict[str, list[str]] = {}
+            stack: list[str] = []
+            for query in captured.captured_queries:
+                sql = query["sql"]
+                if sql.startswith("SAVEPOINT "):
+                    stack.append(sql.split()[1])
+                    if len(stack) == 1:
+                        groups[stack[0]] = []
+                elif sql.startswith(("RELEASE SAVEPOINT ", "ROLLBACK TO SAVEPOINT ")):
+                    stack = stack[: stack.index(sql.split()[-1])]
+                elif "FOR UPDATE" in sql:
+                    table = re.search(r'FROM "(\w+)"', sql)
+                    assert table is not None, sql
+                    assert stack, f"a row lock outside any transaction block: {sql}"
+                    groups[stack[0]].append(table.group(1))
+            return [locked for locked in groups.values() if locked]
+
+        yield read
+
+
+IMAGE_TABLE = Image._meta.db_table
+TASK_TABLE = ModerationTask._meta.db_table
+
+
+def assert_image_before_task(transactions: list[list[str]]) -> None:
+    for locked in transactions:
+        both = [t for t in locked if t in (IMAGE_TABLE, TASK_TABLE)]
+        if TASK_TABLE in both:
+            assert both[0] == IMAGE_TABLE, f"the task was locked before its image: {locked}"
+
+
+def _path_submit(make_image, fake, imm) -> Callable[[], object]:
+    image = make_image()
+    return lambda: pipeline.submit(image_id=image.pk, client=imm)
+
+
+def _path_adopt_after_a_lost_answer(make_image, fake, imm) -> Callable[[], object]:
+    image = make_image()
+    fake.faults[CREATE].append(acts_then_times_out)
+    assert pipeline.submit(image_id=image.pk, client=imm).what == "retrying"
+    ModerationTask.objects.update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+    return lambda: pipeline.submit(image_id=image.pk, client=imm)
+
+
+def _path_refused_submission(make_image, fake, imm) -> Callable[[], object]:
+    image = make_image()
+    fake.faults[CREATE].append(imm_error(400, "InvalidArgument", "bad"))
+    return lambda: pipeline.submit(image_id=image.pk, client=imm)
+
+
+def _path_throttled_submission(make_image, fake, imm) -> Callable[[], object]:
+    image = make_image()
+    fake.down[CREATE] = throttled()
+    return lambda: pipeline.submit(image_id=image.pk, client=imm)
+
+
+def _path_result(make_image, fake, imm) -> Callable[[], object]:
+    _image, task = submitted(make_image, imm)
+    return lambda: deliver(task.task_id, "review", categories=("sexy",))
+
+
+def _path_result_before_the_create_response(make_image, fake, imm) -> Callable[[], object]:
+    image = make_image()
+    task = ModerationTask.objects.create(image=image, submission_key="s" * 32, attempts=1)
+    return lambda: deliver(
+        "ImageModeration-early", "pass", tags={"submission": task.submission_key}
+    )
+
+
+def _path_kept_result_claimed(make_image, fake, imm) -> Callable[[], object]:
+    _image, task = submitted(make_image, imm)
+    deliver("ImageModeration-kept", "block", categories=("porn",))
+    ModerationTask.objects.filter(pk=task.pk).update(task_id="ImageModeration-kept")
+    return pipeline.claim_unmatched_results
+
+
+def _path_expiry(make_image, fake, imm) -> Callable[[], object]:
+    _image, task = submitted(make_image, imm)
+    return lambda: pipeline.expire(task, reason="IMM no longer knows it")
+
+
+def _path_poll_round(make_image, fake, imm) -> Callable[[], object]:
+    _done, finished = submitted(make_image, imm)
+    fake.finish(finished.task_id, "pass")
+    _gone, forgotten = submitted(make_image, imm)
+    del fake.tasks[forgotten.task_id]
+    later = timezone.now() + timedelta(hours=1)
+    return lambda: pipeline.poll_once(client=imm, now=later)
+
+
+LOCKING_PATHS = {
+    "submission": _path_submit,
+    "adopting a task after a lost answer": _path_adopt_after_a_lost_answer,
+    "a refused submission": _path_refused_submission,
+    "a throttled submission": _path_throttled_submission,
+    "a result": _path_result,
+    "a result before the create response": _path_result_before_the_create_response,
+    "a kept result claimed": _path_kept_result_claimed,
+    "an expiry": _path_expiry,
+    "a poll round": _path_poll_round,
+}
+
+
+@pytest.mark.parametrize("path", list(LOCKING_PATHS))
+def test_every_path_locks_the_image_before_the_task(path, make_image, fake, imm, row_locks):
+    run = LOCKING_PATHS[path](make_image, fake, imm)
+    before = len(row_locks())
+
+    run()
+
+    transactions = row_locks()[before:]
+    assert any(TASK_TABLE in locked for locked in transactions), transactions
+    assert_image_before_task(transactions)
+
+
+# --- Frame numbers ---------------------------------------------------------------------------
+
+
+def test_checked_frames_with_interval_3_on_a_30_frame_gif_are_every_third_frame():
+    frames = pipeline.checked_frames(
+        frames_total=10,
+        frame_count=30,
+        interval=3,
+        max_frames=10,
+        block_frames=[{"Label": "porn", "Offset": 6, "Rate": 99.5}],
+    )
+
+    assert [number for number, _ in frames] == [0, 3, 6, 9, 12, 15, 18, 21, 24, 27]
+    assert [number for number, hit in frames if hit] == [6]
+    assert frames[2][1] == {"Label": "porn", "Offset": 6, "Rate": 99.5}
+
+
+@pytest.mark.parametrize(
+    ("frame_count", "interval", "max_frames", "total", "numbers"),
+    [
+        (1, 1, 1, 1, [0]),  # a still image
+        (30, 1, 10, 10, list(range(10))),  # every frame, capped by MaxFrames
+        (20, 3, 10, 7, [0, 3, 6, 9, 12, 15, 18]),  # the GIF ends before MaxFrames
+        (30, 3, 10, 4, [0, 3, 6, 9]),  # IMM counted fewer: its count wins
+        (12, 3, 10, 6, [0, 3, 6, 9, 12, 15]),  # IMM read more frames than we did
+        (30, 3, 10, 2_000_000_000, [3 * n for n in range(10)]),  # never beyond MaxFrames
+        (30, 3, 10, 0, []),  # IMM said nothing about frames
+    ],
+)
+def test_checked_frames_follow_the_grid_and_imm_s_count(
+    frame_count, interval, max_frames, total, numbers
+):
+    frames = pipeline.checked_frames(
+        frames_total=total,
+        frame_count=frame_count,
+        interval=interval,
+        max_frames=max_frames,
+        block_frames=[],
+    )
+
+    assert [number for number, _ in frames] == numbers
+
+
+def test_an_offending_frame_off_the_grid_is_shown_in_its_place_never_dropped():
+    hits = [
+        {"Label": "porn", "Offset": 7, "Rate": 90.0},
+        {"Label": "sexy", "Offset": 40, "Rate": 80.0},
+        {"Label": "bad", "Offset": -1, "Rate": 1.0},
+        {"Label": "bad", "Offset": "3", "Rate": 1.0},
+    ]
+
+    frames = pipeline.checked_frames(
+        frames_total=4, frame_count=12, interval=3, max_frames=10, block_frames=hits
+    )
+
+    assert [(number, hit["Label"] if hit else "") for number, hit in frames] == [
+        (0, ""),
+        (3, ""),
+        (6, ""),
+        (7, "porn"),
+        (9, ""),
+        (40, "sexy"),
+    ]

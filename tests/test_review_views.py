@@ -1931,3 +1931,158 @@ def test_bulk_reject_without_a_reason_is_a_400_on_the_list(admin_client, queued)
     assert response.status_code == 400
     assert "Rejecting needs a reason." in messages_of(response)
     assert snapshot(image) == before
+
+
+# -------------------------------------------------------------------------- counts vs the list
+
+
+def waiting_figure(html: str) -> str:
+    found = re.search(r'<span class="figure" id="waiting-count">([^<]*)</span>', html)
+    assert found is not None
+    return found.group(1)
+
+
+def approve(admin_user: Any, image_ids: list[int]) -> None:
+    from reviews import services
+
+    for pk in image_ids:
+        services.decide(image_id=pk, reviewer=admin_user, verdict=Decision.Verdict.APPROVE)
+
+
+def test_counts_cached_above_a_list_that_shrank_agree_with_its_rows(
+    reviewer_client, admin_user, mixed_queue
+):
+    url = reverse("review_queue")
+    first = reviewer_client.get(url, {"scene": "porn"}).content.decode()
+    assert waiting_figure(first) == "2"
+
+    approve(admin_user, [mixed_queue["old_sexy"].pk, mixed_queue["weapon"].pk])
+    html = reviewer_client.get(url, {"scene": "porn"}).content.decode()
+    everything = reviewer_client.get(url).content.decode()
+
+    assert listed(html) == [mixed_queue["porn_and_sexy"].pk]
+    assert waiting_figure(html) == "1"
+    assert '<option value="sexy" selected>sexy (1)</option>' not in html  # the filter is a scene
+    assert '<option value="sexy" >sexy (1)</option>' in html
+    assert '<option value="1d" >1 to 24 hours (1)</option>' in html
+    assert '<option value="old" >Over a day (0)</option>' in html
+    assert len(listed(everything)) == 2
+    assert waiting_figure(everything) == "2"
+    assert '<option value="terrorism" >terrorism (1)</option>' in everything
+
+
+def test_a_queue_that_shrank_to_one_page_is_counted_afresh(reviewer_client, admin_user):
+    ids = bare_waiting(PAGE_SIZE + 2)
+    url = reverse("review_queue")
+    assert waiting_figure(reviewer_client.get(url).content.decode()) == str(PAGE_SIZE + 2)
+
+    approve(admin_user, ids[:10])
+    html = reviewer_client.get(url).content.decode()
+
+    assert len(listed(html)) == PAGE_SIZE - 8
+    assert 'rel="next"' not in html
+    assert waiting_figure(html) == str(PAGE_SIZE - 8)
+    assert '<option value="sexy" >sexy (42)</option>' in html
+
+
+def test_a_cached_count_a_longer_list_disproves_is_taken_again(reviewer_client):
+    bare_waiting(3)
+    url = reverse("review_queue")
+    assert waiting_figure(reviewer_client.get(url).content.decode()) == "3"
+
+    bare_waiting(PAGE_SIZE + 7)
+    html = reviewer_client.get(url).content.decode()
+
+    assert len(listed(html)) == PAGE_SIZE
+    assert 'rel="next"' in html
+    assert waiting_figure(html) == str(PAGE_SIZE + 10)
+
+
+def test_a_deeper_page_never_shows_fewer_waiting_than_its_own_rows(reviewer_client):
+    first_three = bare_waiting(3, oldest=timedelta(days=5))
+    url = reverse("review_queue")
+    assert waiting_figure(reviewer_client.get(url).content.decode()) == "3"
+    bare_waiting(2 * PAGE_SIZE, oldest=timedelta(days=1))
+    # A bookmarked page after the first three rows, while the count of 3 is still cached.
+    third = Image.objects.get(pk=first_three[-1])
+    after = f"{int(third.status_changed_at.timestamp() * 1_000_000)}.{third.pk}"
+
+    deep = reviewer_client.get(url, {"after": after}).content.decode()
+
+    assert len(listed(deep)) == PAGE_SIZE
+    assert waiting_figure(deep) == str(2 * PAGE_SIZE + 3)
+
+
+def test_the_oldest_waiting_figure_follows_the_first_row_of_the_queue(reviewer_client, admin_user):
+    ids = bare_waiting(PAGE_SIZE + 2, oldest=timedelta(days=3))
+    url = reverse("review_queue")
+    reviewer_client.get(url)
+
+    approve(admin_user, ids[:2])  # the oldest pair (pairs share a status time)
+    html = reviewer_client.get(url).content.decode()
+
+    third = Image.objects.get(pk=ids[2]).status_changed_at
+    figures = html[html.index('aria-label="Your figures"') :].split("</section>")[0]
+    assert f'<span class="figure">{timesince(third)}</span><span class="muted">oldest' in figures
+    assert listed(html)[0] == ids[2]
+
+
+def test_a_large_queue_page_still_reads_its_counts_from_the_cache(reviewer_client):
+    bare_waiting(PAGE_SIZE + 5)
+    url = reverse("review_queue")
+    with CaptureQueriesContext(connection) as cold:
+        reviewer_client.get(url)
+
+    with CaptureQueriesContext(connection) as warm:
+        html = reviewer_client.get(url).content.decode()
+
+    counting = [
+        q["sql"]
+        for q in warm.captured_queries
+        if "COUNT(" in q["sql"].upper() and "reviews_decision" not in q["sql"]
+    ]
+    assert counting == []  # the reviewer's own figures aside
+    assert len(cold) - len(warm) >= 6  # total, oldest, categories, scenes and the ages: cached
+    assert waiting_figure(html) == str(PAGE_SIZE + 5)
+
+
+def test_a_small_queue_s_fresh_counts_cost_the_same_queries_whatever_its_size(reviewer_client):
+    url = reverse("review_queue")
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert reviewer_client.get(url).status_code == 200
+        return len(captured)
+
+    bare_waiting(2)
+    reviewer_client.get(url)
+    two = queries()
+    bare_waiting(PAGE_SIZE - 2)
+    reviewer_client.get(url)
+    fifty = queries()
+
+    assert two == fifty
+
+
+def test_an_age_filtered_page_counts_its_own_rows_afresh_and_the_other_ages_expire(
+    reviewer_client, admin_user, mixed_queue
+):
+    url = reverse("review_queue")
+    with time_machine.travel(timezone.now(), tick=False) as traveller:
+        html = reviewer_client.get(url, {"age": "1h"}).content.decode()
+        assert waiting_figure(html) == "2"
+        assert '<option value="old" >Over a day (1)</option>' in html
+
+        approve(admin_user, [mixed_queue["weapon"].pk, mixed_queue["old_sexy"].pk])
+        soon = reviewer_client.get(url, {"age": "1h"}).content.decode()
+        traveller.shift(timedelta(seconds=31))
+        later = reviewer_client.get(url, {"age": "1h"}).content.decode()
+
+    assert listed(soon) == [mixed_queue["politics"].pk]
+    assert waiting_figure(soon) == "1"
+    assert '<option value="1h" selected>Under an hour (1)</option>' in soon
+    # The other ages are what the cache held (no scan of the whole queue for a one-row page)
+    # until the cache expires.
+    assert '<option value="old" >Over a day (1)</option>' in soon
+    assert '<option value="old" >Over a day (0)</option>' in later
+    assert waiting_figure(later) == "1"
