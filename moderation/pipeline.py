@@ -971,7 +971,14 @@ def poll_once(*, client: ImmClient, now: datetime | None = None, limit: int = 10
                 report.failed += 1
             continue
         if answer.status in ("Succeeded", "Failed"):
-            message = TaskMessage.parse({**answer.raw, "TaskType": "ImageModeration"})
+            try:
+                message = TaskMessage.parse({**answer.raw, "TaskType": "ImageModeration"})
+            except ValueError as exc:
+                # IMM's answer cannot be stored as it is; asked again at the next poll time
+                # (already set above), and expired after IMM's retention like any silent task.
+                logger.warning("IMM's answer for task %s is unreadable: %s", task.task_id, exc)
+                report.failed += 1
+                continue
             outcome = record_result(message=message, source=ModerationResult.Source.POLL)
             report.recorded += outcome.what == "recorded"
     report.matched = claim_unmatched_results(now=now)

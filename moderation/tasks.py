@@ -36,7 +36,12 @@ def fetch_result(task_id: str) -> str:
         return "failed"
     if answer.status not in ("Succeeded", "Failed"):
         return "running"
-    message = pipeline.TaskMessage.parse({**answer.raw, "TaskType": "ImageModeration"})
+    try:
+        message = pipeline.TaskMessage.parse({**answer.raw, "TaskType": "ImageModeration"})
+    except ValueError as exc:
+        # Unstorable as it is: the poller asks again, and expires the task after IMM's retention.
+        logger.warning("IMM's answer for task %s is unreadable: %s", task_id, exc)
+        return "unreadable"
     return pipeline.record_result(message=message, source=ModerationResult.Source.POLL).what
 
 

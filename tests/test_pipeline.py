@@ -1895,3 +1895,41 @@ def test_an_offending_frame_off_the_grid_is_shown_in_its_place_never_dropped():
         (9, ""),
         (40, "sexy"),
     ]
+
+
+def test_an_answer_imm_gives_the_poller_that_cannot_be_stored_is_skipped_not_a_crash(
+    make_image, fake, imm
+):
+    with time_machine.travel(T0, tick=False):
+        image, task = submitted(make_image, imm)
+    fake.finish(task.task_id, "block", ("porn",))
+    fake.tasks[task.task_id]["Code"] = {"not": "text"}
+    other_image, other_task = submitted(make_image, imm)
+    fake.finish(other_task.task_id, "pass")
+    ModerationTask.objects.filter(pk__in=[task.pk, other_task.pk]).update(next_poll_at=T0)
+
+    report = pipeline.poll_once(client=imm, now=T0)
+
+    assert (report.asked, report.failed, report.recorded) == (2, 1, 1)
+    image.refresh_from_db()
+    task.refresh_from_db()
+    assert image.status == Image.Status.SUBMITTED
+    assert task.state == ModerationTask.State.RUNNING
+    assert task.next_poll_at > T0  # asked again later
+    assert not ModerationResult.objects.filter(task=task).exists()
+    other_image.refresh_from_db()
+    assert other_image.status == Image.Status.APPROVED
+
+
+def test_a_fetched_verdict_that_cannot_be_stored_ends_the_task_run_quietly(make_image, imm_server):
+    image = make_image()
+    tasks.submit_image.call(image.pk)
+    task = image.moderation_tasks.get()
+    imm_server.finish(task.task_id, "block", ("porn",))
+    imm_server.tasks[task.task_id]["EndTime"] = {"when": "later"}
+
+    assert tasks.fetch_result.call(task.task_id) == "unreadable"
+
+    assert not ModerationResult.objects.filter(task=task).exists()
+    image.refresh_from_db()
+    assert image.status == Image.Status.SUBMITTED
