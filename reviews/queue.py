@@ -122,6 +122,7 @@ class Row:
     categories: list[str]
     uploader: str  # "" when the system uploaded it
     holder: str  # the reviewer with a live claim on it, or ""
+    has_thumbnail: bool  # False for an image over the decode budget (no preview was made)
 
 
 # The columns a Row is read from, in Row's field order (holder is annotated).
@@ -132,6 +133,7 @@ _ROW_COLUMNS = (
     "imm_rate",
     "imm_categories",
     "uploaded_by__username",
+    "thumbnail",
 )
 
 
@@ -165,8 +167,17 @@ def page(filters: Filters, *, after: str = "", now: datetime | None = None) -> P
     )
     more = len(values) > PAGE_SIZE
     rows = [
-        Row(pk, changed, suggestion, rate, categories or [], uploader or "", holder or "")
-        for pk, changed, suggestion, rate, categories, uploader, holder in values[:PAGE_SIZE]
+        Row(
+            pk,
+            changed,
+            suggestion,
+            rate,
+            categories or [],
+            uploader or "",
+            holder or "",
+            bool(thumb),
+        )
+        for pk, changed, suggestion, rate, categories, uploader, thumb, holder in values[:PAGE_SIZE]
     ]
     return Page(rows, _cursor(rows[-1]) if more and rows else None, cursor is None)
 

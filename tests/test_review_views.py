@@ -149,8 +149,8 @@ def past_decision(
 
 
 def listed(html: str) -> list[int]:
-    """Image ids in the order the queue (or escalated list) shows their thumbnails."""
-    return [int(pk) for pk in re.findall(r'alt="Image (\d+) \(blurred\)"', html)]
+    """Image ids in the order the queue (or escalated list) lists them."""
+    return [int(pk) for pk in re.findall(r'<a href="/reviews/(\d+)/">Image \1</a>', html)]
 
 
 def buttons(html: str) -> dict[str, str]:
@@ -1737,6 +1737,9 @@ def test_the_admin_deciding_an_escalated_item_sees_the_note_who_and_when_at_the_
         assert "Escalated by rex" in top
         assert "is that a real weapon?" in top
         assert f'datetime="{escalation.created_at.isoformat()}"' in top
+        # Its way back is the escalated list it came from, not the general queue.
+        assert f'<a href="{reverse("review_escalated")}">← Escalated</a>' in top
+        assert f'href="{reverse("review_queue")}"' not in top
 
 
 def test_the_note_shown_is_the_escalation_that_stands_not_an_undone_one(

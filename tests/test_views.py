@@ -614,6 +614,16 @@ def test_an_image_without_a_preview_says_why_on_every_page(
         assert reason in html
         assert "data-reveal" not in html
     assert "No preview" in admin_client.get(reverse("image_list")).content.decode()
+    # The queue's rows and the admins' escalated list say so too, rather than a broken picture.
+    blurred_url = reverse("image_file", args=[image.pk, "thumbnail-blurred"])
+    for page in [
+        reviewer_client.get(reverse("review_queue")),
+        admin_client.get(reverse("review_escalated")),
+    ]:
+        html = page.content.decode()
+        assert f"Image {image.pk}</a>" in html
+        assert "No preview" in html
+        assert blurred_url not in html
     for variant in ("preview", "thumbnail", "preview-blurred", "thumbnail-blurred"):
         assert admin_client.get(reverse("image_file", args=[image.pk, variant])).status_code == 404
     assert admin_client.get(reverse("image_file", args=[image.pk, "original"])).status_code == 200

@@ -102,11 +102,16 @@ def queue_rows(rows: Iterable[Row], *, now: datetime, greyscale: bool) -> SafeSt
             or '<span class="muted">none</span>'
         )
         holder = escape(row.holder) if row.holder else '<span class="muted">—</span>'
+        picture = (
+            f'<img src="{thumb_url.format(pk)}" alt="Image {pk} (blurred)" width="56" '
+            'height="56" loading="lazy">'
+            if row.has_thumbnail
+            else '<span class="no-preview">No preview</span>'
+        )
         html.append(
             "<tr>"
             f'<td><span class="image-cell"><a href="{item}" class="sensitive mini {grey}" '
-            f'tabindex="-1" aria-hidden="true"><img src="{thumb_url.format(pk)}" '
-            f'alt="Image {pk} (blurred)" width="56" height="56" loading="lazy"></a> '
+            f'tabindex="-1" aria-hidden="true">{picture}</a> '
             f'<a href="{item}">Image {pk}</a></span></td>'
             f'<td><span class="suggestion-{suggestion}">{suggestion or "—"}</span>{rate}</td>'
             f'<td><span class="chips">{chips}</span></td>'
