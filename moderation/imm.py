@@ -892,10 +892,12 @@ def _snippet(response: httpx.Response, limit: int = 200) -> str:
 # what remains an unauthenticated client can do is bounded here: what is kept, and how many
 # distinct URLs are fetched a minute.
 MNS_CERTIFICATE_MAX_BYTES = 16 * 1024  # a PEM certificate is 1-2 KB
-# Certificates and remembered failures together; the least recently used goes first.
+# Certificates kept, and failures remembered, each in its own LRU of this many entries: failures
+# an attacker provokes never push a good certificate out.
 MNS_CERTIFICATE_CACHE_ENTRIES = 16
 MNS_CERTIFICATE_FAILURE_SECONDS = 60.0  # a failed fetch is not tried again for this long
-# Distinct certificate URLs fetched a minute, across processes when they share Django's cache.
+# Distinct certificate URLs fetched a minute, across processes when they share Django's cache
+# (with the default per-process cache, per process).
 MNS_CERTIFICATE_URLS_PER_MINUTE = 5
 MNS_CERTIFICATE_LIMITED = "MnsCertificateFetchLimit"  # ImmError code once the limit is reached
 # Tests put an httpx.MockTransport here; None means the network.
@@ -903,7 +905,7 @@ MNS_CERTIFICATE_TRANSPORT: httpx.BaseTransport | None = None
 
 
 class _CertificateCache:
-    """An LRU of fetched certificates and of recent failures, bounded in entries, thread-safe."""
+    """An LRU bounded in entries, whose entries may expire; thread-safe."""
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
@@ -943,6 +945,7 @@ class _CertificateCache:
 
 
 MNS_CERTIFICATES = _CertificateCache(MNS_CERTIFICATE_CACHE_ENTRIES)
+MNS_CERTIFICATE_FAILURES = _CertificateCache(MNS_CERTIFICATE_CACHE_ENTRIES)
 
 
 def mns_certificate(
@@ -961,9 +964,10 @@ def mns_certificate(
     cached = MNS_CERTIFICATES.get(url, now)
     if isinstance(cached, bytes):
         return cached
-    if isinstance(cached, ImmError):
+    failed = MNS_CERTIFICATE_FAILURES.get(url, now)
+    if isinstance(failed, ImmError):
         raise ImmError(
-            cached.code, f"{cached.message} (remembered)", http_status=cached.http_status
+            failed.code, f"{failed.message} (remembered)", http_status=failed.http_status
         )
     if not _may_fetch_certificate(url):
         raise ImmError(
@@ -973,7 +977,7 @@ def mns_certificate(
     try:
         content = _fetch_certificate(url, transport or MNS_CERTIFICATE_TRANSPORT)
     except ImmError as error:
-        MNS_CERTIFICATES.put(url, error, expires=now + MNS_CERTIFICATE_FAILURE_SECONDS)
+        MNS_CERTIFICATE_FAILURES.put(url, error, expires=now + MNS_CERTIFICATE_FAILURE_SECONDS)
         raise
     MNS_CERTIFICATES.put(url, content)
     return content

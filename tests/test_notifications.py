@@ -274,7 +274,7 @@ def serve_certificates(monkeypatch, pem: bytes, status: int = 200) -> list[str]:
         fetched.append(str(request.url))
         return httpx.Response(status, content=pem)
 
-    imm.MNS_CERTIFICATES.clear()
+    clear_certificate_caches()
     monkeypatch.setattr(imm, "MNS_CERTIFICATE_TRANSPORT", httpx.MockTransport(handler))
     return fetched
 
@@ -478,7 +478,8 @@ def test_a_certificate_larger_than_the_bound_is_not_kept(monkeypatch):
     with pytest.raises(imm.ImmError, match="larger than"):
         imm.mns_certificate(url)
     assert fetched == [url]
-    assert isinstance(imm.MNS_CERTIFICATES.get(url, 0.0), imm.ImmError)
+    assert isinstance(imm.MNS_CERTIFICATE_FAILURES.get(url, 0.0), imm.ImmError)
+    assert url not in imm.MNS_CERTIFICATES
 
 
 @pytest.mark.parametrize(
@@ -564,3 +565,31 @@ def test_a_certificate_larger_than_the_bound_is_not_kept(monkeypatch):
 )
 def test_only_the_published_certificate_urls_are_accepted(url, region, published):
     assert notifications.is_published_certificate_url(url, region) is published
+
+
+def clear_certificate_caches() -> None:
+    """Each test starts as a new process would: nothing fetched, nothing failed."""
+    imm.MNS_CERTIFICATES.clear()
+    imm.MNS_CERTIFICATE_FAILURES.clear()
+
+
+def test_failures_an_attacker_provokes_never_push_a_good_certificate_out(monkeypatch):
+    monkeypatch.setattr(imm, "MNS_CERTIFICATE_URLS_PER_MINUTE", 1000)
+    good = "https://mns-cert.oss-cn-hangzhou.aliyuncs.com/x509_public_certificate.pem"
+    pem = signing_key()[1]
+    fetched: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        fetched.append(str(request.url))
+        return httpx.Response(200 if str(request.url) == good else 404, content=pem)
+
+    clear_certificate_caches()
+    monkeypatch.setattr(imm, "MNS_CERTIFICATE_TRANSPORT", httpx.MockTransport(handler))
+    assert imm.mns_certificate(good) == pem
+    for n in range(imm.MNS_CERTIFICATE_CACHE_ENTRIES * 3):
+        with pytest.raises(imm.ImmError):
+            imm.mns_certificate(f"{good}.burn{n}")
+
+    assert imm.mns_certificate(good) == pem
+    assert fetched.count(good) == 1
+    assert len(imm.MNS_CERTIFICATE_FAILURES) == imm.MNS_CERTIFICATE_CACHE_ENTRIES
