@@ -290,7 +290,12 @@ def _verdict_int(value: Any, what: str) -> int:
     """A count or offset: an integer (or one written as a string) from 0 to VERDICT_INT_MAX."""
     if value is None:
         return 0
-    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 10:
+    if (
+        isinstance(value, str)
+        and value.strip().isascii()
+        and value.strip().isdigit()
+        and len(value.strip()) <= 10
+    ):
         value = int(value)
     if isinstance(value, float) and value.is_integer():
         value = int(value)

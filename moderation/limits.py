@@ -19,6 +19,8 @@ REASON_JOINER = " — "
 # and their words) fits whole, so nothing a person wrote is ever clipped on its way to the log.
 REASON_MAX = CATEGORY_MAX + len(REASON_JOINER) + WORDS_MAX
 ELLIPSIS = "…"
+# The largest id or count a request may name: the database's 64-bit integers.
+WHOLE_NUMBER_MAX = 2**63 - 1
 
 
 class TooLong(ValueError):
@@ -48,3 +50,14 @@ def clip(text: str, limit: int = REASON_MAX) -> str:
     if len(text) <= limit:
         return text
     return text[: limit - len(ELLIPSIS)] + ELLIPSIS
+
+
+def whole_number(raw: str) -> int | None:
+    """`raw` as an id or count if it is ASCII digits that fit the database's integers, else None.
+
+    Not str.isdigit() alone: it accepts "²", which int() refuses, and an id past 2**63 makes the
+    database refuse the query.
+    """
+    if raw.isascii() and raw.isdigit() and int(raw) <= WHOLE_NUMBER_MAX:
+        return int(raw)
+    return None

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
 from django.urls import reverse
 
 logger = logging.getLogger(__name__)
@@ -72,5 +72,43 @@ class RequestBodyLimitMiddleware:
             return 413, (
                 f"the request body ({length / MB:.1f} MB) is larger than the "
                 f"{settings.UPLOAD_MAX_REQUEST_MB} MB one upload may be: choose fewer files at once"
+            )
+        return None
+
+
+def _holds_nul(params: QueryDict) -> bool:
+    return any(
+        "\x00" in key or any("\x00" in value for value in values) for key, values in params.lists()
+    )
+
+
+class RefuseNulCharactersMiddleware:
+    """Answers 400 to a query or form parameter that holds a NUL character.
+
+    No field takes one: Django's forms refuse it and PostgreSQL cannot store it in text, so a
+    reason, a note or a filter with a NUL in it would fail deep inside a transaction (a 500). The
+    views read their parameters directly, so it is refused here, once for all of them. It runs as
+    process_view, after the sign-in and CSRF checks, so only requests otherwise let in are parsed.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_view(
+        self, request: HttpRequest, view_func: object, view_args: object, view_kwargs: object
+    ) -> HttpResponse | None:
+        if _holds_nul(request.GET) or (request.method == "POST" and _holds_nul(request.POST)):
+            logger.warning(
+                "request refused (400) for %s from %s: a parameter holds a NUL character",
+                request.path,
+                request.META.get("REMOTE_ADDR"),
+            )
+            return HttpResponse(
+                "a parameter holds a NUL character, which no field accepts\n",
+                status=400,
+                content_type="text/plain",
             )
         return None

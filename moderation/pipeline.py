@@ -768,19 +768,23 @@ def _apply(task: ModerationTask, result: ModerationResult, image: Image) -> None
     if task.task_id is None:  # the notification beat the create response: adopt it now
         task.task_id = result.imm_task_id
         task.submitted_at = task.submitted_at or timezone.now()
+    # A word without an EndTime cannot be shown to be newer than one with it: it never overrides
+    # such a word (between two words without one, arrival order decides).
+    standing = ModerationResult.objects.filter(task=task, applied=True).exclude(pk=result.pk)
     newer = (
-        ModerationResult.objects.filter(task=task, applied=True)
-        .exclude(pk=result.pk)
-        .filter(end_time__gt=result.end_time)
-        .first()
+        standing.filter(end_time__gt=result.end_time)
         if result.end_time
-        else None
-    )
+        else standing.filter(end_time__isnull=False)
+    ).first()
     latest_task = image.moderation_tasks.order_by("-created_at", "-id").first()
     refused = ""
     if result.status in ("Succeeded", "Failed"):
         refused = imm_may_not_move(image, task, ending=result.status == "Failed")
-    if newer is not None:
+    if newer is not None and not result.end_time:
+        outcome = (
+            f"kept: it has no EndTime, so it cannot be newer than result {newer.pk}, which stands"
+        )
+    elif newer is not None:
         outcome = f"kept: older than result {newer.pk}, which stands (delivered out of order)"
     elif latest_task is not None and latest_task.pk != task.pk:
         outcome = "kept: the image was submitted again since; the newer task decides"

@@ -62,10 +62,11 @@ def remove_rule(
     *, rule_id: str, actor: User | AnonymousUser, context: audit.AuditContext
 ) -> str | None:
     """Remove a rule (audited); the category it held, or None if there was no such rule."""
-    if not rule_id.isdigit():
+    pk = limits.whole_number(rule_id)
+    if pk is None:
         return None
     with transaction.atomic():
-        rule = RoutingRule.objects.select_for_update().filter(pk=int(rule_id)).first()
+        rule = RoutingRule.objects.select_for_update().filter(pk=pk).first()
         if rule is None:
             return None
         category = rule.category

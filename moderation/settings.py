@@ -131,6 +131,8 @@ MIDDLEWARE = [
     # Knows who is asking, and answers before anything reads the body (CSRF's process_view does).
     "moderation.middleware.RequestBodyLimitMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    # After the sign-in and CSRF checks (process_view), before any view reads a parameter.
+    "moderation.middleware.RefuseNulCharactersMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",

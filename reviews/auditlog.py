@@ -35,6 +35,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST, require_safe
 from django_htmx.http import HttpResponseClientRedirect
 
+from moderation import limits
 from moderation.models import AuditEntry, AuditEntryQuerySet, ChainCheck, Image
 from moderation.tasks import pending_verification, request_verification
 
@@ -92,7 +93,7 @@ class Filters:
                 return None
 
         image = query.get("image", "").strip().lstrip("#")
-        image_id = _whole_number(image)
+        image_id = limits.whole_number(image)
         if image and image_id is None:
             problems.append("“image” is not an image number, so it is ignored.")
         return cls(
@@ -157,13 +158,6 @@ def _start_of(day: date, *, days: int = 0) -> datetime | None:
         return moment.astimezone(UTC)
     except OverflowError:
         return None
-
-
-def _whole_number(raw: str) -> int | None:
-    """A whole number that fits the database's 64-bit integers, or None."""
-    if raw.isascii() and raw.isdigit() and int(raw) < 2**63:
-        return int(raw)
-    return None
 
 
 # -------------------------------------------------------------------------------------- rows
@@ -297,8 +291,8 @@ def audit_log(request: HtmxHttpRequest) -> HttpResponse:
     filters = Filters.from_query(request.GET)
     page = log_page(
         filters,
-        before=_whole_number(request.GET.get("before", "")),
-        after=_whole_number(request.GET.get("after", "")),
+        before=limits.whole_number(request.GET.get("before", "")),
+        after=limits.whole_number(request.GET.get("after", "")),
     )
     context: dict[str, object] = {"filters": filters, "page": page}
     # A history restore (back button, page not in htmx's cache) needs the whole page.

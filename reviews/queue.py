@@ -19,6 +19,7 @@ from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
 from django.http import QueryDict
 from django.utils import timezone
 
+from moderation import limits
 from moderation.models import Image, ImageCategory
 from moderation.routing import SCENE_CATEGORIES
 
@@ -53,7 +54,7 @@ class Filters:
             scene=scene if scene in SCENE_CATEGORIES else "",
             category=query.get("category", "").strip()[:64],
             age=age if age in AGES else "",
-            uploader=int(uploader) if by_uploader and uploader.isdigit() else None,
+            uploader=limits.whole_number(uploader) if by_uploader else None,
         )
 
     def apply(self, images: QuerySet[Image], *, now: datetime) -> QuerySet[Image]:
@@ -104,11 +105,14 @@ def _cursor(row: Row) -> str:
 
 
 def _parse_cursor(value: str) -> tuple[datetime, int] | None:
-    micros, _, pk = value.partition(".")
-    if not (micros.isdigit() and pk.isdigit()):
+    micros, pk = (limits.whole_number(part) for part in value.partition(".")[::2])
+    if micros is None or pk is None:
         return None
-    moment = datetime.fromtimestamp(int(micros) / 1_000_000, tz=timezone.get_current_timezone())
-    return moment, int(pk)
+    try:
+        moment = datetime.fromtimestamp(micros / 1_000_000, tz=timezone.get_current_timezone())
+    except (OverflowError, OSError, ValueError):  # past the years a datetime can hold
+        return None
+    return moment, pk
 
 
 @dataclass(frozen=True, slots=True)

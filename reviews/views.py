@@ -412,11 +412,12 @@ def _escalated_page(
 
 def _undoable(request: HtmxHttpRequest, decision_id: str) -> Decision | None:
     """The user's own decision `decision_id` if it can still be undone (for the Undo button)."""
-    if not decision_id.isdigit():
+    pk = limits.whole_number(decision_id)
+    if pk is None:
         return None
     return (
         Decision.objects.filter(
-            pk=int(decision_id),
+            pk=pk,
             reviewer=request.user,
             created_at__gte=timezone.now() - services.undo_window(),
             undone_by__isnull=True,
@@ -441,7 +442,7 @@ def bulk(request: HtmxHttpRequest) -> HttpResponse:
         # The list again with the message and a 400, nothing decided.
         messages.error(request, error.message)
         return _escalated_page(request, status=error.status, reason=request.POST.get("reason", ""))
-    ids = [int(v) for v in request.POST.getlist("images") if v.isdigit()]
+    ids = [pk for v in request.POST.getlist("images") if (pk := limits.whole_number(v)) is not None]
     context = audit.AuditContext.from_request(request)
     done, refused = 0, []
     for image_id in ids:

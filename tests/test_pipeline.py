@@ -962,6 +962,34 @@ def test_an_older_verdict_delivered_late_is_stored_but_not_applied(make_image, i
     assert_chain_intact()
 
 
+def test_a_word_without_an_end_time_never_overrides_one_with_it(make_image, imm):
+    image, task = submitted(make_image, imm)
+    standing = deliver(task.task_id, "block", categories=("porn",), end="2035-01-01T00:00:00.000Z")
+
+    undated = deliver(task.task_id, "pass", end="")
+
+    assert undated.what == "recorded"
+    assert undated.result.applied is False
+    assert undated.result.outcome == (
+        f"kept: it has no EndTime, so it cannot be newer than result {standing.result.pk}, "
+        "which stands"
+    )
+    image.refresh_from_db()
+    assert image.status == Image.Status.REJECTED
+    assert entries("imm.result_received", image)[-1].reason == undated.result.outcome
+
+
+def test_between_words_without_an_end_time_the_later_arrival_stands(make_image, imm):
+    image, task = submitted(make_image, imm)
+    deliver(task.task_id, "review", categories=("sexy",), end="")
+
+    later = deliver(task.task_id, "pass", end="")
+
+    assert later.result.applied is True
+    image.refresh_from_db()
+    assert image.status == Image.Status.APPROVED
+
+
 def test_imm_s_manual_review_after_review_reroutes_the_image(make_image, imm):
     image, task = submitted(make_image, imm)
     deliver(task.task_id, "review", categories=("sexy",), end="2025-05-20T08:00:03.000Z")
