@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import string
 import time
 from collections.abc import Iterator, Mapping
@@ -40,6 +41,8 @@ from .models import AuditEntry, ChainCheck, Image
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser, User
     from django.http import HttpRequest
+
+logger = logging.getLogger(__name__)
 
 GENESIS_HASH = "0" * 64
 # An arbitrary constant that names the audit chain's advisory lock on PostgreSQL.
@@ -157,12 +160,17 @@ def record(
 
     Call it inside the transaction that makes the change (it refuses to run in autocommit), so
     the change and its entry are committed together or not at all. `actor=None` means the
-    system acted. A reason over limits.REASON_MAX raises limits.TooLong: a person's words are
-    refused whole by the service that takes them, and system text is clipped by its caller.
+    system acted. The reason is held to limits.REASON_MAX here, once for every caller: a
+    person's words were already refused whole over their limit by the service that took them
+    (which is why this never cuts them), and longer system text (an IMM error message, a
+    decoder's complaint) is clipped, marked with an ellipsis, rather than failing the change it
+    explains.
     """
     if not connection.in_atomic_block:
         raise RuntimeError("audit.record must run inside the transaction that makes the change")
-    limits.check(reason, limit=limits.REASON_MAX, what="reason")
+    if len(reason) > limits.REASON_MAX:
+        logger.info("audit %s: a reason of %d characters clipped", action, len(reason))
+        reason = limits.clip(reason)
     if actor is not None and actor.is_authenticated:
         actor_id: int | None = actor.pk
         actor_label = actor.get_username()

@@ -2,7 +2,8 @@
 refuses longer text, the column that stores it and the audit entry that records it.
 
 A person's words are never cut: a service refuses text over its limit with a message saying so.
-Text the system writes (IMM's error messages, for example) is clipped by its caller with `clip`.
+Text the system writes (IMM's error messages, for example) is clipped with `clip` where it is
+stored: audit.record does it for every audit reason.
 """
 
 from __future__ import annotations

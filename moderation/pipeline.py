@@ -41,7 +41,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from . import audit, limits
+from . import audit
 from .imm import ImmClient, ImmConfig, ImmError, ModerationVerdict, check_storable_json
 from .models import (
     Image,
@@ -193,7 +193,7 @@ def _move(
         image=image,
         state_before=before,
         state_after=status,
-        reason=limits.clip(reason),
+        reason=reason,
         detail=detail,
         context=context,
     )
@@ -422,7 +422,7 @@ def pause_submissions(error: ImmError) -> None:
         audit.record(
             action="imm.paused",
             actor=None,
-            reason=limits.clip(f"{error.code}: {error.message}"),
+            reason=f"{error.code}: {error.message}",
             detail={"code": error.code, "request_id": error.request_id, "http": error.http_status},
         )
     logger.error("IMM submissions paused: %s", error)
@@ -453,7 +453,7 @@ def resume_submissions(
         audit.record(
             action="imm.resumed",
             actor=actor,
-            reason=limits.clip(was),
+            reason=was,
             detail={"queued": len(waiting)},
             context=context,
         )
@@ -801,7 +801,7 @@ def _apply(task: ModerationTask, result: ModerationResult, image: Image) -> None
         image=image,
         state_before=state_before,
         state_after=state_before,
-        reason=limits.clip(outcome),
+        reason=outcome,
         detail=verdict,
     )
     if outcome:
@@ -1013,7 +1013,7 @@ def expire(task: ModerationTask, *, reason: str) -> None:
             image=image,
             state_before=before,
             state_after=image.status,
-            reason=limits.clip(reason),
+            reason=reason,
             detail={"task_id": task.task_id},
         )
 
