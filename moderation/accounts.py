@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import math
 from datetime import datetime, timedelta
@@ -10,6 +12,7 @@ from typing import Any
 from axes.helpers import get_client_username, get_cool_off, get_failure_limit
 from axes.models import AccessAttempt
 from axes.signals import user_locked_out
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import Group
@@ -84,7 +87,23 @@ def attempted_username(
     if name is None:
         return None
     longest = getattr(get_user_model()._meta.get_field(field), "max_length", None) or 150
-    return str(name)[:longest]
+    name = str(name)[:longest]
+    if get_user_model().objects.filter(**{field: name}).exists():
+        return name
+    return unknown_username(name)
+
+
+UNKNOWN_PREFIX = "unknown:"
+
+
+def unknown_username(name: str) -> str:
+    """What is counted, stored and shown for a typed name that names no account.
+
+    People type their password into the username field; such a name must not reach axes' table,
+    the audit log or the logs. A keyed hash still counts repeated tries of one name together.
+    """
+    digest = hmac.new(settings.SECRET_KEY.encode(), name.encode(), hashlib.sha256).hexdigest()
+    return f"{UNKNOWN_PREFIX}{digest[:24]}"
 
 
 def _lifts_at(
@@ -136,8 +155,10 @@ def locked_out(
         "minutes": max(1, math.ceil((lifts - now).total_seconds() / 60)),
         "limit": limit,
         "cool_off_minutes": int(cool_off.total_seconds() // 60),
-        "username": username if by_username else "",
+        # A name that is no account is not repeated back (it may be a mistyped password).
+        "username": username if by_username and not username.startswith(UNKNOWN_PREFIX) else "",
         "address": address if by_address else "",
+        "for_a_name": by_username is not None,
     }
     return render(request, "registration/locked_out.html", context, status=429)
 
