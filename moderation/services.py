@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO, Literal
 
@@ -78,11 +80,35 @@ def _put(
             sha256[:12],
         )
         replaced.append({"key": key, "found_bytes": size, "found_sha256": found})
-        storage.delete(key)
-    saved = storage.save(key, content)
-    if saved != key:  # a concurrent writer won the race for the same content
-        storage.delete(saved)
+    _write_whole(storage, key, content)
     return key
+
+
+def _write_whole(storage: Storage, key: str, content: File[bytes] | ContentFile[bytes]) -> None:
+    """Write `content` at `key` so that no reader (a concurrent upload of the same bytes, IMM)
+    ever finds part of it there.
+
+    Local files are written under a temporary name beside the key and renamed over it (atomic on
+    one filesystem); a crash leaves only the temporary file. Object stores (OSS, S3) write an
+    object whole or not at all, so there the old object is deleted and the new one saved.
+    """
+    try:
+        final = storage.path(key)
+    except NotImplementedError:
+        if storage.exists(key):
+            storage.delete(key)
+        saved = storage.save(key, content)
+        if saved != key:  # a concurrent writer won the race for the same content
+            storage.delete(saved)
+        return
+    temporary = f"{key}.partial-{uuid.uuid4().hex}"
+    try:
+        temporary = storage.save(temporary, content)
+        os.replace(storage.path(temporary), final)
+    except BaseException:
+        if storage.exists(temporary):  # a write cut short (a full disk) leaves nothing behind
+            storage.delete(temporary)
+        raise
 
 
 def _clean_filename(name: str) -> str:

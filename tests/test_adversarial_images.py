@@ -222,3 +222,32 @@ def test_a_partial_preview_left_at_its_address_is_replaced_not_served(admin_clie
     assert served(admin_client.get(f"/images/{image.pk}/preview")) == made.preview
     entry = AuditEntry.objects.get(image=image, action="image.uploaded")
     assert [r["key"] for r in entry.detail["replaced_files"]] == [key]
+
+
+class CutShort(io.BytesIO):
+    """File content whose reading fails part-way, as a full disk or a killed worker would."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.tell() > 0:
+            raise OSError(28, "No space left on device")
+        return super().read(64)
+
+
+def test_a_write_cut_short_leaves_nothing_at_the_content_address(db):
+    from django.core.files.base import File
+
+    data = checkerboard_png()
+    key = services.storage_key(hashlib.sha256(data).hexdigest(), "png")
+
+    with pytest.raises(OSError, match="No space left"):
+        services._put(
+            default_storage,
+            key,
+            File(CutShort(data), name="board.png"),
+            sha256=hashlib.sha256(data).hexdigest(),
+            replaced=[],
+        )
+
+    folder = key.rsplit("/", 1)[0]
+    assert not default_storage.exists(key)
+    assert default_storage.listdir(folder)[1] == []  # nor a temporary file beside it
