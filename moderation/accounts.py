@@ -13,11 +13,13 @@ from axes.helpers import get_client_username, get_cool_off, get_failure_limit
 from axes.models import AccessAttempt
 from axes.signals import user_locked_out
 from django.conf import settings
-from django.contrib.auth import get_user_model
+from django.contrib.auth import authenticate, get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.forms import PasswordChangeForm
 from django.contrib.auth.models import Group
 from django.contrib.auth.password_validation import validate_password
 from django.contrib.auth.signals import user_logged_in
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import QuerySet
 from django.dispatch import receiver
@@ -197,3 +199,24 @@ def record_lockout(
             detail={"username": name, "failures": failures},
             context=audit.AuditContext.from_request(request),
         )
+
+
+class ThrottledPasswordChangeForm(PasswordChangeForm):
+    """Django's password change, whose old password is checked by signing in (authenticate).
+
+    So django-axes counts a wrong old password as a failed sign-in and refuses the check during a
+    lockout: the page is no unthrottled way to guess the password of a session left signed in.
+    """
+
+    def __init__(self, user: Any, *args: Any, request: HttpRequest, **kwargs: Any) -> None:
+        super().__init__(user, *args, **kwargs)
+        self.request = request
+
+    def clean_old_password(self) -> str:
+        old = self.cleaned_data["old_password"]
+        username = self.user.get_username()
+        if authenticate(self.request, username=username, password=old) is None:
+            raise ValidationError(
+                self.error_messages["password_incorrect"], code="password_incorrect"
+            )
+        return old

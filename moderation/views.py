@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_not_required, permission_required
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.core.files.storage import default_storage
@@ -24,7 +25,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 from django_tasks_db.models import DBTaskResult, get_date_max
 
-from . import audit, intake, limits, notifications, pipeline, routing, services, signals
+from . import accounts, audit, intake, limits, notifications, pipeline, routing, services, signals
 from .models import AuditEntry, Image, ImmStatus, ModerationResult, RoutingRule
 from .tasks import fetch_result
 
@@ -40,6 +41,15 @@ logger = logging.getLogger(__name__)
 IMAGES_PER_PAGE = 48
 HEALTH_BACKLOG_SECONDS = 300
 HEALTH_POLLER_SECONDS = 120
+
+
+class PasswordChangeView(auth_views.PasswordChangeView):
+    """Django's, with the old password checked by signing in, so wrong guesses are throttled."""
+
+    form_class = accounts.ThrottledPasswordChangeForm
+
+    def get_form_kwargs(self) -> dict[str, Any]:
+        return {**super().get_form_kwargs(), "request": self.request}
 
 
 @require_safe

@@ -348,3 +348,31 @@ def test_a_password_typed_as_the_username_is_kept_out_of_every_record(admin_user
     for _ in range(limit):
         sign_in(Client(), "/accounts/login/", "ada", "wrong", address="192.0.2.81")
     assert AccessAttempt.objects.filter(username="ada").exists()
+
+
+def test_guessing_the_old_password_of_a_signed_in_session_is_throttled_too(admin_user):
+    # A session left signed in: the password change page must not be an unthrottled oracle.
+    client = Client()
+    client.force_login(admin_user)
+    url = reverse("password_change")
+    limit = getattr(django_settings, "AXES_FAILURE_LIMIT", 10)
+    new = {"new_password1": "a quieter horse, stapled", "new_password2": "a quieter horse, stapled"}
+    for n in range(limit - 1):
+        response = client.post(url, {"old_password": f"guess-{n}", **new}, REMOTE_ADDR="192.0.2.90")
+        assert response.status_code == 200
+        assert b"Your old password was entered incorrectly" in response.content
+    last = client.post(url, {"old_password": "guess-last", **new}, REMOTE_ADDR="192.0.2.90")
+    assert last.status_code == 429  # the guess that reaches the limit gets the lockout page
+
+    right = client.post(url, {"old_password": PASSWORD, **new}, REMOTE_ADDR="192.0.2.90")
+
+    assert right.status_code == 429
+    admin_user.refresh_from_db()
+    assert admin_user.check_password(PASSWORD)
+    assert AccessAttempt.objects.get(username="ada").failures_since_start == limit
+
+
+def test_the_admins_password_change_is_the_throttled_one(admin_client):
+    response = admin_client.get("/admin/password_change/")
+    assert response.status_code == 302
+    assert response["Location"] == reverse("password_change")
