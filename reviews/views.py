@@ -330,15 +330,12 @@ def renew(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 
     The text of a 404 or 409 is what the pane shows: why the item is gone, and what to do next.
     """
-    if (
-        _reviewable(request, pk) is not None
-        and services.extend_lease(image_id=pk, reviewer_id=request.user.pk) is not None
-    ):
-        return HttpResponse(status=204)
     image = _reviewable(request, pk)
     if image is None:
         message = f"{services.not_waiting_message(pk)} Take the next item from the queue."
         return HttpResponse(message, status=404, content_type="text/plain; charset=utf-8")
+    if services.extend_lease(image_id=pk, reviewer_id=request.user.pk) is not None:
+        return HttpResponse(status=204)
     if image.status not in services.DECIDABLE:
         # Only admins see a settled image: they are told how it was settled.
         message = (
