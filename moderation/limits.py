@@ -56,9 +56,10 @@ def clip(text: str, limit: int = REASON_MAX) -> str:
 def whole_number(raw: str) -> int | None:
     """`raw` as an id or count if it is ASCII digits that fit the database's integers, else None.
 
-    Not str.isdigit() alone: it accepts "²", which int() refuses, and an id past 2**63 makes the
-    database refuse the query.
+    Not str.isdigit() alone: it accepts "²", which int() refuses; the length first, because int()
+    refuses more than 4,300 digits; and an id past 2**63 makes the database refuse the query.
     """
-    if raw.isascii() and raw.isdigit() and int(raw) <= WHOLE_NUMBER_MAX:
+    longest = len(str(WHOLE_NUMBER_MAX))
+    if raw.isascii() and raw.isdigit() and len(raw) <= longest and int(raw) <= WHOLE_NUMBER_MAX:
         return int(raw)
     return None

@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TypeVar
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
+from django.http.response import HttpResponseBase
 from django.urls import reverse
 
+from . import limits
+
 logger = logging.getLogger(__name__)
+
+_View = TypeVar("_View", bound=Callable[..., HttpResponseBase])
 
 MB = 1024 * 1024
 
@@ -57,9 +63,10 @@ class RequestBodyLimitMiddleware:
             if request.META.get("HTTP_TRANSFER_ENCODING"):
                 return 411, "a request body needs a Content-Length header"
             return None
-        if not (declared.isascii() and declared.isdigit()):
+        length = limits.whole_number(declared)
+        if length is None:
             return 400, "the Content-Length header is not a number of bytes"
-        length = int(declared)
+
         small = settings.REQUEST_MAX_KB * 1024
         if length <= small:
             return None
@@ -76,6 +83,12 @@ class RequestBodyLimitMiddleware:
         return None
 
 
+def reads_own_body(view: _View) -> _View:
+    """Mark a view that reads request.body itself; RefuseNulCharactersMiddleware leaves it."""
+    view.reads_own_body = True  # type: ignore[attr-defined]
+    return view
+
+
 def _holds_nul(params: QueryDict) -> bool:
     return any(
         "\x00" in key or any("\x00" in value for value in values) for key, values in params.lists()
@@ -89,6 +102,8 @@ class RefuseNulCharactersMiddleware:
     reason, a note or a filter with a NUL in it would fail deep inside a transaction (a 500). The
     views read their parameters directly, so it is refused here, once for all of them. It runs as
     process_view, after the sign-in and CSRF checks, so only requests otherwise let in are parsed.
+    A view marked with reads_own_body (the IMM notification endpoint, which parses and checks its
+    raw body itself) keeps its body unread: parsing a form here would consume it.
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
@@ -100,7 +115,8 @@ class RefuseNulCharactersMiddleware:
     def process_view(
         self, request: HttpRequest, view_func: object, view_args: object, view_kwargs: object
     ) -> HttpResponse | None:
-        if _holds_nul(request.GET) or (request.method == "POST" and _holds_nul(request.POST)):
+        form = request.method == "POST" and not getattr(view_func, "reads_own_body", False)
+        if _holds_nul(request.GET) or (form and _holds_nul(request.POST)):
             logger.warning(
                 "request refused (400) for %s from %s: a parameter holds a NUL character",
                 request.path,

@@ -26,6 +26,7 @@ from django.views.decorators.http import require_http_methods, require_POST, req
 from django_tasks_db.models import DBTaskResult, get_date_max
 
 from . import accounts, audit, intake, limits, notifications, pipeline, routing, services, signals
+from .middleware import reads_own_body
 from .models import AuditEntry, Image, ImmStatus, ModerationResult, RoutingRule
 from .tasks import fetch_result
 
@@ -240,6 +241,7 @@ def _image_headers(response: HttpResponseBase) -> None:
 
 @login_not_required
 @csrf_exempt
+@reads_own_body
 @require_POST
 def imm_notification(request: HttpRequest) -> JsonResponse:
     """Where IMM's deliveries land. Answers fast: it only stores and routes (no call to IMM).

@@ -8,6 +8,7 @@ number such as "²" passed str.isdigit() and then failed int(). Runs on SQLite a
 from __future__ import annotations
 
 import pytest
+from django.test import Client
 from django.urls import reverse
 
 from moderation import limits
@@ -126,6 +127,7 @@ def test_a_number_that_is_not_one_is_ignored_not_a_500(admin_client, make_image,
     assert list(Image.objects.values_list("id", "status")) == before_images
     assert Decision.objects.count() == 0
     assert RoutingRule.objects.filter(category="sexy").exists()
+    image.refresh_from_db()
     assert image.status == Image.Status.AWAITING_REVIEW
 
 
@@ -141,7 +143,48 @@ def test_a_number_that_is_not_one_is_ignored_not_a_500(admin_client, make_image,
         (" 1", None),
         (str(limits.WHOLE_NUMBER_MAX), limits.WHOLE_NUMBER_MAX),
         (str(2**63), None),
+        ("1" * 5000, None),
     ],
 )
 def test_whole_number_takes_ascii_digits_that_fit_the_database(raw, number):
     assert limits.whole_number(raw) == number
+
+
+def test_a_multipart_post_to_the_notification_endpoint_is_a_4xx_not_a_500(settings):
+    # The endpoint reads and checks its raw body itself; nothing may consume it first.
+    settings.IMM_NOTIFY_TOKEN = "the-token"
+    boundary = "xyz"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="a"\r\n\r\nb\x00c\r\n'
+        f"--{boundary}--\r\n"
+    ).encode()
+    for headers in ({"X-IMM-Notify-Token": "the-token"}, {"x-mns-signing-cert-url": "aHR0cHM6"}):
+        response = Client().post(
+            reverse("imm_notification"),
+            data=body,
+            content_type=f"multipart/form-data; boundary={boundary}",
+            headers=headers,
+        )
+        assert 400 <= response.status_code < 500
+    assert not AuditEntry.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/reviews/?after=" + "1" * 5000 + ".1",
+        "/reviews/?uploader=" + "1" * 5000,
+        "/reviews/escalated/?undo=" + "1" * 5000,
+        "/audit/?image=" + "1" * 5000,
+    ],
+    ids=["cursor", "uploader", "undo", "audit-image"],
+)
+def test_a_number_of_thousands_of_digits_is_ignored_not_a_500(admin_client, url):
+    assert admin_client.get(url).status_code == 200
+
+
+def test_a_content_length_of_thousands_of_digits_is_a_400(client):
+    response = client.post(
+        reverse("login"), data=b"", content_type="text/plain", CONTENT_LENGTH="9" * 5000
+    )
+    assert response.status_code == 400
