@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import math
 from datetime import datetime, timedelta
@@ -12,7 +10,6 @@ from typing import Any
 from axes.helpers import get_client_username, get_cool_off, get_failure_limit
 from axes.models import AccessAttempt
 from axes.signals import user_locked_out
-from django.conf import settings
 from django.contrib.auth import authenticate, get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.forms import PasswordChangeForm
@@ -26,6 +23,7 @@ from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 
 from . import audit
 from .roles import ROLES, sync_roles
@@ -104,8 +102,8 @@ def unknown_username(name: str) -> str:
     People type their password into the username field; such a name must not reach axes' table,
     the audit log or the logs. A keyed hash still counts repeated tries of one name together.
     """
-    digest = hmac.new(settings.SECRET_KEY.encode(), name.encode(), hashlib.sha256).hexdigest()
-    return f"{UNKNOWN_PREFIX}{digest[:24]}"
+    digest = salted_hmac("moderation.accounts.unknown_username", name, algorithm="sha256")
+    return f"{UNKNOWN_PREFIX}{digest.hexdigest()[:24]}"
 
 
 def _lifts_at(
@@ -157,8 +155,8 @@ def locked_out(
         "minutes": max(1, math.ceil((lifts - now).total_seconds() / 60)),
         "limit": limit,
         "cool_off_minutes": int(cool_off.total_seconds() // 60),
-        # A name that is no account is not repeated back (it may be a mistyped password).
-        "username": username if by_username and not username.startswith(UNKNOWN_PREFIX) else "",
+        # The name is never repeated back: the page would differ for names that are accounts and
+        # names that are not (and one of those may be a password typed in the wrong field).
         "address": address if by_address else "",
         "for_a_name": by_username is not None,
     }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from datetime import timedelta
 
 import pytest
@@ -67,7 +68,10 @@ def test_a_guessed_password_locks_the_account_and_then_the_right_one_is_refused(
     for response in (tripped, refused):
         assert response.status_code == 429
         assert b"Sign-in paused" in response.content
-        assert b"manage.py axes_reset_username ada" in response.content
+        assert b"<code>manage.py axes_reset_username</code> followed by your username" in (
+            response.content
+        )
+        assert b"ada" not in response.content  # never repeated: it would tell accounts apart
     assert not signed_in(client)
     assert client.get(reverse("image_list")).status_code == 302
     # One audit entry for the lockout, with where it came from; a log line for each refusal.
@@ -376,3 +380,18 @@ def test_the_admins_password_change_is_the_throttled_one(admin_client):
     response = admin_client.get("/admin/password_change/")
     assert response.status_code == 302
     assert response["Location"] == reverse("password_change")
+
+
+def test_the_lockout_page_does_not_tell_an_account_from_a_name_that_is_none(admin_user):
+    limit = getattr(django_settings, "AXES_FAILURE_LIMIT", 10)
+    pages = []
+    for n, name in enumerate(["ada", "nobody-by-this-name"]):
+        for m in range(limit):
+            # A fresh address per try: only the username count locks.
+            response = sign_in(Client(), "/accounts/login/", name, "x", address=f"198.51.{n}.{m}")
+        assert response.status_code == 429
+        page = re.sub(r"<time[^>]*>.*?</time>", "", response.content.decode())
+        pages.append(
+            re.sub(r'CSRFToken": "[^"]*"|name="csrfmiddlewaretoken" value="[^"]*"', "", page)
+        )
+    assert pages[0].replace("198.51.0.", "") == pages[1].replace("198.51.1.", "")

@@ -155,8 +155,7 @@ def test_a_multipart_post_to_the_notification_endpoint_is_a_4xx_not_a_500(settin
     settings.IMM_NOTIFY_TOKEN = "the-token"
     boundary = "xyz"
     body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="a"\r\n\r\nbc\r\n'
-        f"--{boundary}--\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="a"\r\n\r\nbc\r\n--{boundary}--\r\n'
     ).encode()
     for headers in ({"X-IMM-Notify-Token": "the-token"}, {"x-mns-signing-cert-url": "aHR0cHM6"}):
         response = Client().post(
