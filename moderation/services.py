@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO, Literal
 
 from django.core.files.base import ContentFile, File
-from django.core.files.storage import Storage, default_storage
+from django.core.files.storage import FileSystemStorage, Storage, default_storage
 from django.db import IntegrityError, transaction
 
 from . import audit, intake, pipeline
@@ -80,31 +80,34 @@ def _put(
             sha256[:12],
         )
         replaced.append({"key": key, "found_bytes": size, "found_sha256": found})
-    _write_whole(storage, key, content)
+        _write_whole(storage, key, content, replacing=True)
+    else:
+        _write_whole(storage, key, content, replacing=False)
     return key
 
 
-def _write_whole(storage: Storage, key: str, content: File[bytes] | ContentFile[bytes]) -> None:
+def _write_whole(
+    storage: Storage, key: str, content: File[bytes] | ContentFile[bytes], *, replacing: bool
+) -> None:
     """Write `content` at `key` so that no reader (a concurrent upload of the same bytes, IMM)
     ever finds part of it there.
 
     Local files are written under a temporary name beside the key and renamed over it (atomic on
-    one filesystem); a crash leaves only the temporary file. Object stores (OSS, S3) write an
-    object whole or not at all, so there the old object is deleted and the new one saved.
+    one filesystem); a crash leaves only the temporary file (`*.partial-*`, never served). Other
+    storages (OSS, S3) write an object whole or not at all: the object is deleted first only when
+    it is being replaced, and a concurrent writer of the same bytes that got there first wins.
     """
-    try:
-        final = storage.path(key)
-    except NotImplementedError:
-        if storage.exists(key):
+    if not isinstance(storage, FileSystemStorage):
+        if replacing:
             storage.delete(key)
         saved = storage.save(key, content)
-        if saved != key:  # a concurrent writer won the race for the same content
+        if saved != key:  # a concurrent writer of the same content got there first
             storage.delete(saved)
         return
     temporary = f"{key}.partial-{uuid.uuid4().hex}"
     try:
         temporary = storage.save(temporary, content)
-        os.replace(storage.path(temporary), final)
+        os.replace(storage.path(temporary), storage.path(key))
     except BaseException:
         if storage.exists(temporary):  # a write cut short (a full disk) leaves nothing behind
             storage.delete(temporary)

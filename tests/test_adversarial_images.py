@@ -251,3 +251,23 @@ def test_a_write_cut_short_leaves_nothing_at_the_content_address(db):
     folder = key.rsplit("/", 1)[0]
     assert not default_storage.exists(key)
     assert default_storage.listdir(folder)[1] == []  # nor a temporary file beside it
+
+
+def test_on_an_object_store_a_partial_object_is_replaced_and_a_whole_one_kept(db):
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import InMemoryStorage
+
+    store = InMemoryStorage()
+    data = checkerboard_png()
+    sha256 = hashlib.sha256(data).hexdigest()
+    key = services.storage_key(sha256, "png")
+    store.save(key, ContentFile(data[:100]))
+    replaced: list[dict[str, object]] = []
+
+    assert services._put(store, key, ContentFile(data), sha256=sha256, replaced=replaced) == key
+    assert store.open(key).read() == data
+    assert [r["found_bytes"] for r in replaced] == [100]
+    # Whole already: kept as it is, nothing written under another name.
+    assert services._put(store, key, ContentFile(data), sha256=sha256, replaced=replaced) == key
+    assert store.listdir(key.rsplit("/", 1)[0])[1] == [key.rsplit("/", 1)[1]]
+    assert len(replaced) == 1
