@@ -209,13 +209,11 @@ class ChainHead:
 
     @classmethod
     def parse(cls, text: str) -> ChainHead:
-        count, _, digest = text.strip().partition(":")
-        # ASCII only: str.isdigit() accepts "²", which int() refuses, and a SHA-256 is hex.
-        if not (count.isascii() and count.isdigit() and int(count) > 0) or not (
-            len(digest) == 64 and all(c in string.hexdigits for c in digest)
-        ):
+        raw_count, _, digest = text.strip().partition(":")
+        count = limits.whole_number(raw_count)
+        if not (count and len(digest) == 64 and all(c in string.hexdigits for c in digest)):
             raise ValueError(f"a chain head looks like COUNT:SHA256 (COUNT from 1), not {text!r}")
-        return cls(int(count), digest.lower())
+        return cls(count, digest.lower())
 
 
 class ChainBroken(Exception):

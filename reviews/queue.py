@@ -129,7 +129,8 @@ class Row:
     has_thumbnail: bool  # False for an image over the decode budget (no preview was made)
 
 
-# The columns a Row is read from, in Row's field order (holder is annotated).
+# The columns a Row is read from; page() reads them with the annotated holder last and builds
+# each Row from them.
 _ROW_COLUMNS = (
     "pk",
     "status_changed_at",
