@@ -39,6 +39,17 @@ class Claim(models.Model):
         return f"image {self.image_id} held by {self.reviewer_id} until {self.expires_at:%H:%M:%S}"
 
 
+class DecisionQuerySet(models.QuerySet["Decision"]):
+    def standing_escalations(self) -> DecisionQuerySet:
+        """Escalations not undone, oldest first (the last one per image is the one that stands),
+        with who escalated."""
+        return (
+            self.filter(verdict=Decision.Verdict.ESCALATE, undone_by__isnull=True)
+            .select_related("reviewer")
+            .order_by("created_at", "id")
+        )
+
+
 class Decision(models.Model):
     """One human decision, never edited: an undo is a new Decision pointing at the one it undoes."""
 
@@ -64,6 +75,8 @@ class Decision(models.Model):
     )
     seconds = models.FloatField(null=True, blank=True, help_text="From claim to decision.")
     created_at = models.DateTimeField(db_index=True)
+
+    objects = DecisionQuerySet.as_manager()
 
     class Meta:
         indexes = [models.Index(fields=["reviewer", "created_at"], name="decision_reviewer_time")]

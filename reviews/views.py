@@ -151,14 +151,7 @@ def _standing_escalation(image: Image) -> Decision | None:
     and when, for the admin who decides it."""
     if image.status != Image.Status.ESCALATED:
         return None
-    return (
-        Decision.objects.filter(
-            image=image, verdict=Decision.Verdict.ESCALATE, undone_by__isnull=True
-        )
-        .select_related("reviewer")
-        .order_by("-created_at", "-id")
-        .first()
-    )
+    return Decision.objects.standing_escalations().filter(image=image).last()
 
 
 def _reject_reasons(image: Image) -> list[str]:
@@ -381,16 +374,8 @@ def _escalated_page(
         .order_by("-status", "status_changed_at", "id")[:200]
     )
     # The latest escalation that still stands (later rows win): an undone one is no note.
-    escalations = (
-        Decision.objects.filter(
-            image__in=[i.pk for i in images],
-            verdict=Decision.Verdict.ESCALATE,
-            undone_by__isnull=True,
-        )
-        .select_related("reviewer")
-        .order_by("created_at", "id")
-    )
-    notes = {d.image_id: d for d in escalations}
+    escalations = Decision.objects.standing_escalations().filter(image__in=[i.pk for i in images])
+    notes = {d.image_id: d for d in escalations}  # later rows win: the one that stands
     return TemplateResponse(
         request,
         "reviews/escalated.html",
