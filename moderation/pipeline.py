@@ -89,6 +89,7 @@ class ImmReach:
 # failed submissions, expiry) through imm_may_not_move. Above it stands the person-decided rule:
 # an image a person approved or rejected (human_decided_at) is never moved by IMM, whatever its
 # state. A refused word is still stored (ModerationResult, with its outcome) and audited.
+_KEEPS_ITS_VERDICT = "it has a verdict, which IMM's later failure does not take away"
 IMM_MAY_MOVE: dict[str, ImmReach] = {
     # Waiting for its first verdict: the notification can beat the create response. After an
     # admin's retry the old task's late word does not count: the new submission decides.
@@ -101,16 +102,10 @@ IMM_MAY_MOVE: dict[str, ImmReach] = {
     Image.Status.SUBMITTED: ImmReach(True, True, ""),
     # IMM sent it to a person and its own manual review settles it, unless a person already has
     # (escalated, decided). A claim is a lease, not a decision; an undone decision stands no more.
-    Image.Status.AWAITING_REVIEW: ImmReach(
-        True, False, "it has a verdict, which IMM's later failure does not take away"
-    ),
+    Image.Status.AWAITING_REVIEW: ImmReach(True, False, _KEEPS_ITS_VERDICT),
     # IMM's own verdict: IMM's newer word on the same task (its manual review) stands.
-    Image.Status.APPROVED: ImmReach(
-        True, False, "it has a verdict, which IMM's later failure does not take away"
-    ),
-    Image.Status.REJECTED: ImmReach(
-        True, False, "it has a verdict, which IMM's later failure does not take away"
-    ),
+    Image.Status.APPROVED: ImmReach(True, False, _KEEPS_ITS_VERDICT),
+    Image.Status.REJECTED: ImmReach(True, False, _KEEPS_ITS_VERDICT),
     # No verdict yet: one that arrives after all is better than none.
     Image.Status.FAILED: ImmReach(True, False, "it has failed already"),
     Image.Status.EXPIRED: ImmReach(True, True, ""),
