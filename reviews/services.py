@@ -107,10 +107,10 @@ def reviewable(user: User | AnonymousUser) -> QuerySet[Image]:
     )
 
 
-def check_words(text: str, *, what: str) -> str:
-    """A person's words, stripped, if within limits.WORDS_MAX; Invalid (400) if longer."""
+def check_words(text: str, *, what: str, limit: int = limits.WORDS_MAX) -> str:
+    """A person's words, stripped, if within `limit`; Invalid (400), saying so, if longer."""
     try:
-        return limits.check(text.strip(), limit=limits.WORDS_MAX, what=what)
+        return limits.check(text.strip(), limit=limit, what=what)
     except limits.TooLong as error:
         raise Invalid(str(error)) from None
 
@@ -121,9 +121,7 @@ def reason_for(*, verdict: str, category: str = "", words: str = "") -> str:
     Invalid (400) when a reject has neither, an escalation has no note, or either part is over
     its limit (refused whole, never cut).
     """
-    category, words = category.strip(), words.strip()
-    if len(category) > limits.CATEGORY_MAX:
-        raise Invalid(f"A category is at most {limits.CATEGORY_MAX} characters. Nothing was saved.")
+    category = check_words(category, what="category", limit=limits.CATEGORY_MAX)
     what = "note" if verdict == Decision.Verdict.ESCALATE else "reason"
     words = check_words(words, what=what)
     if verdict == Decision.Verdict.REJECT and not (category or words):

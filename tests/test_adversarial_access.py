@@ -270,6 +270,10 @@ def test_an_overlong_reject_category_is_a_400_that_writes_nothing(reviewer_clien
     )
 
     assert response.status_code == 400
+    assert (
+        f"The category is {limits.CATEGORY_MAX + 1} characters long; it can be at most "
+        f"{limits.CATEGORY_MAX}." in response.content.decode()
+    )
     assert rows() == before
 
 
