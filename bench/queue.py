@@ -920,7 +920,7 @@ def claims(args: argparse.Namespace, who: People, *, think: float, processes: in
 
 
 def verify_audit() -> tuple[int, float, str]:
-    from moderation.audit import ChainBroken, walk_chain
+    from moderation.audit.log import ChainBroken, walk_chain
 
     started = time.perf_counter()
     entries = 0

@@ -25,7 +25,7 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
-from . import audit
+from .audit import log as audit
 from .roles import ROLES, sync_roles
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 # ruff: noqa: S311 - seeded drawing randomness, not security
 """A dozen sample images, drawn locally, that the emulator's detector sorts into pass, review and
-block (see moderation/emulator/detector.py): calm landscapes pass; large skin-tone areas block,
+block (see moderation/imm/emulator/detector.py): calm landscapes pass; large skin-tone areas block,
 medium ones go to review as "sexy"; a blood-red splash reviews as "bloody"; a printed flyer
 reviews as "ad"; an animated GIF with one skin-tone frame blocks on that frame."""
 

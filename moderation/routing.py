@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 
 from django.db import IntegrityError, transaction
 
-from . import audit, limits
+from . import limits
+from .audit import log as audit
 from .models import RoutingRule
 
 if TYPE_CHECKING:

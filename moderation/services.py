@@ -13,7 +13,9 @@ from django.core.files.base import ContentFile, File
 from django.core.files.storage import FileSystemStorage, Storage, default_storage
 from django.db import IntegrityError, transaction
 
-from . import audit, intake, pipeline
+from . import intake
+from .audit import log as audit
+from .imm import pipeline
 from .models import Image
 
 if TYPE_CHECKING:

@@ -171,7 +171,7 @@ DATABASES = {
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # IMMEDIATE makes every transaction take SQLite's write lock when it begins, so two writers
-    # never both read the audit chain's head and then race to append (see moderation/audit.py).
+    # never both read the audit chain's head and then race to append (see moderation/audit/log.py).
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"transaction_mode": "IMMEDIATE", "timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}
     )

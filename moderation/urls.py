@@ -31,7 +31,7 @@ urlpatterns = [
     path("imm/routing/", views.routing_rules, name="routing_rules"),
     path("imm/resume/", views.imm_resume, name="imm_resume"),
     path("reviews/", include("reviews.urls")),
-    path("audit/", include("reviews.urls_audit")),
+    path("audit/", include("moderation.audit.urls")),
     # The admin's own password change checks the old password without counting wrong guesses.
     path("admin/password_change/", RedirectView.as_view(pattern_name="password_change")),
     path("admin/", admin.site.urls),

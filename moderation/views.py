@@ -25,10 +25,12 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 from django_tasks_db.models import DBTaskResult, get_date_max
 
-from . import accounts, audit, intake, limits, notifications, pipeline, routing, services, signals
+from . import accounts, intake, limits, routing, services, signals
+from .audit import log as audit
+from .imm import notifications, pipeline
+from .imm.pipeline import fetch_result
 from .middleware import reads_own_body
 from .models import AuditEntry, Image, ImmStatus, ModerationResult, RoutingRule
-from .tasks import fetch_result
 
 if TYPE_CHECKING:
     from django_htmx.middleware import HtmxDetails
@@ -249,7 +251,7 @@ def imm_notification(request: HttpRequest) -> JsonResponse:
     An MNS push proves all it can (topic, Date, Content-MD5, a message that parses, a published
     certificate URL) before its signing certificate is fetched; see moderation.notifications.
     """
-    from .imm import mns_certificate
+    from .imm.client import mns_certificate
 
     mns = notifications.is_mns_push(request.headers)
     try:

@@ -21,7 +21,8 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
-from moderation import audit, limits
+from moderation import limits
+from moderation.audit import log as audit
 from moderation.models import Image
 
 from .models import Claim, Decision

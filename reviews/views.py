@@ -14,7 +14,9 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 from django_htmx.http import HttpResponseClientRedirect, push_url, trigger_client_event
 
-from moderation import audit, limits, pipeline
+from moderation import limits
+from moderation.audit import log as audit
+from moderation.imm import pipeline
 from moderation.models import AuditEntry, Image, ModerationResult
 from moderation.routing import SCENE_CATEGORIES
 

@@ -18,7 +18,8 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from moderation import audit, limits
+from moderation import limits
+from moderation.audit import log as audit
 from moderation.models import AuditEntry, Image, RoutingRule
 from reviews.models import Claim, Decision
 
@@ -332,8 +333,8 @@ def test_the_audit_log_holds_every_reason_to_the_limit_clipping_system_text_visi
 
 
 def test_a_long_imm_error_message_is_clipped_into_the_audit_log_not_refused(db):
-    from moderation import pipeline
-    from moderation.imm import ImmError
+    from moderation.imm import pipeline
+    from moderation.imm.client import ImmError
     from moderation.models import ImmStatus
 
     # IMM's text is not a person's words: it reaches the log cut to the limit, marked as cut,

@@ -15,7 +15,7 @@ from django.test import Client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from moderation import imm
+from moderation.imm import client as imm
 from moderation.models import AuditEntry, Image, ModerationResult, ModerationTask
 
 from .test_notifications import (

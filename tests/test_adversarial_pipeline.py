@@ -25,9 +25,11 @@ from django.urls import reverse
 from django.utils import timezone
 from PIL import Image as PILImage
 
-from moderation import audit, pipeline, services
-from moderation.emulator import Emulator
-from moderation.imm import ImmClient, ImmConfig
+from moderation import services
+from moderation.audit import log as audit
+from moderation.imm import pipeline
+from moderation.imm.client import ImmClient, ImmConfig
+from moderation.imm.emulator import Emulator
 from moderation.models import AuditEntry, Image, ModerationResult, ModerationTask
 
 from .conftest import postgres_only

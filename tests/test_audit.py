@@ -26,7 +26,7 @@ from django.core.management.base import CommandError
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
-from moderation import audit
+from moderation.audit import log as audit
 from moderation.models import AuditEntry, AuditLogIsAppendOnly
 
 from .conftest import postgres_only
@@ -583,7 +583,7 @@ import django
 django.setup()
 from django.core.management import call_command
 from django.db import connection, transaction
-from moderation import audit
+from moderation.audit import log as audit
 
 call_command("migrate", verbosity=0)
 THREADS, PER_THREAD = int(sys.argv[1]), int(sys.argv[2])

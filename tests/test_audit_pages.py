@@ -16,16 +16,16 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django_tasks import TaskResultStatus, default_task_backend
 
-from moderation import audit
-from moderation.models import AuditEntry, ChainCheck, Image, VerificationRequest
-from moderation.tasks import (
+from moderation.audit import log as audit
+from moderation.audit.tasks import (
     VERIFICATION_LOST_AFTER,
     PendingVerification,
     pending_verification,
     request_verification,
     verify_audit_chain,
 )
-from reviews.auditlog import EXPORT_COLUMNS, EXPORT_FIELDS
+from moderation.audit.views import EXPORT_COLUMNS, EXPORT_FIELDS
+from moderation.models import AuditEntry, ChainCheck, Image, VerificationRequest
 
 pytestmark = pytest.mark.django_db
 
@@ -822,7 +822,7 @@ def test_exporting_eight_thousand_entries_never_holds_them_all(admin_client):
 
 
 def test_an_export_carries_everything_needed_to_verify_each_entry_offline(admin_client, varied):
-    from moderation.audit import canonical_content, entry_hash
+    from moderation.audit.log import canonical_content, entry_hash
 
     response = admin_client.get("/audit/export.jsonl")
     lines = b"".join(response.streaming_content).decode().splitlines()

@@ -1,4 +1,4 @@
-"""The IMM emulator, spoken to over HTTP exactly as IMM is: signed with moderation.acs3."""
+"""The IMM emulator, spoken to over HTTP exactly as IMM is: signed with moderation.imm.signing."""
 
 from __future__ import annotations
 
@@ -35,9 +35,10 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from PIL import Image, ImageDraw
 
-from moderation import acs3, services
-from moderation.emulator import Emulator, RulesError
-from moderation.emulator.store import RETENTION_MS, Task
+from moderation import services
+from moderation.imm import signing as acs3
+from moderation.imm.emulator import Emulator, RulesError
+from moderation.imm.emulator.store import RETENTION_MS, Task
 
 from .factories import png_bomb
 
@@ -921,7 +922,9 @@ def test_a_malformed_rules_file_is_refused_at_start(tmp_path, rules, problem):
 
 
 def test_the_example_rules_file_loads():
-    example = Path(__file__).parent.parent / "moderation" / "emulator" / "rules.example.json"
+    example = (
+        Path(__file__).parent.parent / "moderation" / "imm" / "emulator" / "rules.example.json"
+    )
     emulator = Emulator(
         access_key_id=KEY_ID,
         access_key_secret=SECRET,
@@ -992,7 +995,7 @@ def test_a_failed_task_is_notified_without_a_verdict(start_emulator, receiver):
 
 def test_a_failed_delivery_is_retried_and_logged_without_the_token(start_emulator, caplog):
     receiver = Receiver(fail_first=2)
-    caplog.set_level(logging.INFO, logger="moderation.emulator")
+    caplog.set_level(logging.INFO, logger="moderation.imm.emulator")
     try:
         emulator = start_emulator(
             notify_url=receiver.url + "?key=in-the-url", notify_token="t0ken-value"
@@ -1204,7 +1207,7 @@ def test_the_manual_review_setting(value, expected):
 def test_a_state_file_from_before_manual_review_is_upgraded(tmp_path):
     import sqlite3
 
-    from moderation.emulator.store import TaskStore
+    from moderation.imm.emulator.store import TaskStore
 
     path = tmp_path / "old.sqlite3"
     with sqlite3.connect(path) as old:

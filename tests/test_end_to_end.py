@@ -12,7 +12,7 @@ from django.core.management import call_command
 from django.test import override_settings
 
 from moderation import demo
-from moderation.emulator import Emulator
+from moderation.imm.emulator import Emulator
 from moderation.models import AuditEntry, Image, ModerationResult
 
 from .conftest import PASSWORD

@@ -17,8 +17,8 @@ from urllib.parse import parse_qsl
 import httpx
 import pytest
 
-from moderation import acs3
-from moderation.imm import (
+from moderation.imm import signing as acs3
+from moderation.imm.client import (
     BlockFrame,
     ImageModerationResult,
     ImmClient,

@@ -19,7 +19,8 @@ from cryptography.x509.oid import NameOID
 from django.test import Client
 from django_tasks import default_task_backend
 
-from moderation import imm, notifications
+from moderation.imm import client as imm
+from moderation.imm import notifications
 from moderation.models import AuditEntry, Image, ModerationResult, ModerationTask
 
 pytestmark = pytest.mark.django_db

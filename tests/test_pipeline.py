@@ -23,8 +23,9 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_tasks import default_task_backend
 
-from moderation import audit, pipeline, tasks
-from moderation.imm import ImmClient, ImmConfig, ImmError
+from moderation.audit import log as audit
+from moderation.imm import pipeline
+from moderation.imm.client import ImmClient, ImmConfig, ImmError
 from moderation.models import (
     AuditEntry,
     Image,
@@ -1368,8 +1369,8 @@ def imm_server(fake, settings) -> Iterator[FakeImm]:
 def test_the_submit_image_task_sends_the_image_to_imm(make_image, imm_server):
     image = make_image()
 
-    assert tasks.submit_image.call(image.pk) == "submitted"
-    assert tasks.submit_image.call(image.pk) == "skipped"
+    assert pipeline.submit_image.call(image.pk) == "submitted"
+    assert pipeline.submit_image.call(image.pk) == "skipped"
 
     image.refresh_from_db()
     assert image.status == Image.Status.SUBMITTED
@@ -1381,14 +1382,14 @@ def test_the_submit_image_task_sends_the_image_to_imm(make_image, imm_server):
 
 def test_the_fetch_result_task_records_the_verdict_a_notification_lacked(make_image, imm_server):
     image = make_image()
-    tasks.submit_image.call(image.pk)
+    pipeline.submit_image.call(image.pk)
     task = image.moderation_tasks.get()
     assert deliver(task.task_id, suggestion="").what == "needs_verdict"
 
-    assert tasks.fetch_result.call(task.task_id) == "running"
+    assert pipeline.fetch_result.call(task.task_id) == "running"
     imm_server.finish(task.task_id, "review", ("sexy",))
-    assert tasks.fetch_result.call(task.task_id) == "recorded"
-    assert tasks.fetch_result.call(task.task_id) == "duplicate"
+    assert pipeline.fetch_result.call(task.task_id) == "recorded"
+    assert pipeline.fetch_result.call(task.task_id) == "duplicate"
 
     image.refresh_from_db()
     assert image.status == Image.Status.AWAITING_REVIEW
@@ -1398,8 +1399,8 @@ def test_the_fetch_result_task_records_the_verdict_a_notification_lacked(make_im
 
 
 def test_the_fetch_result_task_gives_up_quietly_when_imm_fails(db, imm_server, caplog):
-    with caplog.at_level(logging.WARNING, logger="moderation.tasks"):
-        outcome = tasks.fetch_result.call("ImageModeration-unknown")
+    with caplog.at_level(logging.WARNING, logger="moderation.imm.pipeline"):
+        outcome = pipeline.fetch_result.call("ImageModeration-unknown")
 
     assert outcome == "failed"
     assert "ResourceNotFound" in caplog.text
@@ -1951,12 +1952,12 @@ def test_an_answer_imm_gives_the_poller_that_cannot_be_stored_is_skipped_not_a_c
 
 def test_a_fetched_verdict_that_cannot_be_stored_ends_the_task_run_quietly(make_image, imm_server):
     image = make_image()
-    tasks.submit_image.call(image.pk)
+    pipeline.submit_image.call(image.pk)
     task = image.moderation_tasks.get()
     imm_server.finish(task.task_id, "block", ("porn",))
     imm_server.tasks[task.task_id]["EndTime"] = {"when": "later"}
 
-    assert tasks.fetch_result.call(task.task_id) == "unreadable"
+    assert pipeline.fetch_result.call(task.task_id) == "unreadable"
 
     assert not ModerationResult.objects.filter(task=task).exists()
     image.refresh_from_db()

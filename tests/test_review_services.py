@@ -14,8 +14,8 @@ import time_machine
 from django.db import IntegrityError, connection
 from django.utils import timezone
 
-from moderation import audit
 from moderation.accounts import create_user
+from moderation.audit import log as audit
 from moderation.models import AuditEntry, Image
 from reviews import services
 from reviews.models import Claim, Decision

@@ -173,8 +173,8 @@ def test_healthz_is_ok_with_a_recent_poller_round_and_sees_a_stale_backlog(setti
     from django.utils import timezone
     from django_tasks_db.models import DBTaskResult
 
+    from moderation.imm.pipeline import submit_image
     from moderation.models import ImmStatus
-    from moderation.tasks import submit_image
 
     ImmStatus.objects.create(pk=1, poller_seen_at=timezone.now())
     assert Client().get(reverse("healthz")).json()["status"] == "ok"

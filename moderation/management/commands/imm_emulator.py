@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from moderation.emulator import Emulator, RulesError
+from moderation.imm.emulator import Emulator, RulesError
 
 
 def _rate(value: str) -> float:

@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 
-from moderation import pipeline
+from moderation.imm import pipeline
 
 
 class Command(BaseCommand):

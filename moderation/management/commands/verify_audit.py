@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from moderation.audit import ChainBroken, ChainHead, save_check, walk_chain
+from moderation.audit.log import ChainBroken, ChainHead, save_check, walk_chain
 
 
 class Command(BaseCommand):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from moderation import acs3
+from moderation.imm import signing as acs3
 
 VECTORS = json.loads((Path(__file__).parent / "data" / "signature_vectors.json").read_text())[
     "vectors"

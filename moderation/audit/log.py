@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 from django.db import connection
 from django.utils import timezone
 
-from . import limits
-from .models import AuditEntry, ChainCheck, Image
+from moderation import limits
+from moderation.models import AuditEntry, ChainCheck, Image
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser, User

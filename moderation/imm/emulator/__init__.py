@@ -8,7 +8,7 @@
     emulator.stop()
 
 What it does, module by module:
-- gateway: Alibaba's API gateway: ACS3-HMAC-SHA256 signatures (with moderation.acs3), the
+- gateway: Alibaba's API gateway: ACS3-HMAC-SHA256 signatures (with moderation.imm.signing), the
   15-minute clock window, nonces, flow control, and error answers
   ({"RequestId", "HostId", "Code", "Message", "Recommend"}).
 - operations: CreateImageModerationTask, GetTask, GetImageModerationResult and ListTasks.

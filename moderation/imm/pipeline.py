@@ -1,7 +1,8 @@
 """The IMM pipeline: submit images, record every result, route each image by its verdict.
 
 Nothing here is called inside a web request except `record_result` (database only) and the
-admin actions; the network calls run in background tasks (moderation.tasks) and the poller.
+admin actions; the network calls run in background tasks (submit_image and fetch_result, at the
+end of this module) and the poller.
 
 Submission. CreateImageModerationTask has no idempotency token, so every attempt carries our own
 `submission_key` in Tags and UserData. A create that may have reached IMM without an answer back
@@ -40,10 +41,10 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
+from django_tasks import task as background_task
 
-from . import audit
-from .imm import ImmClient, ImmConfig, ImmError, ModerationVerdict, check_storable_json
-from .models import (
+from moderation.audit import log as audit
+from moderation.models import (
     Image,
     ImageCategory,
     ImmStatus,
@@ -51,6 +52,8 @@ from .models import (
     ModerationTask,
     RoutingRule,
 )
+
+from .client import ImmClient, ImmConfig, ImmError, ModerationVerdict, check_storable_json
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser, User
@@ -199,7 +202,6 @@ def _move(
 
 def enqueue_submission(image_id: int, *, delay: float = 0.0) -> None:
     """Queue a submit task for the image once the current transaction commits."""
-    from .tasks import submit_image
 
     def send() -> None:
         task = submit_image
@@ -1032,3 +1034,32 @@ def resend_stuck(*, now: datetime) -> int:
         with transaction.atomic():
             enqueue_submission(image_id)
     return len(stuck)
+
+
+# --- Background tasks (run by `manage.py db_worker`; each takes ids and is safe to run twice) ---
+
+
+@background_task()
+def submit_image(image_id: int) -> str:
+    """Send one image to IMM (or adopt the task an earlier attempt created)."""
+    return submit(image_id=image_id, client=make_client()).what
+
+
+@background_task()
+def fetch_result(task_id: str) -> str:
+    """Fetch a verdict a notification did not carry, and record it."""
+    try:
+        answer = make_client().get_image_moderation_result(task_id)
+    except ImmError as error:
+        # The poller asks again later; nothing is lost by giving up here.
+        logger.warning("fetching the result of %s failed: %s", task_id, error)
+        return "failed"
+    if answer.status not in ("Succeeded", "Failed"):
+        return "running"
+    try:
+        message = TaskMessage.parse({**answer.raw, "TaskType": "ImageModeration"})
+    except ValueError as exc:
+        # Unstorable as it is: the poller asks again, and expires the task after IMM's retention.
+        logger.warning("IMM's answer for task %s is unreadable: %s", task_id, exc)
+        return "unreadable"
+    return record_result(message=message, source=ModerationResult.Source.POLL).what

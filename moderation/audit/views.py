@@ -36,8 +36,8 @@ from django.views.decorators.http import require_POST, require_safe
 from django_htmx.http import HttpResponseClientRedirect
 
 from moderation import limits
+from moderation.audit.tasks import pending_verification, request_verification
 from moderation.models import AuditEntry, AuditEntryQuerySet, ChainCheck, Image
-from moderation.tasks import pending_verification, request_verification
 
 if TYPE_CHECKING:
     from django_htmx.middleware import HtmxDetails
@@ -297,9 +297,9 @@ def audit_log(request: HtmxHttpRequest) -> HttpResponse:
     context: dict[str, object] = {"filters": filters, "page": page}
     # A history restore (back button, page not in htmx's cache) needs the whole page.
     if request.htmx and not request.htmx.history_restore_request:
-        template = "reviews/audit_log.html#rows"
+        template = "audit/log.html#rows"
     else:
-        template = "reviews/audit_log.html"
+        template = "audit/log.html"
         check = ChainCheck.objects.order_by("-checked_at", "-id").first()
         head = AuditEntry.objects.order_by("-seq").values_list("seq", flat=True).first()
         context |= {

@@ -14,7 +14,7 @@ Authentication, one of two ways:
   the MD5 of the body received (MNS signs that header, not the body), the body is a JSON or
   XML wrapper from the configured topic (and TopicOwner, when IMM_MNS_TOPIC_OWNER is set), the
   task message inside parses, and the certificate URL has the published form. Only then is
-  the certificate fetched (moderation.imm.mns_certificate: cached, and rate-limited) and the
+  the certificate fetched (moderation.imm.client.mns_certificate: cached, and rate-limited) and the
   RSA-SHA1 signature checked.
 """
 
@@ -38,7 +38,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from .imm import MNS_CERTIFICATE_LIMITED, ImmError
+from .client import MNS_CERTIFICATE_LIMITED, ImmError
 
 MNS_MAX_AGE = timedelta(minutes=15)
 MNS_SIGNATURE_MAX_BYTES = 1024  # an RSA-4096 signature is 512

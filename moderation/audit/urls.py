@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import auditlog
+from . import views as auditlog
 
 urlpatterns = [
     path("", auditlog.audit_log, name="audit_log"),

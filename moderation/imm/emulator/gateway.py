@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from moderation import acs3
+from moderation.imm import signing as acs3
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """The client for Alibaba Cloud Intelligent Media Management (IMM), API version 2020-09-30.
 
 The only module that talks HTTP to IMM (and the only one that imports httpx). It owns one
-`httpx.Client`, signs every attempt with ACS3-HMAC-SHA256 (`moderation.acs3`), turns responses
-into typed results and every failure into one exception type, `ImmError`.
+`httpx.Client`, signs every attempt with ACS3-HMAC-SHA256 (`moderation.imm.signing`), turns
+responses into typed results and every failure into one exception type, `ImmError`.
 
 Wire protocol (REFERENCE.md sections 1-4): RPC style, `POST /`, the action and version in
 `x-acs-*` headers, every operation parameter in the query string, an empty body, JSON back.
@@ -46,7 +46,7 @@ from urllib.parse import urlsplit
 import httpx
 from cryptography import x509
 
-from . import acs3
+from . import signing as acs3
 
 logger = logging.getLogger("moderation.imm")
 
@@ -893,7 +893,7 @@ def _snippet(response: httpx.Response, limit: int = 200) -> str:
 
 # MNS signs pushes with a handful of long-lived certificates, so each is fetched once per process
 # and kept. The notification view asks only for URLs of the published form, and only for a push
-# that has passed every check it can make without the certificate (moderation/notifications.py);
+# that has passed every check it can make without the certificate (moderation/imm/notifications.py);
 # what remains an unauthenticated client can do is bounded here: what is kept, and how many
 # distinct URLs are fetched a minute.
 MNS_CERTIFICATE_MAX_BYTES = 16 * 1024  # a PEM certificate is 1-2 KB

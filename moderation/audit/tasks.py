@@ -1,9 +1,7 @@
-"""Background work (Django's Tasks API, run by `manage.py db_worker`). Each task takes ids and is
-safe to run twice; the pipeline module holds the logic."""
+"""The audit chain walk the log page asks for, run by the task worker (manage.py db_worker)."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -12,37 +10,9 @@ from django.utils import timezone
 from django_tasks import TaskResultStatus, task
 from django_tasks.exceptions import TaskResultDoesNotExist
 
-from . import audit, pipeline
-from .imm import ImmError
-from .models import ModerationResult, VerificationRequest
+from moderation.models import VerificationRequest
 
-logger = logging.getLogger(__name__)
-
-
-@task()
-def submit_image(image_id: int) -> str:
-    """Send one image to IMM (or adopt the task an earlier attempt created)."""
-    return pipeline.submit(image_id=image_id, client=pipeline.make_client()).what
-
-
-@task()
-def fetch_result(task_id: str) -> str:
-    """Fetch a verdict a notification did not carry, and record it."""
-    try:
-        answer = pipeline.make_client().get_image_moderation_result(task_id)
-    except ImmError as error:
-        # The poller asks again later; nothing is lost by giving up here.
-        logger.warning("fetching the result of %s failed: %s", task_id, error)
-        return "failed"
-    if answer.status not in ("Succeeded", "Failed"):
-        return "running"
-    try:
-        message = pipeline.TaskMessage.parse({**answer.raw, "TaskType": "ImageModeration"})
-    except ValueError as exc:
-        # Unstorable as it is: the poller asks again, and expires the task after IMM's retention.
-        logger.warning("IMM's answer for task %s is unreadable: %s", task_id, exc)
-        return "unreadable"
-    return pipeline.record_result(message=message, source=ModerationResult.Source.POLL).what
+from . import log as audit
 
 
 @task()
