@@ -137,8 +137,13 @@ class AuditEntryQuerySet(models.QuerySet["AuditEntry"]):
     def delete(self) -> NoReturn:
         raise AuditLogIsAppendOnly("audit entries cannot be deleted")
 
-    def in_chain_order(self) -> AuditEntryQuerySet:
-        return self.order_by("seq")
+    def in_log_order(self) -> AuditEntryQuerySet:
+        """Positioned entries by position, then the ones waiting for the sequencer, by id."""
+        return self.order_by(models.F("seq").asc(nulls_last=True), "id")
+
+    def waiting(self) -> AuditEntryQuerySet:
+        """Entries written and committed but not yet given a position by the sequencer."""
+        return self.filter(seq__isnull=True)
 
 
 class AuditLogIsAppendOnly(Exception):
@@ -146,7 +151,13 @@ class AuditLogIsAppendOnly(Exception):
 
 
 class AuditEntry(models.Model):
-    """One line of the append-only, hash-chained audit log; written only by audit.record."""
+    """One entry of the append-only, verifiable audit log; written only by audit.record.
+
+    `content` is the exact bytes hashed into the entry's leaf of the log's Merkle tree; the
+    structured columns are a copy for pages and filters, checked against it by verify_audit.
+    `seq` and `leaf_hash` are empty until the sequencer gives the entry its position (the only
+    change an entry ever gets).
+    """
 
     SYSTEM = "system"
     # How each action reads on pages; an action missing here shows as its code.
@@ -175,7 +186,12 @@ class AuditEntry(models.Model):
         "review.released": "Skipped (released to the queue)",
     }
 
-    seq = models.PositiveBigIntegerField(unique=True, help_text="Position in the chain, from 1.")
+    seq = models.PositiveBigIntegerField(
+        unique=True,
+        null=True,
+        blank=True,
+        help_text="Position in the log, from 1 (the tree's leaf index + 1); empty until sequenced.",
+    )
     created_at = models.DateTimeField(db_index=True)
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -198,23 +214,34 @@ class AuditEntry(models.Model):
     detail = models.JSONField(default=dict, blank=True)
     ip_address = models.GenericIPAddressField(null=True, blank=True)
     user_agent = models.CharField(max_length=512, blank=True)
-    prev_hash = models.CharField(max_length=64)
-    entry_hash = models.CharField(max_length=64, unique=True)
+    content = models.BinaryField(help_text="The exact bytes hashed into the entry's leaf.")
+    entry_hash = models.CharField(max_length=64, help_text="SHA-256 of content, in hex.")
+    leaf_hash = models.BinaryField(
+        max_length=32, null=True, blank=True, help_text="SHA-256(0x00 || content); set with seq."
+    )
+    prev_hash = models.CharField(
+        max_length=64, blank=True, help_text="Entries from the hash-chain era only: the link."
+    )
 
     objects = AuditEntryQuerySet.as_manager()
 
     class Meta:
         verbose_name_plural = "audit entries"
-        ordering = ["-seq"]
+        # Write order: an entry waiting for its position has none to sort by.
+        ordering = ["-id"]
         indexes = [
-            models.Index(fields=["image", "seq"], name="audit_image_seq"),
-            # The log page filters by action or actor and pages by seq.
-            models.Index(fields=["action", "seq"], name="audit_action_seq"),
-            models.Index(fields=["actor", "seq"], name="audit_actor_seq"),
+            models.Index(fields=["image", "id"], name="audit_image_id"),
+            # The log page filters by action or actor and pages by id.
+            models.Index(fields=["action", "id"], name="audit_action_id"),
+            models.Index(fields=["actor", "id"], name="audit_actor_id"),
+            # What the sequencer reads, oldest first: only the entries still waiting.
+            models.Index(
+                fields=["id"], condition=models.Q(seq__isnull=True), name="audit_waiting"
+            ),
         ]
 
     def __str__(self) -> str:
-        return f"#{self.seq} {self.action} by {self.actor_label}"
+        return f"{self.position_label} {self.action} by {self.actor_label}"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         if not self._state.adding:
@@ -223,6 +250,10 @@ class AuditEntry(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise AuditLogIsAppendOnly("audit entries cannot be deleted")
+
+    @property
+    def position_label(self) -> str:
+        return f"#{self.seq}" if self.seq is not None else "pending"
 
     @property
     def action_label(self) -> str:
@@ -411,3 +442,54 @@ class VerificationRequest(models.Model):
 
     def __str__(self) -> str:
         return f"verification {self.task_result_id} asked for at {self.requested_at:%Y-%m-%d %H:%M}"
+
+
+class AppendOnlyQuerySet(models.QuerySet[Any]):
+    def update(self, **kwargs: Any) -> NoReturn:
+        raise AuditLogIsAppendOnly(f"{self.model._meta.verbose_name_plural} cannot be updated")
+
+    def delete(self) -> NoReturn:
+        raise AuditLogIsAppendOnly(f"{self.model._meta.verbose_name_plural} cannot be deleted")
+
+
+class AuditTreeNode(models.Model):
+    """A perfect subtree of the audit log's Merkle tree, level 1 and up; written by the sequencer.
+
+    (level, index) covers leaves [index * 2**level, (index + 1) * 2**level); its hash never
+    changes once written. Level 0, the leaves, is AuditEntry.leaf_hash (index = seq - 1).
+    """
+
+    pk = models.CompositePrimaryKey("level", "index")
+    level = models.PositiveSmallIntegerField()
+    index = models.PositiveBigIntegerField()
+    hash = models.BinaryField(max_length=32)
+
+    objects = AppendOnlyQuerySet.as_manager()
+
+    def __str__(self) -> str:
+        return f"subtree level {self.level} index {self.index}"
+
+
+class AuditCheckpoint(models.Model):
+    """A signed checkpoint of the audit log (C2SP tlog-checkpoint), one per sequencer batch."""
+
+    tree_size = models.PositiveBigIntegerField(unique=True)
+    root_hash = models.BinaryField(max_length=32)
+    # The tree's right frontier at this size (merkle.CompactRange.to_bytes), from which the
+    # sequencer extends the tree without reading it back.
+    compact_range = models.BinaryField()
+    signed_note = models.TextField(help_text="The checkpoint as a C2SP signed note, verbatim.")
+    created_at = models.DateTimeField()
+
+    objects = AppendOnlyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-tree_size"]
+
+    def __str__(self) -> str:
+        return f"checkpoint at tree size {self.tree_size}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise AuditLogIsAppendOnly("audit checkpoints cannot be updated")
+        super().save(*args, **kwargs)

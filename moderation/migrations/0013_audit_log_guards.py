@@ -1,0 +1,80 @@
+"""On PostgreSQL, the database itself keeps the verifiable audit log append-only.
+
+The model refuses changes too, but raw SQL, a shell or another client would not go through it.
+- Audit entries: DELETE is refused, and UPDATE too, except the sequencer's one write per entry:
+  an entry with no position and no leaf hash gets both, the leaf hash being SHA-256(0x00 ||
+  content), and every other column stays exactly as it was (compared as a whole row, so a column
+  added later is covered without touching this function).
+- Tree nodes and checkpoints: UPDATE and DELETE are refused.
+TRUNCATE is not refused: Django's test runner empties tables with it, and it needs table-owner
+rights, which the application's database role should not have in production.
+"""
+
+from django.db import migrations, models
+
+CREATE = r"""
+CREATE OR REPLACE FUNCTION moderation_auditentry_guard() RETURNS trigger AS $$
+BEGIN
+    IF TG_OP = 'UPDATE'
+        AND OLD.seq IS NULL AND OLD.leaf_hash IS NULL AND NEW.seq IS NOT NULL
+        AND NEW.leaf_hash = sha256('\x00'::bytea || NEW.content)
+        AND to_jsonb(NEW) - 'seq' - 'leaf_hash' = to_jsonb(OLD) - 'seq' - 'leaf_hash'
+    THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION 'the audit log is append-only: % on moderation_auditentry is refused', TG_OP
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = 'Only the sequencer may set an entry''s position and leaf hash, once.';
+END;
+$$ LANGUAGE plpgsql;
+
+CREATE TRIGGER moderation_auditentry_append_only
+    BEFORE UPDATE OR DELETE ON moderation_auditentry
+    FOR EACH ROW EXECUTE FUNCTION moderation_auditentry_guard();
+
+CREATE OR REPLACE FUNCTION moderation_audit_refuse_change() RETURNS trigger AS $$
+BEGIN
+    RAISE EXCEPTION 'the audit log is append-only: % on % is refused', TG_OP, TG_TABLE_NAME
+        USING ERRCODE = 'insufficient_privilege';
+END;
+$$ LANGUAGE plpgsql;
+
+CREATE TRIGGER moderation_audittreenode_append_only
+    BEFORE UPDATE OR DELETE ON moderation_audittreenode
+    FOR EACH ROW EXECUTE FUNCTION moderation_audit_refuse_change();
+
+CREATE TRIGGER moderation_auditcheckpoint_append_only
+    BEFORE UPDATE OR DELETE ON moderation_auditcheckpoint
+    FOR EACH ROW EXECUTE FUNCTION moderation_audit_refuse_change();
+"""
+
+DROP = """
+DROP TRIGGER IF EXISTS moderation_auditcheckpoint_append_only ON moderation_auditcheckpoint;
+DROP TRIGGER IF EXISTS moderation_audittreenode_append_only ON moderation_audittreenode;
+DROP FUNCTION IF EXISTS moderation_audit_refuse_change();
+DROP TRIGGER IF EXISTS moderation_auditentry_append_only ON moderation_auditentry;
+DROP FUNCTION IF EXISTS moderation_auditentry_guard();
+"""
+
+
+def forwards(apps, schema_editor):
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(CREATE, params=None)
+
+
+def backwards(apps, schema_editor):
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(DROP, params=None)
+
+
+class Migration(migrations.Migration):
+    dependencies = [("moderation", "0012_audit_legacy_content")]
+
+    operations = [
+        migrations.AlterField(
+            model_name="auditentry",
+            name="content",
+            field=models.BinaryField(help_text="The exact bytes hashed into the entry's leaf."),
+        ),
+        migrations.RunPython(forwards, backwards),
+    ]
