@@ -430,8 +430,11 @@ def test_plans_refuse_positions_outside_the_tree():
         merkle.inclusion_plan(5, 5)
     with pytest.raises(ValueError, match="from tree size 6 to 5"):
         merkle.consistency_plan(6, 5)
+    for negative in (merkle.root_plan, lambda size: merkle.root_from(size, {})):
+        with pytest.raises(ValueError, match="size -1"):
+            negative(-1)
     with pytest.raises(ValueError, match="size -1"):
-        merkle.root_plan(-1)
+        CompactRange.from_nodes(-1, {})
     assert merkle.consistency_plan(5, 5) == frozenset()
     assert merkle.consistency_plan(0, 5) == frozenset()
 

@@ -54,7 +54,7 @@ def node_hash(left: bytes, right: bytes) -> bytes:
 def _parts(begin: int, end: int) -> list[Node]:
     """The perfect subtrees, left to right, that make up the tree node covering [begin, end).
 
-    A node of an RFC 9162 tree starts at a multiple of the largest power of two not below its
+    A node of an RFC 9162 tree starts at a multiple of the smallest power of two not below its
     width, so its parts are one per set bit of the width, largest first.
     """
     parts: list[Node] = []
@@ -89,8 +89,8 @@ def _inclusion_path(index: int, size: int) -> list[tuple[int, int]]:
     if not 0 <= index < size:
         raise ValueError(f"leaf {index} is not in a tree of size {size}")
     path = []
-    # Below the level where the paths to `index` and to the last leaf part, every node has a
-    # sibling: a perfect one, except the last, which holds the last leaf and may be cut short.
+    # Below the level where the paths to `index` and to the last leaf diverge, every node has a
+    # sibling: a perfect one, except the highest, which holds the last leaf and may be cut short.
     inner = (index ^ (size - 1)).bit_length()
     for level in range(inner):
         begin = ((index >> level) ^ 1) << level
@@ -141,11 +141,15 @@ def consistency_plan(old_size: int, new_size: int) -> frozenset[Node]:
     return _plan(_consistency_path(old_size, new_size))
 
 
-def root_plan(size: int) -> frozenset[Node]:
-    """The stored subtrees that ``root_from(size, ...)`` reads: the frontier of that tree."""
+def _frontier(size: int) -> list[Node]:
     if size < 0:
         raise ValueError(f"no tree has size {size}")
-    return frozenset(_parts(0, size))
+    return _parts(0, size)
+
+
+def root_plan(size: int) -> frozenset[Node]:
+    """The stored subtrees that ``root_from(size, ...)`` reads: the frontier of that tree."""
+    return frozenset(_frontier(size))
 
 
 def inclusion_proof(index: int, size: int, nodes: Mapping[Node, bytes]) -> list[bytes]:
@@ -160,7 +164,7 @@ def consistency_proof(old_size: int, new_size: int, nodes: Mapping[Node, bytes])
 
 def root_from(size: int, nodes: Mapping[Node, bytes]) -> bytes:
     """The root hash of the tree of the first ``size`` leaves."""
-    parts = _parts(0, size) if size > 0 else []
+    parts = _frontier(size)
     return _fold(parts, nodes) if parts else EMPTY_ROOT
 
 
@@ -277,7 +281,7 @@ class CompactRange:
     def from_nodes(cls, size: int, nodes: Mapping[Node, bytes]) -> CompactRange:
         """The frontier of the tree of ``size`` leaves, from the stored nodes of ``root_plan``."""
         frontier = cls()
-        frontier._hashes = [_get(nodes, part) for part in _parts(0, size)] if size else []
+        frontier._hashes = [_get(nodes, part) for part in _frontier(size)]
         frontier.size = size
         return frontier
 
