@@ -31,6 +31,7 @@ class ImageAdmin(admin.ModelAdmin[Image]):
 @admin.register(AuditEntry)
 class AuditEntryAdmin(admin.ModelAdmin[AuditEntry]):
     list_display = [
+        "id",
         "seq",
         "created_at",
         "actor_label",

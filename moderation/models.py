@@ -190,9 +190,11 @@ class AuditEntry(models.Model):
         unique=True,
         null=True,
         blank=True,
-        help_text="Position in the log, from 1 (the tree's leaf index + 1); empty until sequenced.",
+        help_text="Position in the log from 1 (the leaf index + 1); empty until sequenced.",
     )
     created_at = models.DateTimeField(db_index=True)
+    # No index of their own: (actor, id) and (image, id) below serve lookups by either, and
+    # every index is one more write per entry (two, counting the sequencer's update).
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
@@ -200,13 +202,19 @@ class AuditEntry(models.Model):
         on_delete=models.PROTECT,
         related_name="audit_entries",
         help_text="Empty when the system acted.",
+        db_index=False,
     )
     actor_label = models.CharField(
         max_length=150, help_text="The username at the time, or 'system'."
     )
     action = models.CharField(max_length=64)
     image = models.ForeignKey(
-        Image, null=True, blank=True, on_delete=models.PROTECT, related_name="audit_entries"
+        Image,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="audit_entries",
+        db_index=False,
     )
     state_before = models.CharField(max_length=20, blank=True)
     state_after = models.CharField(max_length=20, blank=True)
@@ -235,9 +243,7 @@ class AuditEntry(models.Model):
             models.Index(fields=["action", "id"], name="audit_action_id"),
             models.Index(fields=["actor", "id"], name="audit_actor_id"),
             # What the sequencer reads, oldest first: only the entries still waiting.
-            models.Index(
-                fields=["id"], condition=models.Q(seq__isnull=True), name="audit_waiting"
-            ),
+            models.Index(fields=["id"], condition=models.Q(seq__isnull=True), name="audit_waiting"),
         ]
 
     def __str__(self) -> str:

@@ -321,6 +321,29 @@ IMM_EMULATOR_STATE = env_str("IMM_EMULATOR_STATE", str(BASE_DIR / ".imm-emulator
 REVIEW_LEASE_SECONDS = env_int("REVIEW_LEASE_SECONDS", 300)
 REVIEW_UNDO_SECONDS = env_int("REVIEW_UNDO_SECONDS", 10)
 
+# The audit log's signing key, a C2SP signed-note signer key (PRIVATE+KEY+<name>+<key id>+<base64>,
+# made by `manage.py audit_keygen NAME`), or a file holding it. Its name is the log's origin in
+# every checkpoint; the sequencer refuses to run without it. Never logged or shown: pages show the
+# verifier key derived from it.
+AUDIT_SIGNING_KEY = env_secret("AUDIT_SIGNING_KEY").strip()
+if AUDIT_SIGNING_KEY:
+    from moderation.audit.note import NoteError, Signer
+
+    try:
+        Signer.from_key(AUDIT_SIGNING_KEY)
+    except NoteError as exc:
+        variable = (
+            "AUDIT_SIGNING_KEY_FILE"
+            if os.environ.get("AUDIT_SIGNING_KEY_FILE")
+            else ("AUDIT_SIGNING_KEY")
+        )
+        raise ImproperlyConfigured(
+            f"{variable} is not a signer key like PRIVATE+KEY+<name>+<key id>+<base64> "
+            f"(manage.py audit_keygen NAME makes one): {exc}"
+        ) from None
+# /healthz says the sequencer is behind when an entry has waited longer than this for its position.
+AUDIT_SEQUENCER_MAX_LAG_SECONDS = env_int("AUDIT_SEQUENCER_MAX_LAG_SECONDS", 60)
+
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE

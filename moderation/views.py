@@ -27,6 +27,7 @@ from django_tasks_db.models import DBTaskResult, get_date_max
 
 from . import accounts, intake, limits, routing, services, signals
 from .audit import log as audit
+from .audit import sequencer
 from .imm import notifications, pipeline
 from .imm.pipeline import fetch_result
 from .middleware import reads_own_body
@@ -69,7 +70,8 @@ def home(request: HttpRequest) -> HttpResponse:
 @require_safe
 def healthz(request: HttpRequest) -> JsonResponse:
     """For load balancers and monitors: 503 only when the database is unreachable; the rest
-    (IMM paused, the task backlog, the poller's heartbeat) says what else needs a look."""
+    (IMM paused, the task backlog, the poller's heartbeat, the audit sequencer's lag) says what
+    else needs a look."""
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
@@ -95,6 +97,12 @@ def healthz(request: HttpRequest) -> JsonResponse:
         problems.append("tasks are waiting: is a db_worker running?")
     if poller_age is None or poller_age > HEALTH_POLLER_SECONDS:
         problems.append("the IMM poller has not run recently: is imm_poller running?")
+    lag = sequencer.lag()
+    lag_seconds = lag.oldest_seconds(now)
+    if not settings.AUDIT_SIGNING_KEY:
+        problems.append("no audit signing key is configured (AUDIT_SIGNING_KEY)")
+    if lag_seconds > settings.AUDIT_SEQUENCER_MAX_LAG_SECONDS:
+        problems.append("audit entries are waiting for a position: is audit_sequencer running?")
     return JsonResponse(
         {
             "status": "degraded" if problems else "ok",
@@ -102,6 +110,8 @@ def healthz(request: HttpRequest) -> JsonResponse:
             "imm_submissions": "paused" if imm and imm.paused else "running",
             "oldest_waiting_task_seconds": backlog,
             "poller_last_round_seconds_ago": poller_age,
+            "audit_entries_waiting": lag.waiting,
+            "audit_oldest_waiting_seconds": lag_seconds,
             "problems": problems,
         }
     )
@@ -156,7 +166,7 @@ def image_list(request: HttpRequest) -> HttpResponse:
 @require_safe
 def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
     image = get_object_or_404(Image.objects.visible_to(request.user), pk=pk)
-    history = AuditEntry.objects.filter(image=image).order_by("seq").select_related("actor")
+    history = AuditEntry.objects.filter(image=image).order_by("id").select_related("actor")
     return TemplateResponse(
         request,
         "images/detail.html",

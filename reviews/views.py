@@ -137,7 +137,7 @@ def _pane_context(request: HtmxHttpRequest, image: Image | None, **extra: object
                 "result": result,
                 "frames": frames,
                 "history": AuditEntry.objects.filter(image=image)
-                .order_by("seq")
+                .order_by("id")
                 .select_related("actor"),
                 "reject_reasons": _reject_reasons(image),
                 "escalation": _standing_escalation(image),

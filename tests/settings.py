@@ -19,3 +19,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
     DATABASES["default"]["TEST"] = {  # noqa: F405
         "NAME": os.path.join(tempfile.gettempdir(), f"moderation-test-{os.getpid()}.sqlite3")
     }
+
+# A fixed audit signing key, so tests can check checkpoints and receipts against a known log.
+AUDIT_SIGNING_KEY = (
+    "PRIVATE+KEY+tests.example/audit+d1b0cb96+AYI5p2BXFaN9Bg5jIeRH7AtnXIOHRwDOSAW3ZvyMaWAp"
+)

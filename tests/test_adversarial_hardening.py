@@ -44,7 +44,7 @@ def signed_in(client: Client) -> bool:
 
 
 def lockouts() -> list[AuditEntry]:
-    return list(AuditEntry.objects.filter(action="user.locked_out").order_by("seq"))
+    return list(AuditEntry.objects.filter(action="user.locked_out").order_by("id"))
 
 
 # Point 4: sign-in throttling and lockout.

@@ -97,7 +97,7 @@ def test_uploaded_images_go_through_imm_and_come_back_routed(live_server, admin_
 
     for image in Image.objects.all():
         actions = list(
-            AuditEntry.objects.filter(image=image).order_by("seq").values_list("action", flat=True)
+            AuditEntry.objects.filter(image=image).order_by("id").values_list("action", flat=True)
         )
         assert actions == ["image.uploaded", "imm.submitted", "imm.result_received", "imm.routed"]
         result = ModerationResult.objects.get(image=image)
@@ -157,7 +157,7 @@ def test_imms_manual_review_reroutes_a_review_image_over_http(live_server, admin
     assert image.status == (
         Image.Status.REJECTED if second.suggestion == "block" else Image.Status.APPROVED
     )
-    routes = AuditEntry.objects.filter(image=image, action="imm.routed").order_by("seq")
+    routes = AuditEntry.objects.filter(image=image, action="imm.routed").order_by("id")
     assert [(e.state_before, e.state_after) for e in routes] == [
         ("submitted", "awaiting_review"),
         ("awaiting_review", image.status),

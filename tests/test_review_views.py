@@ -161,7 +161,7 @@ def buttons(html: str) -> dict[str, str]:
 
 def actions(image: Image) -> list[str]:
     return list(
-        AuditEntry.objects.filter(image=image).order_by("seq").values_list("action", flat=True)
+        AuditEntry.objects.filter(image=image).order_by("id").values_list("action", flat=True)
     )
 
 

@@ -1,4 +1,4 @@
-"""The audit chain walk the log page asks for, run by the task worker (manage.py db_worker)."""
+"""Verifying the audit log when its page asks, run by the task worker (manage.py db_worker)."""
 
 from __future__ import annotations
 
@@ -12,18 +12,18 @@ from django_tasks.exceptions import TaskResultDoesNotExist
 
 from moderation.models import VerificationRequest
 
-from . import log as audit
+from .verify import check_log
 
 
 @task()
 def verify_audit_chain() -> str:
-    """Walk the whole audit chain and keep the outcome for the log page: "ok" or "broken"."""
-    return "ok" if audit.check_chain().ok else "broken"
+    """Verify the whole audit log and keep the outcome for the log page: "ok" or "broken"."""
+    return "ok" if check_log().ok else "broken"
 
 
 # A walk that started longer ago than this is taken for lost (its worker was stopped mid-walk,
-# which leaves its result Running): a walk of a million entries takes about 20 s. A queued walk is
-# never taken for lost: it waits its turn behind other tasks.
+# which leaves its result Running): a walk of a million entries takes well under a minute. A
+# queued walk is never taken for lost: it waits its turn behind other tasks.
 VERIFICATION_LOST_AFTER = timedelta(hours=1)
 
 
@@ -34,7 +34,7 @@ class PendingVerification:
 
 
 def pending_verification(*, now: datetime | None = None) -> PendingVerification | None:
-    """The walk of the chain asked for from the log page, if it is still queued or running."""
+    """The verification of the log asked for from the log page, if it is still queued or running."""
     request = VerificationRequest.objects.order_by("-requested_at", "-id").first()
     if request is None:
         return None
@@ -56,7 +56,7 @@ def pending_verification(*, now: datetime | None = None) -> PendingVerification 
 
 
 def request_verification() -> PendingVerification | None:
-    """Queue a walk of the chain unless one is queued or running; returns that one, or None.
+    """Queue a verification of the log unless one is queued or running; returns that one, or None.
 
     Best effort: two requests in the same instant may both queue a walk, which is harmless.
     """

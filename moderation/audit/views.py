@@ -1,8 +1,10 @@
-"""The audit log pages: the global log with filters, the chain's status, and streamed exports.
+"""The audit log pages: the global log with filters, its verification and signed state, streamed
+exports, and the proofs: an entry's exact bytes, its receipt, the latest signed checkpoint.
 
-Built for a log of millions of entries: pages are keyset pages on `seq` (never a COUNT, never an
-OFFSET), a page costs the same few queries whatever its position, and exports stream rows from a
-database cursor in chunks, so an export of the whole log never holds it in memory.
+Built for a log of millions of entries: pages are keyset pages on `id`, the order entries were
+written in (an entry waiting for the sequencer has no position yet), never a COUNT or an OFFSET,
+so a page costs the same few queries whatever its position; exports stream rows from a database
+cursor in chunks, so an export of the whole log never holds it in memory.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import permission_required
@@ -22,6 +25,7 @@ from django.http import (
     HttpRequest,
     HttpResponse,
     HttpResponseBase,
+    HttpResponseNotFound,
     QueryDict,
     StreamingHttpResponse,
 )
@@ -36,6 +40,8 @@ from django.views.decorators.http import require_POST, require_safe
 from django_htmx.http import HttpResponseClientRedirect
 
 from moderation import limits
+from moderation.audit import checkpoints, sequencer
+from moderation.audit.note import NoteError
 from moderation.audit.tasks import pending_verification, request_verification
 from moderation.models import AuditEntry, AuditEntryQuerySet, ChainCheck, Image
 
@@ -233,13 +239,9 @@ class LogPage:
     older_query: str | None
     newest_query: str | None
 
-    @property
-    def last_seq(self) -> int | None:
-        return self.rows[-1].entry.seq if self.rows else None
-
 
 def log_page(filters: Filters, *, before: int | None, after: int | None) -> LogPage:
-    """One page of PAGE_SIZE entries, newest first, keyed on `seq`.
+    """One page of PAGE_SIZE entries, newest first, keyed on `id` (the order they were written).
 
     `before` pages towards older entries, `after` towards newer ones. One query for the rows
     (PAGE_SIZE + 1, to know whether there is more) and, on a page other than the newest, one
@@ -247,24 +249,59 @@ def log_page(filters: Filters, *, before: int | None, after: int | None) -> LogP
     """
     entries = filters.apply(AuditEntry.objects.all())
     if after is not None:
-        fetched = list(entries.filter(seq__gt=after).order_by("seq")[: PAGE_SIZE + 1])
+        fetched = list(entries.filter(id__gt=after).order_by("id")[: PAGE_SIZE + 1])
         has_newer = len(fetched) > PAGE_SIZE
         rows = fetched[:PAGE_SIZE][::-1]
-        has_older = entries.filter(seq__lte=after).exists()
+        has_older = entries.filter(id__lte=after).exists()
     else:
-        newest_first = entries.order_by("-seq")
+        newest_first = entries.order_by("-id")
         if before is not None:
-            newest_first = newest_first.filter(seq__lt=before)
+            newest_first = newest_first.filter(id__lt=before)
         fetched = list(newest_first[: PAGE_SIZE + 1])
         rows = fetched[:PAGE_SIZE]
         has_older = len(fetched) > PAGE_SIZE
-        has_newer = before is not None and entries.filter(seq__gte=before).exists()
+        has_newer = before is not None and entries.filter(id__gte=before).exists()
     return LogPage(
         rows=[_row(entry) for entry in rows],
-        newer_query=filters.query(after=rows[0].seq) if has_newer and rows else None,
-        older_query=filters.query(before=rows[-1].seq) if has_older and rows else None,
+        newer_query=filters.query(after=rows[0].pk) if has_newer and rows else None,
+        older_query=filters.query(before=rows[-1].pk) if has_older and rows else None,
         newest_query=filters.query() if has_newer or (not rows and (before or after)) else None,
     )
+
+
+@dataclass(frozen=True)
+class LogState:
+    """What the page says about the log as a whole: its key, checkpoint and sequencer lag."""
+
+    verifier_key: str | None  # None: no signing key is configured
+    checkpoint_size: int | None
+    checkpoint_at: datetime | None
+    checkpoint_problem: str  # the latest checkpoint does not open with the configured key
+    lag: sequencer.Lag
+    lag_seconds: int
+    behind: bool  # the oldest waiting entry is older than AUDIT_SEQUENCER_MAX_LAG_SECONDS
+
+    @classmethod
+    def now(cls) -> LogState:
+        key = checkpoints.verifier()
+        latest = checkpoints.latest()
+        problem = ""
+        if latest is not None and key is not None:
+            try:
+                checkpoints.open_latest(latest, key)
+            except NoteError as error:
+                problem = str(error)
+        lag = sequencer.lag()
+        seconds = lag.oldest_seconds()
+        return cls(
+            verifier_key=key.vkey if key else None,
+            checkpoint_size=latest.tree_size if latest else None,
+            checkpoint_at=latest.created_at if latest else None,
+            checkpoint_problem=problem,
+            lag=lag,
+            lag_seconds=seconds,
+            behind=seconds > settings.AUDIT_SEQUENCER_MAX_LAG_SECONDS,
+        )
 
 
 def _actor_choices() -> list[str]:
@@ -287,7 +324,7 @@ def _action_choices() -> list[tuple[str, list[tuple[str, str]]]]:
 @permission_required(VIEW_AUDIT, raise_exception=True)
 @require_safe
 def audit_log(request: HtmxHttpRequest) -> HttpResponse:
-    """The global log, newest first, with the chain's last verification at the top."""
+    """The global log, newest first, with its last verification, key, checkpoint and lag on top."""
     filters = Filters.from_query(request.GET)
     page = log_page(
         filters,
@@ -301,12 +338,17 @@ def audit_log(request: HtmxHttpRequest) -> HttpResponse:
     else:
         template = "audit/log.html"
         check = ChainCheck.objects.order_by("-checked_at", "-id").first()
-        head = AuditEntry.objects.order_by("-seq").values_list("seq", flat=True).first()
+        state = LogState.now()
         context |= {
             "nav": "audit",
             "check": check,
+            "state": state,
             "pending": pending_verification(),
-            "written_since": max(0, (head or 0) - check.entries) if check and check.ok else 0,
+            "sequenced_since": (
+                max(0, state.checkpoint_size - check.entries)
+                if check and check.ok and state.checkpoint_size
+                else 0
+            ),
             "actors": _actor_choices(),
             "action_groups": _action_choices(),
             "unlisted_action": "" if filters.action in AuditEntry.ACTION_LABELS else filters.action,
@@ -319,7 +361,7 @@ def audit_log(request: HtmxHttpRequest) -> HttpResponse:
 @permission_required(VIEW_AUDIT, raise_exception=True)
 @require_POST
 def verify_now(request: HtmxHttpRequest) -> HttpResponse:
-    """Queue a walk of the whole chain; the log page shows the outcome once a worker has run it.
+    """Queue a verification of the whole log; the page shows the outcome once a worker ran it.
 
     One at a time: while a walk is queued or running, another click queues nothing more.
     """
@@ -327,13 +369,13 @@ def verify_now(request: HtmxHttpRequest) -> HttpResponse:
     if pending is None:
         messages.success(
             request,
-            "Verification queued: the chain status here updates once a worker has walked it.",
+            "Verification queued: the status here updates once a worker has verified the log.",
         )
     else:
         messages.info(
             request,
             f"A verification is already {'running' if pending.running else 'queued'}; the "
-            "chain status here updates once it has finished.",
+            "status here updates once it has finished.",
         )
     target = request.POST.get("next", "")
     if not url_has_allowed_host_and_scheme(
@@ -347,9 +389,9 @@ def verify_now(request: HtmxHttpRequest) -> HttpResponse:
 
 # ----------------------------------------------------------------------------------- exports
 
-# With actor_id every field the entry hash covers is exported, so a copy can be verified offline
-# (moderation.audit.canonical_content): the JSON Lines copy as it is; the CSV after taking off the
-# apostrophe put before formula-like cells (_safe_cell) and reading it as utf-8-sig.
+# Every column, and the entry's exact content: sha256(content) is its entry_hash, and
+# sha256(0x00 || content) its leaf_hash in the log's Merkle tree, so a copy can be checked offline
+# against a receipt. An entry waiting for the sequencer has no position or leaf hash yet.
 EXPORT_COLUMNS = (
     "seq",
     "time",
@@ -365,6 +407,8 @@ EXPORT_COLUMNS = (
     "user_agent",
     "prev_hash",
     "entry_hash",
+    "leaf_hash",
+    "content",
 )
 EXPORT_FIELDS = (
     "seq",
@@ -381,6 +425,8 @@ EXPORT_FIELDS = (
     "user_agent",
     "prev_hash",
     "entry_hash",
+    "leaf_hash",
+    "content",
 )
 # A spreadsheet reads a cell that starts with one of these as a formula. Reasons, filenames and
 # user agents are text that outsiders chose (an upload named "=HYPERLINK(...)"), and the people
@@ -391,16 +437,19 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def export_records(filters: Filters) -> Iterator[dict[str, Any]]:
-    """The filtered log in chain order, one dict per entry, from a cursor read in chunks."""
+    """The filtered log in position order (then the waiting entries), one dict per entry, from a
+    cursor read in chunks."""
     rows = (
         filters.apply(AuditEntry.objects.all())
-        .in_chain_order()
+        .in_log_order()
         .values_list(*EXPORT_FIELDS)
         .iterator(chunk_size=EXPORT_CHUNK_SIZE)
     )
     for row in rows:
         record = dict(zip(EXPORT_COLUMNS, row, strict=True))
         record["time"] = record["time"].astimezone(UTC).isoformat(timespec="microseconds")
+        record["leaf_hash"] = bytes(record["leaf_hash"]).hex() if record["leaf_hash"] else None
+        record["content"] = bytes(record["content"]).decode()
         yield record
 
 
@@ -475,3 +524,72 @@ def export_jsonl(request: HttpRequest) -> HttpResponseBase:
         extension="jsonl",
         content_type="application/jsonl; charset=utf-8",
     )
+
+
+# ------------------------------------------------------------------------------------ proofs
+
+
+def _not_found(reason: str) -> HttpResponse:
+    # Plain text: these are read by tools (curl, scripts) as much as by people.
+    return HttpResponseNotFound(reason + "\n", content_type="text/plain; charset=utf-8")
+
+
+def _no_entry(position: int | None) -> str:
+    where = f"position #{position}" if position else "that position"
+    return f"No audit entry has {where}: there is none, or it is waiting for the sequencer."
+
+
+def _attachment(body: bytes | str, *, content_type: str, filename: str) -> HttpResponse:
+    response = HttpResponse(body, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+@never_cache
+@permission_required(VIEW_AUDIT, raise_exception=True)
+@require_safe
+def entry_content(request: HttpRequest, seq: str) -> HttpResponse:
+    """The exact bytes hashed into the leaf of the entry at position `seq`."""
+    position = limits.whole_number(seq)
+    content = (
+        AuditEntry.objects.filter(seq=position).values_list("content", flat=True).first()
+        if position
+        else None
+    )
+    if content is None:
+        return _not_found(_no_entry(position))
+    return _attachment(
+        bytes(content),
+        content_type="application/octet-stream",
+        filename=f"audit-entry-{position}.json",
+    )
+
+
+@never_cache
+@permission_required(VIEW_AUDIT, raise_exception=True)
+@require_safe
+def entry_proof(request: HttpRequest, seq: str) -> HttpResponse:
+    """A receipt (C2SP tlog-proof@v1) that the entry at `seq` is in the latest checkpoint."""
+    position = limits.whole_number(seq)
+    if not position or not AuditEntry.objects.filter(seq=position).exists():
+        return _not_found(_no_entry(position))
+    try:
+        receipt = checkpoints.entry_receipt(position)
+    except checkpoints.NotProvable as reason:
+        return _not_found(str(reason))
+    return _attachment(
+        receipt,
+        content_type="text/plain; charset=utf-8",
+        filename=f"audit-entry-{position}.proof",
+    )
+
+
+@never_cache
+@permission_required(VIEW_AUDIT, raise_exception=True)
+@require_safe
+def latest_checkpoint(request: HttpRequest) -> HttpResponse:
+    """The latest signed checkpoint (C2SP tlog-checkpoint, as a signed note)."""
+    checkpoint = checkpoints.latest()
+    if checkpoint is None:
+        return _not_found("The audit log has no checkpoint yet: is the sequencer running?")
+    return HttpResponse(checkpoint.signed_note, content_type="text/plain; charset=utf-8")

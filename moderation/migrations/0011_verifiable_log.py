@@ -4,9 +4,11 @@ Entries get the exact bytes of their leaf (`content`, filled for existing entrie
 required from 0013) and their leaf hash; `seq` is empty until the sequencer gives the entry its
 position, so pages order by id; the tree's perfect subtrees and the signed checkpoints get tables
 of their own. The content hash is no longer unique: without its position, an entry's content may
-repeat another's (two identical system entries in the same microsecond).
+repeat another's (two identical system entries in the same microsecond). The foreign keys lose
+their own indexes, which the (actor, id) and (image, id) indexes make redundant.
 """
 
+import django.db.models.deletion
 from django.conf import settings
 from django.db import migrations, models
 
@@ -111,7 +113,7 @@ class Migration(migrations.Migration):
             name="seq",
             field=models.PositiveBigIntegerField(
                 blank=True,
-                help_text="Position in the log, from 1 (the tree's leaf index + 1); empty until sequenced.",
+                help_text="Position in the log from 1 (the leaf index + 1); empty until sequenced.",
                 null=True,
                 unique=True,
             ),
@@ -132,6 +134,31 @@ class Migration(migrations.Migration):
             model_name="auditentry",
             index=models.Index(
                 condition=models.Q(("seq__isnull", True)), fields=["id"], name="audit_waiting"
+            ),
+        ),
+        migrations.AlterField(
+            model_name="auditentry",
+            name="actor",
+            field=models.ForeignKey(
+                blank=True,
+                db_index=False,
+                help_text="Empty when the system acted.",
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="audit_entries",
+                to=settings.AUTH_USER_MODEL,
+            ),
+        ),
+        migrations.AlterField(
+            model_name="auditentry",
+            name="image",
+            field=models.ForeignKey(
+                blank=True,
+                db_index=False,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="audit_entries",
+                to="moderation.image",
             ),
         ),
     ]

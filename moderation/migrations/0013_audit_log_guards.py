@@ -3,8 +3,10 @@
 The model refuses changes too, but raw SQL, a shell or another client would not go through it.
 - Audit entries: DELETE is refused, and UPDATE too, except the sequencer's one write per entry:
   an entry with no position and no leaf hash gets both, the leaf hash being SHA-256(0x00 ||
-  content), and every other column stays exactly as it was (compared as a whole row, so a column
-  added later is covered without touching this function).
+  content), and every other column stays exactly as it was. The columns are named one by one
+  (five times cheaper than comparing whole rows as jsonb, which is most of the sequencer's
+  cost); a column added later must be added here, and
+  tests/test_sequencer.py::test_the_trigger_refuses_a_change_to_any_other_column fails until it is.
 - Tree nodes and checkpoints: UPDATE and DELETE are refused.
 TRUNCATE is not refused: Django's test runner empties tables with it, and it needs table-owner
 rights, which the application's database role should not have in production.
@@ -18,7 +20,13 @@ BEGIN
     IF TG_OP = 'UPDATE'
         AND OLD.seq IS NULL AND OLD.leaf_hash IS NULL AND NEW.seq IS NOT NULL
         AND NEW.leaf_hash = sha256('\x00'::bytea || NEW.content)
-        AND to_jsonb(NEW) - 'seq' - 'leaf_hash' = to_jsonb(OLD) - 'seq' - 'leaf_hash'
+        AND (NEW.id, NEW.created_at, NEW.actor_id, NEW.actor_label, NEW.action, NEW.image_id,
+             NEW.state_before, NEW.state_after, NEW.reason, NEW.detail, NEW.ip_address,
+             NEW.user_agent, NEW.content, NEW.entry_hash, NEW.prev_hash)
+            IS NOT DISTINCT FROM
+            (OLD.id, OLD.created_at, OLD.actor_id, OLD.actor_label, OLD.action, OLD.image_id,
+             OLD.state_before, OLD.state_after, OLD.reason, OLD.detail, OLD.ip_address,
+             OLD.user_agent, OLD.content, OLD.entry_hash, OLD.prev_hash)
     THEN
         RETURN NEW;
     END IF;
