@@ -169,12 +169,19 @@ def _integrate_positioned(frontier: CompactRange, top: int) -> int:
     pending: list[tuple[int, int, bytes]] = []
     with connection.chunked_cursor() as cursor:
         cursor.execute(
-            f"SELECT seq, leaf_hash, content FROM {ENTRIES} "  # noqa: S608
+            f"SELECT seq, leaf_hash, content, prev_hash FROM {ENTRIES} "  # noqa: S608
             "WHERE seq IS NOT NULL AND seq >= %s ORDER BY seq",
             [expected],
         )
         while chunk := cursor.fetchmany(_INTEGRATE_CHUNK):
-            for seq, leaf, content in chunk:
+            for seq, leaf, content, prev_hash in chunk:
+                if not prev_hash:
+                    raise SequencerError(
+                        f"entry #{seq} has a position but the log has no checkpoint, and it is "
+                        "not of the hash-chain era (the sequencer positions entries and signs "
+                        "checkpoints together): were the checkpoints deleted? Run manage.py "
+                        "verify_audit"
+                    )
                 if seq != expected:
                     raise SequencerError(
                         f"entry #{expected} is missing among the positioned entries (the next is "

@@ -20,6 +20,7 @@ import ipaddress
 import json
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -177,41 +178,62 @@ def _check_kept(kept: Checkpoint, latest: Checkpoint | None) -> None:
         ) from None
 
 
-def _stream(sql: str, params: list[Any], chunk_size: int) -> Iterator[tuple[Any, ...]]:
+@contextmanager
+def _stream(sql: str, chunk_size: int) -> Iterator[Iterator[tuple[Any, ...]]]:
+    """Rows from a server-side cursor on PostgreSQL, read `chunk_size` at a time.
+
+    A context manager, so the cursor is closed when the walk stops, faults included, while the
+    transaction it lives in is still open (closed later, by the garbage collector, it would
+    fail in whatever transaction the connection is in by then).
+    """
     with connection.chunked_cursor() as cursor:
-        cursor.execute(sql, params)
-        while chunk := cursor.fetchmany(chunk_size):
-            yield from chunk
+        cursor.execute(sql)
+
+        def rows() -> Iterator[tuple[Any, ...]]:
+            while chunk := cursor.fetchmany(chunk_size):
+                yield from chunk
+
+        yield rows()
 
 
 def _walk_positioned(
     report: Report, latest: AuditCheckpoint | None, kept: Checkpoint | None, chunk_size: int
 ) -> None:
+    with (
+        _stream(
+            # In the order the tree completes them: a subtree is complete once its last leaf is.
+            f'SELECT level, "index", hash, ("index" + 1) << level AS done '  # noqa: S608
+            f"FROM {NODES} ORDER BY done, level",
+            chunk_size,
+        ) as nodes,
+        _stream(
+            f"SELECT tree_size, root_hash, compact_range, signed_note FROM {CHECKPOINTS} "  # noqa: S608
+            "ORDER BY tree_size",
+            chunk_size,
+        ) as stored,
+        _stream(
+            f"SELECT {_columns()} FROM {ENTRIES} WHERE seq IS NOT NULL ORDER BY seq",  # noqa: S608
+            chunk_size,
+        ) as rows,
+    ):
+        _walk(report, latest, kept, nodes, stored, rows)
+
+
+def _walk(
+    report: Report,
+    latest: AuditCheckpoint | None,
+    kept: Checkpoint | None,
+    nodes: Iterator[tuple[Any, ...]],
+    stored: Iterator[tuple[Any, ...]],
+    rows: Iterator[tuple[Any, ...]],
+) -> None:
     covered = latest.tree_size if latest else 0
     frontier = CompactRange()
-    nodes = _stream(
-        # In the order the tree completes them: a subtree is complete once its last leaf is in.
-        f'SELECT level, "index", hash, ("index" + 1) << level AS done '  # noqa: S608
-        f"FROM {NODES} ORDER BY done, level",
-        [],
-        chunk_size,
-    )
-    stored = _stream(
-        f"SELECT tree_size, root_hash, compact_range, signed_note FROM {CHECKPOINTS} "  # noqa: S608
-        "ORDER BY tree_size",
-        [],
-        chunk_size,
-    )
     node = next(nodes, None)
     checkpoint = next(stored, None)
     check = _Columns()
     previous_hash = GENESIS_HASH
     seq = 0
-    rows = _stream(
-        f"SELECT {_columns()} FROM {ENTRIES} WHERE seq IS NOT NULL ORDER BY seq",  # noqa: S608
-        [],
-        chunk_size,
-    )
     for row in rows:
         entry_id, position = row[0], row[1]
         expected = seq + 1
@@ -225,6 +247,20 @@ def _walk_positioned(
             )
         seq = position
         leaf = check.entry(row, positioned=True)
+        if seq > covered and (latest is not None or not check.legacy):
+            where = (
+                f"the latest checkpoint covers #1 to #{covered}"
+                if latest
+                else "the log has no checkpoint and the entry is not of the hash-chain era"
+            )
+            raise LogBroken(
+                f"it has a position no checkpoint covers ({where}); the sequencer writes "
+                "positions and checkpoints together, so it was inserted, or the checkpoints "
+                "that covered it deleted",
+                seq=seq,
+                entry_id=entry_id,
+                verified=seq - 1,
+            )
         if check.legacy:
             if check.prev != previous_hash:
                 problem = "its link to the previous entry of the hash chain is broken"
@@ -275,14 +311,6 @@ def _walk_positioned(
             verified=seq,
         )
     if seq > covered:
-        if latest is not None:
-            raise LogBroken(
-                f"entries #{covered + 1} to #{seq} have positions no checkpoint covers; the "
-                "sequencer writes positions and checkpoints together, so they were inserted "
-                "(or their checkpoints deleted)",
-                seq=covered + 1,
-                verified=covered,
-            )
         report.uncovered = seq
         report.notes.append(
             f"{seq} entries of the hash-chain era have no checkpoint yet: start the sequencer "
@@ -316,14 +344,13 @@ def _check_stored(row: tuple[Any, ...], frontier: CompactRange, seq: int) -> Non
 
 def _walk_waiting(report: Report, chunk_size: int) -> None:
     check = _Columns()
-    rows = _stream(
+    with _stream(
         f"SELECT {_columns()} FROM {ENTRIES} WHERE seq IS NULL ORDER BY id",  # noqa: S608
-        [],
         chunk_size,
-    )
-    for row in rows:
-        check.entry(row, positioned=False, verified=report.entries)
-        report.waiting += 1
+    ) as rows:
+        for row in rows:
+            check.entry(row, positioned=False, verified=report.entries)
+            report.waiting += 1
 
 
 class _Columns:

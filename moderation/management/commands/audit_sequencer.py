@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, close_old_connections, connection
 
 from moderation.audit import checkpoints, sequencer
 
@@ -56,12 +56,15 @@ class Command(BaseCommand):
         reported = time.monotonic()
         size = None
         while not stop.is_set():
-            close_old_connections()
+            if not connection.in_atomic_block:  # a caller's transaction (tests) is left alone
+                close_old_connections()
             try:
                 batch = sequencer.sequence_batch(signer=signer, batch_size=batch_size)
             except sequencer.SequencerError as exc:
                 raise CommandError(f"the sequencer stopped: {exc}") from None
-            except DatabaseError:
+            except DatabaseError as exc:
+                if options["once"]:
+                    raise CommandError(f"the sequencer stopped on a database error: {exc}") from exc
                 logger.exception("audit sequencer: database error; trying again")
                 stop.wait(RETRY_SECONDS)
                 continue
