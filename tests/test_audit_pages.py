@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 import tracemalloc
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 import time_machine
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django_tasks import TaskResultStatus, default_task_backend
 
 from moderation.audit import log as audit
+from moderation.audit.note import generate_signer_key
 from moderation.audit.tasks import (
     VERIFICATION_LOST_AFTER,
     PendingVerification,
@@ -28,7 +35,7 @@ from moderation.audit.tasks import (
 from moderation.audit.views import EXPORT_COLUMNS, EXPORT_FIELDS
 from moderation.models import AuditCheckpoint, AuditEntry, ChainCheck, Image, VerificationRequest
 
-from .audit_log import sequence_all
+from .audit_log import VERIFIER_KEY, sequence_all
 
 pytestmark = pytest.mark.django_db
 
@@ -39,6 +46,7 @@ VERIFY = "/audit/verify"
 GET_URLS = [LOG, CSV_URL, JSONL_URL]
 CLIENT = audit.AuditContext("203.0.113.9", "Mozilla/5.0 (pytest)")
 HEAD = "abcdef012345" + "9" * 52
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def add(
@@ -856,3 +864,278 @@ def test_an_export_carries_everything_needed_to_verify_each_entry_offline(admin_
             "ip": record["ip_address"],
             "user_agent": record["user_agent"],
         }
+
+
+# ------------------------------------------------------------------------ the log's signed state
+
+
+def test_the_page_shows_the_verifier_key_the_latest_checkpoint_and_no_lag(admin_client):
+    add(3)
+    size = sequence_all()
+    page = admin_client.get(LOG).content.decode()
+    assert f'<code class="key">{VERIFIER_KEY}</code>' in page
+    assert re.search(
+        rf"Latest checkpoint</span>\s*{size} entries, signed <time[^>]*>now</time> · "
+        r'<a href="/audit/checkpoint">the signed checkpoint</a>',
+        page,
+    ), page
+    assert "up to date: no entry is waiting for a position" in page
+
+
+def test_the_page_shows_entries_waiting_for_a_position_and_when_the_sequencer_is_behind(
+    admin_client,
+):
+    now = datetime.now(UTC)
+    with time_machine.travel(now - timedelta(seconds=120), tick=False):
+        waiting = add(2)
+    with time_machine.travel(now, tick=False):
+        page = admin_client.get(LOG).content.decode()
+    waiting_now = AuditEntry.objects.filter(seq__isnull=True).count()  # the admin's own too
+    assert (
+        f"{waiting_now} entries waiting for a position, the oldest for 120 s: is <code>"
+        "manage.py audit_sequencer</code> running?" in page
+    )
+    assert '<p class="problem"><span class="label">Sequencer</span>' in page
+    row = page[page.index(f'<tr id="entry-{waiting[0].pk}">') :].split("</tr>")[0]
+    assert ">pending</span>" in row
+    assert "/proof" not in row
+    assert 'Latest checkpoint</span>\n    <span class="muted">none yet</span>' in page
+
+
+def test_each_positioned_row_links_to_its_bytes_and_its_receipt(admin_client):
+    [entry] = add(1)
+    sequence_all()
+    entry.refresh_from_db()
+    page = admin_client.get(LOG).content.decode()
+    row = page[page.index(f'<tr id="entry-{entry.pk}">') :].split("</tr>")[0]
+    assert f'<td class="num">{entry.seq}<span class="proof-links">' in row
+    assert f'href="/audit/entries/{entry.seq}" download' in row
+    assert f'href="/audit/entries/{entry.seq}/proof" download' in row
+
+
+def test_the_page_says_when_no_signing_key_is_configured(admin_client, settings):
+    settings.AUDIT_SIGNING_KEY = ""
+    page = admin_client.get(LOG).content.decode()
+    assert "<strong>No signing key is configured</strong>" in page
+    assert "Verifier key" not in page
+
+
+def test_the_page_warns_when_the_latest_checkpoint_is_not_signed_by_the_configured_key(
+    admin_client, settings
+):
+    add(1)
+    sequence_all()
+    settings.AUDIT_SIGNING_KEY = generate_signer_key("tests.example/audit")
+    page = admin_client.get(LOG).content.decode()
+    assert (
+        "The latest checkpoint does not open with this key: the note has no signature by "
+        "tests.example/audit+" in page
+    )
+
+
+# ------------------------------------------------------------------------------------- proofs
+
+ENTRY = "/audit/entries/{}"
+PROOF = "/audit/entries/{}/proof"
+CHECKPOINT = "/audit/checkpoint"
+PROOF_URLS = [ENTRY.format(1), PROOF.format(1), CHECKPOINT]
+
+
+@pytest.mark.parametrize("url", PROOF_URLS)
+def test_anonymous_visitors_are_sent_to_log_in_from_the_proofs(client, url):
+    response = client.get(url)
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/login/?next=")
+
+
+@pytest.mark.parametrize("url", PROOF_URLS)
+def test_reviewers_are_refused_the_proofs(reviewer_client, url):
+    add(1)
+    sequence_all()
+    response = reviewer_client.get(url)
+    assert response.status_code == 403
+    assert b"tlog" not in response.content
+    assert b"tests.example/audit" not in response.content
+
+
+@pytest.mark.parametrize("url", PROOF_URLS)
+def test_the_proofs_only_answer_reads(admin_client, url):
+    add(1)
+    sequence_all()
+    assert admin_client.post(url).status_code == 405
+
+
+def test_an_entry_is_served_as_the_exact_bytes_of_its_leaf(admin_client):
+    add(3)
+    sequence_all()
+    entry = AuditEntry.objects.get(seq=2)
+    response = admin_client.get(ENTRY.format(2))
+    assert response.status_code == 200
+    assert response.content == bytes(entry.content)
+    assert response["Content-Type"] == "application/octet-stream"
+    assert response["Content-Disposition"] == 'attachment; filename="audit-entry-2.json"'
+    assert "no-store" in response["Cache-Control"]
+    assert hashlib.sha256(b"\x00" + response.content).digest() == bytes(entry.leaf_hash)
+
+
+@pytest.mark.parametrize(
+    ("position", "named"),
+    [
+        ("9", "position #9"),
+        ("0", "that position"),
+        ("x1", "that position"),
+        ("9" * 30, "that position"),
+    ],
+)
+def test_a_position_with_no_entry_is_a_plain_404_saying_so(admin_client, position, named):
+    add(3)
+    sequence_all()
+    for url in (ENTRY.format(position), PROOF.format(position)):
+        response = admin_client.get(url)
+        assert response.status_code == 404
+        assert response["Content-Type"] == "text/plain; charset=utf-8"
+        assert response.content.decode() == (
+            f"No audit entry has {named}: there is none, or it is waiting for the sequencer.\n"
+        )
+
+
+def test_an_entry_waiting_for_its_position_has_no_address_yet(admin_client):
+    add(2)
+    assert admin_client.get(ENTRY.format(1)).status_code == 404
+    assert admin_client.get(PROOF.format(1)).status_code == 404
+    response = admin_client.get(CHECKPOINT)
+    assert response.status_code == 404
+    assert response.content == b"The audit log has no checkpoint yet: is the sequencer running?\n"
+
+
+def test_a_positioned_entry_no_checkpoint_covers_has_no_receipt_and_says_why(admin_client):
+    add(2)
+    size = sequence_all()
+    content = b'{"uncovered":true}'
+    AuditEntry.objects.create(  # as entries of the hash-chain era are before the first run
+        seq=size + 1,
+        created_at=datetime.now(UTC),
+        actor_label="system",
+        action="test.uncovered",
+        content=content,
+        entry_hash=hashlib.sha256(content).hexdigest(),
+        leaf_hash=hashlib.sha256(b"\x00" + content).digest(),
+        prev_hash="0" * 64,
+    )
+    assert admin_client.get(ENTRY.format(size + 1)).content == content
+    response = admin_client.get(PROOF.format(size + 1))
+    assert response.status_code == 404
+    assert response.content.decode() == (
+        f"Entry #{size + 1} has no receipt yet: the latest checkpoint covers entries #1 to "
+        f"#{size}.\n"
+    )
+
+
+def test_the_latest_signed_checkpoint_is_served_as_text(admin_client):
+    add(3)
+    size = sequence_all(batch_size=2)
+    response = admin_client.get(CHECKPOINT)
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/plain; charset=utf-8"
+    assert response.content.decode() == AuditCheckpoint.objects.get(tree_size=size).signed_note
+    text = response.content.decode()
+    assert text.startswith(f"tests.example/audit\n{size}\n")
+    assert "\n\n\u2014 tests.example/audit " in text
+
+
+def rfc9162_included(leaf: bytes, index: int, size: int, path: list[bytes], root: bytes) -> bool:
+    """RFC 9162 section 2.1.3.2, written from the RFC for this test."""
+    if index >= size:
+        return False
+    fn, sn, r = index, size - 1, leaf
+    for p in path:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            r = hashlib.sha256(b"\x01" + p + r).digest()
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            r = hashlib.sha256(b"\x01" + r + p).digest()
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and r == root
+
+
+def check_independently(entry: bytes, proof: str, verifier_key: str) -> int:
+    """Check a receipt from the C2SP specifications alone (tlog-proof, signed-note,
+    tlog-checkpoint) and the `cryptography` package; return the tree size it proves against."""
+    head, note = proof.split("\n\n", 1)
+    header, index_line, *hashes = head.split("\n")
+    assert header == "c2sp.org/tlog-proof@v1"
+    index = int(index_line.removeprefix("index "))
+    path = [base64.b64decode(h) for h in hashes]
+    blank = note.rindex("\n\n")
+    text, signatures = note[: blank + 1], note[blank + 2 :]
+    name, key_id, key = verifier_key.split("+", 2)  # base64 has "+" too
+    public = base64.b64decode(key)
+    assert public[0] == 1  # Ed25519
+    assert hashlib.sha256(name.encode() + b"\n" + public).digest()[:4].hex() == key_id
+    signed = False
+    for line in signatures.splitlines():
+        signer, encoded = line.removeprefix("\u2014 ").split(" ")
+        raw = base64.b64decode(encoded)
+        if signer == name and raw[:4].hex() == key_id:
+            Ed25519PublicKey.from_public_bytes(public[1:]).verify(raw[4:], text.encode())
+            signed = True
+    assert signed
+    origin, size, root = text.splitlines()[:3]
+    assert origin == name
+    leaf = hashlib.sha256(b"\x00" + entry).digest()
+    assert rfc9162_included(leaf, index, int(size), path, base64.b64decode(root))
+    return int(size)
+
+
+def test_a_receipt_from_the_endpoint_verifies_offline_with_the_standalone_verifier_and_the_specs(
+    admin_client, tmp_path
+):
+    add(11)
+    sequence_all(batch_size=4)
+    add(2)
+    size = sequence_all()
+    for seq in (1, 6, 11, size):
+        entry = admin_client.get(ENTRY.format(seq)).content
+        response = admin_client.get(PROOF.format(seq))
+        assert response.status_code == 200
+        assert response["Content-Type"] == "text/plain; charset=utf-8"
+        assert response["Content-Disposition"] == f'attachment; filename="audit-entry-{seq}.proof"'
+        proof = response.content.decode()
+        assert proof.startswith(f"c2sp.org/tlog-proof@v1\nindex {seq - 1}\n")
+        assert proof.endswith(AuditCheckpoint.objects.get(tree_size=size).signed_note)
+        assert check_independently(entry, proof, VERIFIER_KEY) == size
+
+        (tmp_path / "entry").write_bytes(entry)
+        (tmp_path / "proof").write_text(proof)
+        done = subprocess.run(
+            [sys.executable, "-m", "moderation.audit.receipt", "entry", "proof", VERIFIER_KEY],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert (done.returncode, done.stderr) == (0, "")
+        assert done.stdout.startswith(
+            f"OK: entry {seq - 1} is in tests.example/audit at tree size {size}"
+        )
+
+    # Another entry's bytes with this receipt: not proven.
+    (tmp_path / "entry").write_bytes(admin_client.get(ENTRY.format(2)).content)
+    done = subprocess.run(
+        [sys.executable, "-m", "moderation.audit.receipt", "entry", "proof", VERIFIER_KEY],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("FAILED: ")
