@@ -24,14 +24,24 @@ install: $(STAMP)
 migrate: install
 	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py migrate --no-input
 
-# Web server, task worker, IMM poller and (unless IMM_ENDPOINT points at a real IMM) the IMM
-# emulator, in one terminal; one Ctrl-C stops them all. The first run on an empty database also
-# seeds a dozen generated sample images (DEMO_SEED=0 turns that off).
-PROCESSES := $(if $(IMM_ENDPOINT),web worker poller,)
+# The audit log's signing key: yours when AUDIT_SIGNING_KEY or AUDIT_SIGNING_KEY_FILE is set,
+# else a development key that `make run` makes on its first start (git ignores the file).
+AUDIT_DEV_KEY := $(CURDIR)/.audit-signing-key
+AUDIT_KEY_ENV = $(if $(AUDIT_SIGNING_KEY)$(AUDIT_SIGNING_KEY_FILE),,AUDIT_SIGNING_KEY_FILE=$(AUDIT_DEV_KEY))
+
+# Web server, task worker, IMM poller, audit sequencer and (unless IMM_ENDPOINT points at a real
+# IMM) the IMM emulator, in one terminal; one Ctrl-C stops them all. The first run on an empty
+# database also seeds a dozen generated sample images (DEMO_SEED=0 turns that off).
+PROCESSES := $(if $(IMM_ENDPOINT),web worker poller sequencer,)
 run: migrate
-	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py demo_users
-	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py demo_seed
-	PATH="$(CURDIR)/$(BIN):$$PATH" DEBUG=$${DEBUG:-1} \
+	@if [ -z "$$AUDIT_SIGNING_KEY$$AUDIT_SIGNING_KEY_FILE" ] && [ ! -s "$(AUDIT_DEV_KEY)" ]; then \
+	  echo "Making a development audit signing key in $(AUDIT_DEV_KEY)"; \
+	  (umask 077 && DEBUG=1 $(BIN)/python manage.py audit_keygen localhost/moderation-audit \
+	    > "$(AUDIT_DEV_KEY).tmp" && mv "$(AUDIT_DEV_KEY).tmp" "$(AUDIT_DEV_KEY)"); \
+	fi
+	DEBUG=$${DEBUG:-1} $(AUDIT_KEY_ENV) $(BIN)/python manage.py demo_users
+	DEBUG=$${DEBUG:-1} $(AUDIT_KEY_ENV) $(BIN)/python manage.py demo_seed
+	PATH="$(CURDIR)/$(BIN):$$PATH" DEBUG=$${DEBUG:-1} $(AUDIT_KEY_ENV) \
 	  IMM_EMULATOR_NOTIFY_URL=$${IMM_EMULATOR_NOTIFY_URL:-http://127.0.0.1:$(PORT)/imm/notifications/} \
 	  $(BIN)/honcho --procfile Procfile start --port $(PORT) $(PROCESSES)
 

@@ -361,3 +361,53 @@ def test_readme_screenshots(page, admin_user):
         "() => [...document.images].every((img) => img.complete && img.naturalWidth > 0)"
     )
     page.screenshot(path=DOCS / "images.png")
+
+
+def test_the_audit_log_page_shows_the_signed_log_and_offers_each_receipt(
+    page, admin_user, settings
+):
+    from django.db import transaction
+
+    from moderation.audit import log as audit
+    from moderation.audit.note import Signer, generate_signer_key
+    from moderation.audit.verify import check_log
+
+    from .audit_log import sequence_all
+
+    settings.AUDIT_SIGNING_KEY = generate_signer_key("moderation.example.com/audit")
+    sign_in(page, "ada")
+    upload_three(page)
+    context = audit.AuditContext("203.0.113.9", "Mozilla/5.0 (X11; Linux x86_64) Chrome/130")
+    with transaction.atomic():
+        audit.record(
+            action="routing.rule_added",
+            actor=admin_user,
+            reason="sexy goes to a person",
+            detail={"category": "sexy", "rule": "review"},
+            context=context,
+        )
+    sequence_all()
+    check_log()
+    with transaction.atomic():  # written after the last batch: waiting for the sequencer
+        for name in ("violence", "gambling"):
+            audit.record(
+                action="routing.rule_added",
+                actor=admin_user,
+                detail={"category": name, "rule": "review"},
+                context=context,
+            )
+
+    page.goto("/audit/")
+    state = page.get_by_role("region", name="Signed log")
+    verifier_key = Signer.from_key(settings.AUDIT_SIGNING_KEY).verifier_key()
+    expect(state.locator("code.key")).to_have_text(verifier_key)
+    expect(state).to_contain_text("2 entries waiting for a position")
+    expect(page.get_by_role("region", name="Verification")).to_contain_text("Log verified")
+    expect(page.locator(".audit-table tbody tr").first).to_contain_text("pending")
+    receipt = page.get_by_role("link", name="receipt").first
+    with page.expect_download() as download:
+        receipt.click()
+    assert download.value.suggested_filename.startswith("audit-entry-")
+    if os.environ.get("SCREENSHOTS") == "1":
+        DOCS.mkdir(exist_ok=True)
+        page.screenshot(path=DOCS / "audit.png")
