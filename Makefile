@@ -11,7 +11,7 @@ include .env
 export
 endif
 
-.PHONY: install run test lint typecheck migrate clean bench
+.PHONY: install run serve test lint typecheck migrate clean bench bench-pipeline
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,31 @@ run: migrate
 	PATH="$(CURDIR)/$(BIN):$$PATH" DEBUG=$${DEBUG:-1} \
 	  IMM_EMULATOR_NOTIFY_URL=$${IMM_EMULATOR_NOTIFY_URL:-http://127.0.0.1:$(PORT)/imm/notifications/} \
 	  $(BIN)/honcho --procfile Procfile start --port $(PORT) $(PROCESSES)
+
+# The production-like set in one terminal, with DEBUG=0; one Ctrl-C stops them all: gunicorn
+# (WEB_CONCURRENCY workers, default 4; more options in GUNICORN_CMD_ARGS), TASK_WORKERS task
+# workers (default 1), the IMM poller, the audit sequencer and, unless IMM_ENDPOINT is set, the IMM
+# emulator. Static files are collected and served by WhiteNoise. SECRET_KEY (and IMM_NOTIFY_TOKEN,
+# which the emulator's notifications carry) come from the environment or a *_FILE, or are
+# generated once into the gitignored files .secret-key and .imm-notify-token.
+TASK_WORKERS ?= 1
+SERVE_PROCESSES ?= web worker poller sequencer $(if $(IMM_ENDPOINT),,imm)
+serve: install
+	@set -e; umask 077; \
+	if [ -z "$$SECRET_KEY$$SECRET_KEY_FILE" ]; then \
+	  test -s .secret-key || $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(50))' > .secret-key; \
+	  export SECRET_KEY_FILE="$(CURDIR)/.secret-key"; \
+	fi; \
+	if [ -z "$(IMM_ENDPOINT)$$IMM_NOTIFY_TOKEN$$IMM_NOTIFY_TOKEN_FILE" ]; then \
+	  test -s .imm-notify-token || $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(32))' > .imm-notify-token; \
+	  export IMM_NOTIFY_TOKEN_FILE="$(CURDIR)/.imm-notify-token"; \
+	fi; \
+	export DEBUG=0 PATH="$(abspath $(BIN)):$$PATH" \
+	  IMM_EMULATOR_NOTIFY_URL="$${IMM_EMULATOR_NOTIFY_URL:-http://127.0.0.1:$(PORT)/imm/notifications/}"; \
+	$(BIN)/python manage.py migrate --no-input; \
+	$(BIN)/python manage.py collectstatic --no-input --verbosity 0; \
+	exec $(BIN)/honcho --procfile Procfile.serve start --port $(PORT) \
+	  --concurrency worker=$(TASK_WORKERS) $(SERVE_PROCESSES)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

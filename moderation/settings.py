@@ -122,6 +122,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files from STATIC_ROOT (collectstatic), answered before any other middleware runs,
+    # so `make serve` and a deployment need no separate file server.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     # Outermost after security, so every answer gets the policy, the lockout page included.
     "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -240,7 +243,9 @@ STORAGES = {
         "BACKEND": env_str("STORAGE_BACKEND", "django.core.files.storage.FileSystemStorage"),
         "OPTIONS": env_json_object("STORAGE_OPTIONS"),
     },
-    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    # collectstatic also writes gzip copies, which WhiteNoise sends to browsers that accept them.
+    # Not the manifest variant: every page would then need collectstatic first, tests included.
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 
 # Request bodies. moderation.middleware refuses, from the declared Content-Length and before
