@@ -79,5 +79,16 @@ bench: install
 	    "emptied), e.g. postgres://postgres@127.0.0.1:5432/moderation_bench" >&2; exit 2;; esac
 	$(BIN)/python bench/queue.py $(BENCH_ARGS)
 
+# The IMM pipeline and the audit log end to end, as make serve runs them (gunicorn with 4 workers,
+# the emulator 100 ms away), in a PostgreSQL database of its own that it drops and creates again:
+# submissions/s, notifications/s, claim+decide with 16 reviewers, the sequencer. A few minutes.
+# BENCH_ARGS="--quick" for a tiny run, "--baseline" to measure the code before issue 10 beside it.
+bench-pipeline: install
+	@case "$$DATABASE_URL" in postgres://*|postgresql://*) ;; *) \
+	  echo "make bench-pipeline needs DATABASE_URL=postgres://... naming a database of its own" \
+	    "(it is dropped), e.g. postgres://postgres@127.0.0.1:5432/moderation_bench_pipeline" >&2; \
+	  exit 2;; esac
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/pipeline.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
