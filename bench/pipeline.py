@@ -642,12 +642,135 @@ def measure_claims(args: argparse.Namespace, who: Any) -> dict[str, Any]:
 # --- 4. Sequencer -----------------------------------------------------------------------------
 
 
-def measure_sequencer(args: argparse.Namespace, env: dict[str, str], logs: Path) -> dict[str, Any]:
+def timed_command(command: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """Run a manage.py command of this tree: (seconds, peak memory in MB, its output)."""
+    started = time.perf_counter()
+    process = subprocess.Popen(  # noqa: S603 - the bench's own commands
+        [sys.executable, "manage.py", *command],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    output = process.stdout.read().decode(errors="replace")
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - started
+    if process.returncode != 0:
+        raise SystemExit(f"manage.py {' '.join(command)} failed:\n{output[-3000:]}")
+    return seconds, usage.ru_maxrss / 1024, output
+
+
+def grow_log(entries: int) -> int:
+    """Add `entries` entries waiting for a position, copies of the positioned ones (their
+    content and columns agree, so verification reads them as any other); how many it added."""
+    from django.db import connection, transaction
+
+    from moderation.models import AuditEntry
+
+    columns = ", ".join(
+        f.column
+        for f in AuditEntry._meta.concrete_fields
+        if f.name not in ("id", "seq", "leaf_hash")
+    )
+    table = AuditEntry._meta.db_table
+    source = scalar(f"SELECT count(*) FROM {table} WHERE seq IS NOT NULL")  # noqa: S608
+    if not source:
+        raise SystemExit("the audit log has no positioned entry to copy")
+    added = 0
+    with transaction.atomic(), connection.cursor() as cursor:
+        while added < entries:
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {table} "  # noqa: S608
+                "WHERE seq IS NOT NULL ORDER BY seq LIMIT %s",
+                [min(entries - added, source)],
+            )
+            added += cursor.rowcount
+    return added
+
+
+def measure_sequencer(
+    args: argparse.Namespace, env: dict[str, str], keys: dict[str, str]
+) -> dict[str, Any]:
+    """The sequencer over a backlog, verify_audit over --log-entries entries, one receipt."""
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+    from django.urls import reverse
+
+    from moderation.models import AuditEntry
+
     if not has_command(ROOT, "audit_sequencer"):
         return {"skipped": f"this code ({git_commit(ROOT)}) has no manage.py audit_sequencer"}
-    raise SystemExit(
-        "the sequencer section is not written yet: it waits for the sequencer's interface"
+    sequencer = ["audit_sequencer", "--once"]
+    timed_command(sequencer, env)  # whatever the other sections left waiting
+    idle, _, _ = timed_command(sequencer, env)  # start-up and one empty batch
+
+    added = grow_log(args.backlog)
+    seconds, _, _ = timed_command(sequencer, env)
+    backlog_rate = added / max(seconds - idle, 1e-9)
+    print(f"  {added:,} entries sequenced in {seconds - idle:.2f} s ({load()})", flush=True)
+    small = AuditEntry.objects.count()
+    small_seconds, small_mb, _ = timed_command(["verify_audit"], env)
+    print(
+        f"  verify_audit over {small:,} entries: {small_seconds:.1f} s, {small_mb:.0f} MB",
+        flush=True,
     )
+
+    grown = grow_log(max(0, args.log_entries - AuditEntry.objects.count()))
+    large_rate = None
+    if grown:
+        seconds, _, _ = timed_command(sequencer, env)
+        large_rate = grown / max(seconds - idle, 1e-9)
+        print(
+            f"  {grown:,} more entries sequenced in {seconds - idle:.1f} s ({load()})", flush=True
+        )
+    large = AuditEntry.objects.count()
+    large_seconds, large_mb, output = timed_command(["verify_audit"], env)
+    print(
+        f"  verify_audit over {large:,} entries: {large_seconds:.1f} s, {large_mb:.0f} MB",
+        flush=True,
+    )
+
+    admin = get_user_model().objects.get(username="bench-admin")
+    client = Client(HTTP_HOST="localhost")
+    client.force_login(admin)
+    seq = large // 2
+    entry = client.get(reverse("audit_entry", args=[seq]))
+    proof = client.get(reverse("audit_entry_proof", args=[seq]))
+    if entry.status_code != 200 or proof.status_code != 200:
+        raise SystemExit(f"entry {seq}: {entry.status_code}, proof {proof.status_code}")
+    folder = Path(tempfile.mkdtemp(prefix="bench-receipt-"))
+    (folder / "entry").write_bytes(entry.content)
+    (folder / "proof").write_bytes(proof.content)
+    verifier = [
+        sys.executable,
+        "-m",
+        "moderation.audit.receipt",
+        str(folder / "entry"),
+        str(folder / "proof"),
+        keys["verifier"],
+    ]
+    runs = []
+    for _ in range(5):
+        started = time.perf_counter()
+        subprocess.run(verifier, cwd=ROOT, env=env, check=True, capture_output=True)  # noqa: S603
+        runs.append(time.perf_counter() - started)
+    return {
+        "backlog": added,
+        "sequenced_per_s": backlog_rate,
+        "grown_to": large,
+        "sequenced_large_per_s": large_rate,
+        "verify_small_entries": small,
+        "verify_small_seconds": small_seconds,
+        "verify_small_mb": small_mb,
+        "verify_entries": large,
+        "verify_seconds": large_seconds,
+        "verify_peak_mb": large_mb,
+        "verify_output": output.strip().splitlines()[:1],
+        "receipt_bytes": len(proof.content),
+        "receipt_verify_ms": min(runs) * 1000,
+    }
 
 
 # --- One run ----------------------------------------------------------------------------------
@@ -743,6 +866,20 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     }
     env.pop("IMM_ENDPOINT", None)
     os.environ.update(env)
+    keys = {}
+    if has_command(ROOT, "audit_keygen"):
+        # The sequencer signs checkpoints; a key of this run's own.
+        made = subprocess.run(
+            [sys.executable, "manage.py", "audit_keygen", "bench.invalid/audit"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        keys["signing"] = made.stdout.strip()
+        keys["verifier"] = made.stderr.strip().rpartition(": ")[2]
+        env["AUDIT_SIGNING_KEY"] = os.environ["AUDIT_SIGNING_KEY"] = keys["signing"]
 
     import django
 
@@ -754,16 +891,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     for line in machine_info():
         print(line)
     call_command("migrate", interactive=False, verbosity=0)
-    if has_command(ROOT, "audit_keygen") and not os.environ.get("AUDIT_SIGNING_KEY"):
-        key = subprocess.run(
-            [sys.executable, "manage.py", "audit_keygen", "bench.invalid/audit"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        env["AUDIT_SIGNING_KEY"] = os.environ["AUDIT_SIGNING_KEY"] = key
     rng = random.Random(args.seed)  # noqa: S311 - benchmark data, not secrets
     who = people(REVIEWERS)
     seed(args.waiting, args.waiting, [u.pk for u in who.uploaders], rng)
@@ -785,7 +912,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for process in running["processes"]:
             process.check()
     print(f"\n4. Audit sequencer ({load()})", flush=True)
-    results["sequencer"] = measure_sequencer(args, env, logs)
+    results["sequencer"] = measure_sequencer(args, env, keys)
     print(f"   {results['sequencer']}", flush=True)
     return results
 
@@ -880,11 +1007,14 @@ def report(runs: list[tuple[str, dict[str, Any]]]) -> None:
         ("  sessions waiting for a lock (%)", "claims", "lock_wait_share", "{:.1f}"),
         ("  claim+decide p95 (ms)", "claims", "claim_decide_p95_ms", "{:.0f}"),
         ("  double assignments", "claims", "double_assignments", "{}"),
-        ("audit entries sequenced/s", "sequencer", "sequenced_per_s", "{:.0f}"),
-        ("verify_audit (s)", "sequencer", "verify_seconds", "{:.1f}"),
+        ("audit entries sequenced/s (--backlog)", "sequencer", "sequenced_per_s", "{:.0f}"),
+        ("  ... growing to --log-entries", "sequencer", "sequenced_large_per_s", "{:.0f}"),
+        ("verify_audit over --log-entries (s)", "sequencer", "verify_seconds", "{:.1f}"),
         ("  verify_audit peak memory (MB)", "sequencer", "verify_peak_mb", "{:.0f}"),
         ("receipt size (bytes)", "sequencer", "receipt_bytes", "{}"),
-        ("receipt verification (ms)", "sequencer", "receipt_verify_ms", "{:.1f}"),
+        ("  verify_audit at the backlog size (s)", "sequencer", "verify_small_seconds", "{:.1f}"),
+        ("  ... its peak memory (MB)", "sequencer", "verify_small_mb", "{:.0f}"),
+        ("receipt verification, own process (ms)", "sequencer", "receipt_verify_ms", "{:.0f}"),
     ]
     width = 42
     print("\n" + "=" * 100)
