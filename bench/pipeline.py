@@ -57,12 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "moderation.settings")
-os.environ["DEBUG"] = "0"
-os.environ.setdefault("SECRET_KEY", "bench-only-not-a-secret-" + "x" * 40)
-os.environ.setdefault("LOG_LEVEL", "WARNING")
-
-from bench.common import (  # noqa: E402 - after the path and the environment are set
+from bench.common import (  # noqa: E402 - after the path is set
     ClaimRun,
     _weighted,
     connect_params,
@@ -1057,6 +1052,12 @@ def report(runs: list[tuple[str, dict[str, Any]]]) -> None:
 
 
 def main() -> None:
+    # Set before Django is imported (in this process and the ones it starts): DEBUG keeps every
+    # query in memory.
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "moderation.settings")
+    os.environ["DEBUG"] = "0"
+    os.environ.setdefault("SECRET_KEY", "bench-only-not-a-secret-" + "x" * 40)
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
     args = parse_args()
     if args.measure:
         results = measure(args)
