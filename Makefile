@@ -11,7 +11,7 @@ include .env
 export
 endif
 
-.PHONY: install run serve test lint typecheck migrate clean bench bench-pipeline
+.PHONY: install run serve test lint typecheck migrate clean bench bench-pipeline soak
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -89,6 +89,16 @@ bench-pipeline: install
 	    "(it is dropped), e.g. postgres://postgres@127.0.0.1:5432/moderation_bench_pipeline" >&2; \
 	  exit 2;; esac
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/pipeline.py $(BENCH_ARGS)
+
+# make serve's processes for 10 minutes under load (32 reviewers, 500 notifications/s, uploads)
+# with a kill -9 every minute, then checks nothing was lost or done twice (bench/soak.py).
+# SOAK_ARGS="--minutes 2 --kill-every 20" for a shorter run.
+soak: install
+	@case "$$DATABASE_URL" in postgres://*|postgresql://*) ;; *) \
+	  echo "make soak needs DATABASE_URL=postgres://... naming a database of its own" \
+	    "(it is dropped), e.g. postgres://postgres@127.0.0.1:5432/moderation_soak" >&2; \
+	  exit 2;; esac
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

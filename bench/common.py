@@ -15,6 +15,8 @@ import math
 import os
 import platform
 import random
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -73,6 +75,117 @@ def ensure_database(config: dict[str, Any]) -> None:
         with psycopg.connect(dbname="postgres", autocommit=True, **params) as admin:
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(config["NAME"])))
         print(f"Created database {config['NAME']}.")
+
+
+# --- Processes --------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Process:
+    """A child in a session of its own, its output in a log file, stopped with its children."""
+
+    def __init__(
+        self, name: str, command: list[str], *, cwd: Path, env: dict[str, str], logs: Path
+    ):
+        self.name = name
+        self.log = logs / f"{name}.log"
+        with self.log.open("ab") as out:
+            self.popen = subprocess.Popen(  # noqa: S603 - the bench's own commands
+                command,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.running():
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+
+    def check(self) -> None:
+        if not self.running():
+            raise SystemExit(f"{self.name} exited ({self.popen.returncode}):\n{self.tail()}")
+
+
+def wait_for(what: str, ready: Any, *, timeout: float, process: Process | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if process is not None:
+            process.check()
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def answers(port: int, path: str = "/healthz") -> bool:
+    import http.client
+
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        connection.request("GET", path)
+        connection.getresponse().read()
+        connection.close()
+        return True
+    except OSError:
+        return False
+
+
+def has_command(tree: Path, name: str) -> bool:
+    return any(
+        (tree / app / "management" / "commands" / f"{name}.py").exists()
+        for app in ("moderation", "moderation/audit", "reviews")
+    )
+
+
+# --- Database ---------------------------------------------------------------------------------
+
+
+def recreate_database(config: dict[str, Any], *, mark: str, script: str) -> None:
+    """Drop and create the database, refusing one that `script` (whose mark the database's
+    comment holds) did not create."""
+    import psycopg
+    from psycopg import sql
+
+    name = config["NAME"]
+    with psycopg.connect(dbname="postgres", autocommit=True, **connect_params(config)) as admin:
+        row = admin.execute(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+            [name],
+        ).fetchone()
+        if row is not None:
+            if (row[0] or "") != mark:
+                with psycopg.connect(dbname=name, **connect_params(config)) as existing:
+                    tables = existing.execute(
+                        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+                    ).fetchone()
+                if tables and tables[0]:
+                    sys.exit(
+                        f"Database {name} holds tables that {script} did not make; it will not "
+                        "drop it. Point DATABASE_URL at a database of its own."
+                    )
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        admin.execute(
+            sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(mark))
+        )
 
 
 # --- Small helpers ---------------------------------------------------------------------------

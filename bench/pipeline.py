@@ -36,8 +36,6 @@ import json
 import os
 import random
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -59,16 +57,21 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import (  # noqa: E402 - after the path is set
     ClaimRun,
+    Process,
     _weighted,
-    connect_params,
+    answers,
+    free_port,
     git_commit,
+    has_command,
     load,
     machine_info,
     pct,
     people,
+    recreate_database,
     require_postgres,
     seed,
     vacuum_claims,
+    wait_for,
 )
 
 # The process that sends images to IMM, run from the tree being measured: the one place to
@@ -149,119 +152,6 @@ def parse_args() -> argparse.Namespace:
     if args.seconds <= 0 or args.latency_ms < 0:
         parser.error("--seconds must be positive and --latency-ms not negative")
     return args
-
-
-# --- Processes --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Process:
-    """A child in a session of its own, its output in a log file, stopped with its children."""
-
-    def __init__(
-        self, name: str, command: list[str], *, cwd: Path, env: dict[str, str], logs: Path
-    ):
-        self.name = name
-        self.log = logs / f"{name}.log"
-        with self.log.open("ab") as out:
-            self.popen = subprocess.Popen(  # noqa: S603 - the bench's own commands
-                command,
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def running(self) -> bool:
-        return self.popen.poll() is None
-
-    def tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self, timeout: float = 30) -> None:
-        if self.running():
-            os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait()
-
-    def check(self) -> None:
-        if not self.running():
-            raise SystemExit(f"{self.name} exited ({self.popen.returncode}):\n{self.tail()}")
-
-
-def wait_for(what: str, ready: Any, *, timeout: float, process: Process | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if process is not None:
-            process.check()
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-def answers(port: int, path: str = "/healthz") -> bool:
-    import http.client
-
-    try:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        connection.request("GET", path)
-        connection.getresponse().read()
-        connection.close()
-        return True
-    except OSError:
-        return False
-
-
-def has_command(tree: Path, name: str) -> bool:
-    return any(
-        (tree / app / "management" / "commands" / f"{name}.py").exists()
-        for app in ("moderation", "moderation/audit", "reviews")
-    )
-
-
-# --- Database ---------------------------------------------------------------------------------
-
-
-def recreate_database(config: dict[str, Any]) -> None:
-    """Drop and create the run's database, refusing one this script did not create."""
-    import psycopg
-    from psycopg import sql
-
-    name = config["NAME"]
-    with psycopg.connect(dbname="postgres", autocommit=True, **connect_params(config)) as admin:
-        row = admin.execute(
-            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
-            [name],
-        ).fetchone()
-        if row is not None:
-            if (row[0] or "") != DB_MARK:
-                with psycopg.connect(dbname=name, **connect_params(config)) as existing:
-                    tables = existing.execute(
-                        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
-                    ).fetchone()
-                if tables and tables[0]:
-                    sys.exit(
-                        f"Database {name} holds tables that bench/pipeline.py did not make; it "
-                        "will not drop it. Point DATABASE_URL at a database of its own (e.g. "
-                        ".../moderation_bench_pipeline)."
-                    )
-            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        admin.execute(
-            sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-                sql.Identifier(name), sql.Literal(DB_MARK)
-            )
-        )
 
 
 def scalar(query: str, params: list[Any] | None = None) -> Any:
@@ -846,7 +736,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     config = require_postgres(
         "bench/pipeline.py", "DATABASE_URL=postgres://... make bench-pipeline"
     )
-    recreate_database(config)
+    recreate_database(config, mark=DB_MARK, script="bench/pipeline.py")
     logs = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     env = {
         **os.environ,
