@@ -883,7 +883,7 @@ def report(runs: list[tuple[str, dict[str, Any]]]) -> None:
         ("  answer time p50 (ms)", "notifications", "notify_p50_ms", "{:.1f}"),
         ("  answer time p95 (ms)", "notifications", "notify_p95_ms", "{:.1f}"),
         ("  unexpected answers", "notifications", "unexpected_answers", "{}"),
-        ("  tasks recorded once / of", "notifications", "recorded_once", "{}"),
+        ("  tasks recorded once", "notifications", "recorded_once", "{}"),
         ("  images routed once", "notifications", "routed_once", "{}"),
         ("  routed to the wrong state", "notifications", "misrouted", "{}"),
         ("  arrival to routed p50 (ms)", "notifications", "routed_p50_ms", "{:.0f}"),
@@ -895,10 +895,10 @@ def report(runs: list[tuple[str, dict[str, Any]]]) -> None:
         ("audit entries sequenced/s (--backlog)", "sequencer", "sequenced_per_s", "{:.0f}"),
         ("  ... growing to --log-entries", "sequencer", "sequenced_large_per_s", "{:.0f}"),
         ("verify_audit over --log-entries (s)", "sequencer", "verify_seconds", "{:.1f}"),
-        ("  verify_audit peak memory (MB)", "sequencer", "verify_peak_mb", "{:.0f}"),
-        ("receipt size (bytes)", "sequencer", "receipt_bytes", "{}"),
+        ("  its peak memory (MB)", "sequencer", "verify_peak_mb", "{:.0f}"),
         ("  verify_audit at the backlog size (s)", "sequencer", "verify_small_seconds", "{:.1f}"),
-        ("  ... its peak memory (MB)", "sequencer", "verify_small_mb", "{:.0f}"),
+        ("  its peak memory (MB)", "sequencer", "verify_small_mb", "{:.0f}"),
+        ("receipt size (bytes)", "sequencer", "receipt_bytes", "{}"),
         ("receipt verification, own process (ms)", "sequencer", "receipt_verify_ms", "{:.0f}"),
     ]
     width = 42
