@@ -38,9 +38,10 @@ run: migrate
 # The production-like set in one terminal, with DEBUG=0; one Ctrl-C stops them all: gunicorn
 # (WEB_CONCURRENCY workers, default 4; more options in GUNICORN_CMD_ARGS), TASK_WORKERS task
 # workers (default 1), the IMM poller, the audit sequencer and, unless IMM_ENDPOINT is set, the IMM
-# emulator. Static files are collected and served by WhiteNoise. SECRET_KEY (and IMM_NOTIFY_TOKEN,
-# which the emulator's notifications carry) come from the environment or a *_FILE, or are
-# generated once into the gitignored files .secret-key and .imm-notify-token.
+# emulator. Static files are collected and served by WhiteNoise. SECRET_KEY, AUDIT_SIGNING_KEY (the
+# sequencer signs checkpoints with it) and IMM_NOTIFY_TOKEN (which the emulator's notifications
+# carry) come from the environment or a *_FILE, or are generated once into the gitignored files
+# .secret-key, .audit-signing-key and .imm-notify-token.
 TASK_WORKERS ?= 1
 SERVE_PROCESSES ?= web worker poller sequencer $(if $(IMM_ENDPOINT),,imm)
 serve: install
@@ -48,6 +49,10 @@ serve: install
 	if [ -z "$$SECRET_KEY$$SECRET_KEY_FILE" ]; then \
 	  test -s .secret-key || $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(50))' > .secret-key; \
 	  export SECRET_KEY_FILE="$(CURDIR)/.secret-key"; \
+	fi; \
+	if [ -z "$$AUDIT_SIGNING_KEY$$AUDIT_SIGNING_KEY_FILE" ]; then \
+	  test -s .audit-signing-key || $(BIN)/python manage.py audit_keygen "$$(hostname)/audit" > .audit-signing-key; \
+	  export AUDIT_SIGNING_KEY_FILE="$(CURDIR)/.audit-signing-key"; \
 	fi; \
 	if [ -z "$(IMM_ENDPOINT)$$IMM_NOTIFY_TOKEN$$IMM_NOTIFY_TOKEN_FILE" ]; then \
 	  test -s .imm-notify-token || $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(32))' > .imm-notify-token; \
