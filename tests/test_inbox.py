@@ -384,6 +384,26 @@ def test_the_backlog_counts_what_waits_and_how_long_the_oldest_has(task):
     assert inbox.backlog(now=now) == inbox.Backlog(waiting=2, failing=0, oldest_seconds=90.0)
 
 
+def test_arrival_to_routed_times_come_from_the_rows_of_recorded_messages(db):
+    now = timezone.now()
+    NotificationInboxMessage.objects.bulk_create(
+        NotificationInboxMessage(
+            source="notification",
+            task_id=f"t{n}",
+            message={},
+            received_at=now - timedelta(seconds=10),
+            applied_at=now - timedelta(seconds=10) + timedelta(milliseconds=ms),
+            outcome=outcome,
+        )
+        for n, (ms, outcome) in enumerate(
+            [(300, "recorded"), (40, "recorded"), (5, "duplicate"), (120, "recorded")]
+        )
+    )
+    NotificationInboxMessage.objects.create(source="notification", task_id="w", message={})
+    assert inbox.arrival_to_routed(since=now - timedelta(minutes=1)) == [0.04, 0.12, 0.3]
+    assert inbox.arrival_to_routed(since=now) == []
+
+
 def test_healthz_shows_the_inbox_and_is_not_ok_when_a_message_waits_over_a_minute(task):
     ImmStatus.objects.create(pk=1, poller_seen_at=timezone.now())
     assert post(envelope(task_message(task.task_id))).status_code == 200
