@@ -79,6 +79,10 @@ def apply_waiting(*, limit: int = BATCH) -> ApplyReport:
     by another applier).
     """
     report = ApplyReport()
+    # A plain read first: an idle applier opens no transaction (on SQLite each one would take
+    # the database's write lock, ten times a second).
+    if not NotificationInboxMessage.objects.due(timezone.now()).exists():
+        return report
     while report.handled < limit:
         applied = apply_next()
         if applied is None:
