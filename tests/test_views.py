@@ -162,6 +162,9 @@ def test_healthz_reports_what_needs_a_look_as_json():
         "imm_submissions": "running",
         "oldest_waiting_task_seconds": 0,
         "poller_last_round_seconds_ago": None,
+        "inbox_waiting": 0,
+        "inbox_failing": 0,
+        "inbox_oldest_seconds": 0,
         "problems": ["the IMM poller has not run recently: is imm_poller running?"],
     }
 

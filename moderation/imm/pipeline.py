@@ -1,8 +1,9 @@
 """The IMM pipeline: submit images, record every result, route each image by its verdict.
 
-Nothing here is called inside a web request except `record_result` (database only) and the
-admin actions; the network calls run in background tasks (submit_image and fetch_result, at the
-end of this module) and the poller.
+Nothing here is called inside a web request except the admin actions (notifications are
+stored in the inbox, moderation.imm.inbox, whose applier calls `record_result`); the network
+calls run in background tasks (submit_image and fetch_result, at the end of this module) and the
+poller.
 
 Submission. CreateImageModerationTask has no idempotency token, so every attempt carries our own
 `submission_key` in Tags and UserData. A create that may have reached IMM without an answer back
