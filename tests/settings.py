@@ -19,3 +19,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
     DATABASES["default"]["TEST"] = {  # noqa: F405
         "NAME": os.path.join(tempfile.gettempdir(), f"moderation-test-{os.getpid()}.sqlite3")
     }
+
+# STATIC_ROOT is filled by collectstatic (make serve), not by tests: look files up per request
+# instead of warning at every start that the folder is missing.
+WHITENOISE_AUTOREFRESH = True
