@@ -43,7 +43,7 @@ run: migrate
 # carry) come from the environment or a *_FILE, or are generated once into the gitignored files
 # .secret-key, .audit-signing-key and .imm-notify-token.
 TASK_WORKERS ?= 1
-SERVE_PROCESSES ?= web worker poller sequencer $(if $(IMM_ENDPOINT),,imm)
+SERVE_PROCESSES ?= web worker poller inbox sequencer $(if $(IMM_ENDPOINT),,imm)
 serve: install
 	@set -e; umask 077; \
 	if [ -z "$$SECRET_KEY$$SECRET_KEY_FILE" ]; then \

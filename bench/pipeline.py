@@ -713,6 +713,16 @@ def production_set(env: dict[str, str], logs: Path, args: argparse.Namespace) ->
             "poller", [sys.executable, "manage.py", "imm_poller"], cwd=ROOT, env=env, logs=logs
         )
         started.append(poller)
+        if "--inbox-only" in (ROOT / "moderation/management/commands/imm_poller.py").read_text():
+            # A second applier, as Procfile.serve runs it.
+            applier = Process(
+                "inbox",
+                [sys.executable, "manage.py", "imm_poller", "--inbox-only"],
+                cwd=ROOT,
+                env=env,
+                logs=logs,
+            )
+            started.append(applier)
         sequencer = None
         if has_command(ROOT, "audit_sequencer"):
             sequencer = Process(
