@@ -306,6 +306,13 @@ IMM_EMULATOR_NOTIFY_URL = env_str(
     "IMM_EMULATOR_NOTIFY_URL", f"http://127.0.0.1:{env_int('PORT', 8000)}/imm/notifications/"
 )
 IMM_EMULATOR_DELAY = env_float("IMM_EMULATOR_DELAY", 2.0)
+# Milliseconds the emulator waits before each answer, as a far region would (0: at once).
+IMM_EMULATOR_LATENCY_MS = env_float("IMM_EMULATOR_LATENCY_MS", 0.0)
+if not 0 <= IMM_EMULATOR_LATENCY_MS <= 60_000:
+    raise ImproperlyConfigured(
+        "IMM_EMULATOR_LATENCY_MS must be a number of milliseconds from 0 to 60000; got "
+        f"{os.environ['IMM_EMULATOR_LATENCY_MS']!r}"
+    )
 # Seconds after a review verdict until IMM's own manual review sends its second notification with
 # pass or block (unset or 0: off, the emulator then never revises a verdict).
 IMM_EMULATOR_MANUAL_REVIEW: float | None = env_float("IMM_EMULATOR_MANUAL_REVIEW", 0.0) or None
