@@ -54,6 +54,9 @@ class TaskFailed(Exception):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver listens with a backlog of 5: a client opening dozens of connections at once
+    # had SYNs dropped, and the kernel resends those a second later.
+    request_queue_size = 128
     emulator: Emulator
 
     def __init__(self, address: tuple[str, int]) -> None:
