@@ -10,8 +10,8 @@ of pipeline.submit_many, each at its own pace:
   the pool whenever it has room;
 - the pool (IMM_SUBMIT_CONCURRENCY threads, sharing the process's IMM client) sends them, each
   thread holding no database connection between sends;
-- the recorder (one thread) records what came back as it comes, in batches (record_attempts),
-  and marks each task's row with its outcome.
+- the recorders (RECORDERS threads) record what came back as it comes, in batches
+  (record_attempts), and mark each task's row with its outcome.
 
 So the requests in flight stay at IMM_SUBMIT_CONCURRENCY while the database work is paid once a
 batch. Nothing here decides anything about an image: claim_attempts and record_attempts apply
@@ -59,6 +59,9 @@ logger = logging.getLogger(__name__)
 CLAIM_MIN = 8
 CLAIM_MAX = 32
 RECORD_MAX = 64
+# Recorders, each with its own database connection: one spends most of its time waiting for the
+# database, and the answers of a busy pool are enough for several.
+RECORDERS = 2
 # Answers waiting to be recorded hold back claiming beyond this many times the pool's size, so a
 # slow database makes the submitter claim less instead of piling up answers in memory.
 BACKLOG = 2
@@ -140,7 +143,10 @@ class Submitter:
                 threading.Thread(
                     target=self._claimer, args=(client, pool, batch), name="imm-claim", daemon=True
                 ),
-                threading.Thread(target=self._recorder, name="imm-record", daemon=True),
+                *(
+                    threading.Thread(target=self._recorder, name=f"imm-record-{n}", daemon=True)
+                    for n in range(RECORDERS)
+                ),
             ]
             for thread in threads:
                 thread.start()
