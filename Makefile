@@ -24,10 +24,10 @@ install: $(STAMP)
 migrate: install
 	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py migrate --no-input
 
-# Web server, task worker, IMM poller and (unless IMM_ENDPOINT points at a real IMM) the IMM
-# emulator, in one terminal; one Ctrl-C stops them all. The first run on an empty database also
-# seeds a dozen generated sample images (DEMO_SEED=0 turns that off).
-PROCESSES := $(if $(IMM_ENDPOINT),web worker poller,)
+# Web server, task worker, IMM submitter, IMM poller and (unless IMM_ENDPOINT points at a real
+# IMM) the IMM emulator, in one terminal; one Ctrl-C stops them all. The first run on an empty
+# database also seeds a dozen generated sample images (DEMO_SEED=0 turns that off).
+PROCESSES := $(if $(IMM_ENDPOINT),web worker submitter poller,)
 run: migrate
 	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py demo_users
 	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py demo_seed
