@@ -414,8 +414,9 @@ def test_the_command_runs_the_queue_and_refuses_a_concurrency_out_of_range(
     finally:
         server.shutdown()
         server.server_close()
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+
+    # Ctrl-C means what it meant before the command ran.
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
 
     assert "6 task(s) run: submitted 6" in capsys.readouterr().out
     assert tasks_at_imm(fake.fake) == Counter({str(i): 1 for i in ids})

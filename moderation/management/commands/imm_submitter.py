@@ -62,9 +62,12 @@ class Command(BaseCommand):
             self.stderr.write("Finishing the tasks in hand (again to stop now)...")
             submitter.stop()
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, shutdown)
-        report = submitter.run(batch=options["batch"])
+        previous = {sig: signal.signal(sig, shutdown) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            report = submitter.run(batch=options["batch"])
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         self.stdout.write(str(report))
         if report.errors:
             raise CommandError(f"{report.errors} batch(es) failed; the log says why")
