@@ -24,10 +24,10 @@ install: $(STAMP)
 migrate: install
 	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py migrate --no-input
 
-# Web server, task worker, IMM poller and (unless IMM_ENDPOINT points at a real IMM) the IMM
-# emulator, in one terminal; one Ctrl-C stops them all. The first run on an empty database also
-# seeds a dozen generated sample images (DEMO_SEED=0 turns that off).
-PROCESSES := $(if $(IMM_ENDPOINT),web worker poller,)
+# Web server, task worker, IMM submitter, IMM poller and (unless IMM_ENDPOINT points at a real
+# IMM) the IMM emulator, in one terminal; one Ctrl-C stops them all. The first run on an empty
+# database also seeds a dozen generated sample images (DEMO_SEED=0 turns that off).
+PROCESSES := $(if $(IMM_ENDPOINT),web worker submitter poller,)
 run: migrate
 	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py demo_users
 	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py demo_seed
@@ -43,7 +43,7 @@ run: migrate
 # carry) come from the environment or a *_FILE, or are generated once into the gitignored files
 # .secret-key, .audit-signing-key and .imm-notify-token.
 TASK_WORKERS ?= 1
-SERVE_PROCESSES ?= web worker poller inbox sequencer $(if $(IMM_ENDPOINT),,imm)
+SERVE_PROCESSES ?= web worker submitter poller inbox sequencer $(if $(IMM_ENDPOINT),,imm)
 serve: install
 	@set -e; umask 077; \
 	if [ -z "$$SECRET_KEY$$SECRET_KEY_FILE" ]; then \

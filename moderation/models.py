@@ -419,6 +419,25 @@ class ImmStatus(models.Model):
         return status
 
 
+class ImmRateLimit(models.Model):
+    """IMM's request budget, shared by every submitter thread and process: one row per budget.
+
+    Written only by moderation.imm.ratelimit, one statement at a time. Times are Unix seconds by
+    the database's clock, so workers on several hosts count the same windows.
+    """
+
+    name = models.CharField(primary_key=True, max_length=32)
+    window_start = models.BigIntegerField(default=0, help_text="The second being counted.")
+    asked = models.IntegerField(default=0, help_text="Requests asked for in that second.")
+    paused_until = models.FloatField(
+        default=0, help_text="Nobody sends before this time: IMM said we are throttled."
+    )
+    checked_at = models.FloatField(default=0, help_text="The database's clock at the last ask.")
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.asked} asked in second {self.window_start}"
+
+
 class ImageCategory(models.Model):
     """One category of the IMM verdict that routed an image, for filtering the review queue."""
 

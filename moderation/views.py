@@ -93,7 +93,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
     if imm and imm.paused:
         problems.append("IMM submissions are paused")
     if backlog > HEALTH_BACKLOG_SECONDS:
-        problems.append("tasks are waiting: is a db_worker running?")
+        problems.append("tasks are waiting: are db_worker and imm_submitter running?")
     if poller_age is None or poller_age > HEALTH_POLLER_SECONDS:
         problems.append("the IMM poller has not run recently: is imm_poller running?")
     waiting = inbox.backlog(now=now)

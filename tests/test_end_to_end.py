@@ -22,7 +22,9 @@ from moderation.models import AuditEntry, Image, ModerationResult, NotificationI
 
 from .conftest import PASSWORD
 
-DATABASE_TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default"]}}
+DATABASE_TASKS = {
+    "default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default", "imm_submit"]}
+}
 
 
 def wait_for(condition, *, timeout: float = 20.0) -> bool:
@@ -97,8 +99,8 @@ def test_uploaded_images_go_through_imm_and_come_back_routed(live_server, admin_
             assert response.text.count('data-outcome="stored"') == 3
             assert set(Image.objects.values_list("status", flat=True)) == {"received"}
 
-            # The worker sends each image to the emulator, over HTTP, signed.
-            call_command("db_worker", "--batch", "--no-startup-delay", "--no-reload")
+            # The submitter sends each image to the emulator, over HTTP, signed.
+            call_command("imm_submitter", "--batch", stdout=io.StringIO())
             assert set(Image.objects.values_list("status", flat=True)) <= {
                 "submitted",
                 "approved",
@@ -180,7 +182,7 @@ def test_imms_manual_review_reroutes_a_review_image_over_http(live_server, admin
             )
             assert response.text.count('data-outcome="stored"') == 1
             browser.close()
-            call_command("db_worker", "--batch", "--no-startup-delay", "--no-reload")
+            call_command("imm_submitter", "--batch", stdout=io.StringIO())
 
             with inbox_applier():
                 assert wait_for(lambda: ModerationResult.objects.filter(applied=True).count() == 2)

@@ -135,7 +135,7 @@ def test_gunicorn_serves_the_sign_in_page_health_and_static_files_with_debug_off
 def test_the_serve_procfile_runs_gunicorn_the_worker_poller_sequencer_and_emulator():
     processes = procfile("Procfile.serve")
 
-    assert list(processes) == ["web", "worker", "poller", "inbox", "sequencer", "imm"]
+    assert list(processes) == ["web", "worker", "submitter", "poller", "inbox", "sequencer", "imm"]
     assert processes["web"].startswith("gunicorn moderation.wsgi ")
     assert "--workers ${WEB_CONCURRENCY:-4}" in processes["web"]
     assert processes["sequencer"] == "python manage.py audit_sequencer"
@@ -145,7 +145,7 @@ def test_the_serve_procfile_runs_gunicorn_the_worker_poller_sequencer_and_emulat
 @pytest.mark.parametrize(
     ("endpoint", "started"),
     [
-        ("", "web worker poller inbox sequencer imm"),
+        ("", "web worker submitter poller inbox sequencer imm"),
         ("https://imm.example", "web worker poller inbox sequencer"),
     ],
 )

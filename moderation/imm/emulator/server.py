@@ -54,6 +54,9 @@ class TaskFailed(Exception):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver listens with a backlog of 5: a client opening dozens of connections at once
+    # had SYNs dropped, and the kernel resends those a second later.
+    request_queue_size = 128
     emulator: Emulator
 
     def __init__(self, address: tuple[str, int]) -> None:
@@ -100,6 +103,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "imm-emulator"
     timeout = 30  # idle keep-alive connections are closed after this many seconds
+    # An answer is written as headers, then body: with Nagle's algorithm the body waited for the
+    # client's delayed ACK of the headers, about 40 ms on Linux, on every request.
+    disable_nagle_algorithm = True
 
     def do_POST(self) -> None:
         self._serve()
