@@ -83,6 +83,9 @@ def _sql(template: str) -> str:
     return template.format(table=table, now=_NOW[vendor], second=_SECOND[vendor])
 
 
+CLOCK_MARGIN = 0.005  # seconds
+
+
 @dataclass(frozen=True)
 class Turn:
     """The answer to one ask: how many requests may go now, and how long to wait for the rest."""
@@ -136,7 +139,9 @@ class SharedRateLimit:
         if not self.qps:
             return Turn(granted=count)
         granted = max(0, min(count, self.qps - (asked - count)))
-        wait = 0.0 if granted == count else max(window_start + 1 - now, 0.001)
+        # A hair past the second's end: the database's clock has millisecond steps (SQLite's
+        # julianday), so a sleep of exactly the rest could wake in the same second.
+        wait = 0.0 if granted == count else max(window_start + 1 - now, 0.0) + CLOCK_MARGIN
         return Turn(granted=granted, wait=wait)
 
     def turns(self, count: int) -> Iterator[int]:
