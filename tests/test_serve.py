@@ -146,7 +146,7 @@ def test_the_serve_procfile_runs_gunicorn_the_worker_poller_sequencer_and_emulat
     ("endpoint", "started"),
     [
         ("", "web worker submitter poller inbox sequencer imm"),
-        ("https://imm.example", "web worker poller inbox sequencer"),
+        ("https://imm.example", "web worker submitter poller inbox sequencer"),
     ],
 )
 def test_make_serve_starts_the_emulator_only_without_an_imm_endpoint(endpoint, started):
