@@ -11,7 +11,7 @@ include .env
 export
 endif
 
-.PHONY: install run test lint typecheck migrate clean bench
+.PHONY: install run serve test lint typecheck migrate clean bench bench-pipeline soak
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,10 +29,10 @@ migrate: install
 AUDIT_DEV_KEY := $(CURDIR)/.audit-signing-key
 AUDIT_KEY_ENV = $(if $(AUDIT_SIGNING_KEY)$(AUDIT_SIGNING_KEY_FILE),,AUDIT_SIGNING_KEY_FILE=$(AUDIT_DEV_KEY))
 
-# Web server, task worker, IMM poller, audit sequencer and (unless IMM_ENDPOINT points at a real
-# IMM) the IMM emulator, in one terminal; one Ctrl-C stops them all. The first run on an empty
-# database also seeds a dozen generated sample images (DEMO_SEED=0 turns that off).
-PROCESSES := $(if $(IMM_ENDPOINT),web worker poller sequencer,)
+# Web server, task worker, IMM submitter, IMM poller, audit sequencer and (unless IMM_ENDPOINT
+# points at a real IMM) the IMM emulator, in one terminal; one Ctrl-C stops them all. The first
+# run on an empty database also seeds a dozen generated sample images (DEMO_SEED=0 turns that off).
+PROCESSES := $(if $(IMM_ENDPOINT),web worker submitter poller sequencer,)
 run: migrate
 	@if [ -z "$$AUDIT_SIGNING_KEY$$AUDIT_SIGNING_KEY_FILE" ] && [ ! -s "$(AUDIT_DEV_KEY)" ]; then \
 	  echo "Making a development audit signing key in $(AUDIT_DEV_KEY)"; \
@@ -44,6 +44,36 @@ run: migrate
 	PATH="$(CURDIR)/$(BIN):$$PATH" DEBUG=$${DEBUG:-1} $(AUDIT_KEY_ENV) \
 	  IMM_EMULATOR_NOTIFY_URL=$${IMM_EMULATOR_NOTIFY_URL:-http://127.0.0.1:$(PORT)/imm/notifications/} \
 	  $(BIN)/honcho --procfile Procfile start --port $(PORT) $(PROCESSES)
+
+# The production-like set in one terminal, with DEBUG=0; one Ctrl-C stops them all: gunicorn
+# (WEB_CONCURRENCY workers, default 4; more options in GUNICORN_CMD_ARGS), TASK_WORKERS task
+# workers (default 1), the IMM poller, the audit sequencer and, unless IMM_ENDPOINT is set, the IMM
+# emulator. Static files are collected and served by WhiteNoise. SECRET_KEY, AUDIT_SIGNING_KEY (the
+# sequencer signs checkpoints with it) and IMM_NOTIFY_TOKEN (which the emulator's notifications
+# carry) come from the environment or a *_FILE, or are generated once into the gitignored files
+# .secret-key, .audit-signing-key and .imm-notify-token.
+TASK_WORKERS ?= 1
+SERVE_PROCESSES ?= web worker submitter poller inbox sequencer $(if $(IMM_ENDPOINT),,imm)
+serve: install
+	@set -e; umask 077; \
+	if [ -z "$$SECRET_KEY$$SECRET_KEY_FILE" ]; then \
+	  test -s .secret-key || $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(50))' > .secret-key; \
+	  export SECRET_KEY_FILE="$(CURDIR)/.secret-key"; \
+	fi; \
+	if [ -z "$$AUDIT_SIGNING_KEY$$AUDIT_SIGNING_KEY_FILE" ]; then \
+	  test -s .audit-signing-key || $(BIN)/python manage.py audit_keygen "$$(hostname)/audit" > .audit-signing-key; \
+	  export AUDIT_SIGNING_KEY_FILE="$(CURDIR)/.audit-signing-key"; \
+	fi; \
+	if [ -z "$(IMM_ENDPOINT)$$IMM_NOTIFY_TOKEN$$IMM_NOTIFY_TOKEN_FILE" ]; then \
+	  test -s .imm-notify-token || $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(32))' > .imm-notify-token; \
+	  export IMM_NOTIFY_TOKEN_FILE="$(CURDIR)/.imm-notify-token"; \
+	fi; \
+	export DEBUG=0 PATH="$(abspath $(BIN)):$$PATH" \
+	  IMM_EMULATOR_NOTIFY_URL="$${IMM_EMULATOR_NOTIFY_URL:-http://127.0.0.1:$(PORT)/imm/notifications/}"; \
+	$(BIN)/python manage.py migrate --no-input; \
+	$(BIN)/python manage.py collectstatic --no-input --verbosity 0; \
+	exec $(BIN)/honcho --procfile Procfile.serve start --port $(PORT) \
+	  --concurrency worker=$(TASK_WORKERS) $(SERVE_PROCESSES)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -63,6 +93,27 @@ bench: install
 	  echo "make bench needs DATABASE_URL=postgres://... naming a database of its own (it is" \
 	    "emptied), e.g. postgres://postgres@127.0.0.1:5432/moderation_bench" >&2; exit 2;; esac
 	$(BIN)/python bench/queue.py $(BENCH_ARGS)
+
+# The IMM pipeline and the audit log end to end, as make serve runs them (gunicorn with 4 workers,
+# the emulator 100 ms away), in a PostgreSQL database of its own that it drops and creates again:
+# submissions/s, notifications/s, claim+decide with 16 reviewers, the sequencer. A few minutes.
+# BENCH_ARGS="--quick" for a tiny run, "--baseline" to measure the code before issue 10 beside it.
+bench-pipeline: install
+	@case "$$DATABASE_URL" in postgres://*|postgresql://*) ;; *) \
+	  echo "make bench-pipeline needs DATABASE_URL=postgres://... naming a database of its own" \
+	    "(it is dropped), e.g. postgres://postgres@127.0.0.1:5432/moderation_bench_pipeline" >&2; \
+	  exit 2;; esac
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/pipeline.py $(BENCH_ARGS)
+
+# make serve's processes for 10 minutes under load (32 reviewers, 500 notifications/s, uploads)
+# with a kill -9 every minute, then checks nothing was lost or done twice (bench/soak.py).
+# SOAK_ARGS="--minutes 2 --kill-every 20" for a shorter run.
+soak: install
+	@case "$$DATABASE_URL" in postgres://*|postgresql://*) ;; *) \
+	  echo "make soak needs DATABASE_URL=postgres://... naming a database of its own" \
+	    "(it is dropped), e.g. postgres://postgres@127.0.0.1:5432/moderation_soak" >&2; \
+	  exit 2;; esac
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -5,10 +5,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from django.conf import settings
 from django.db import models
 from django.urls import reverse
+from django.utils import timezone
 
 from . import limits
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from django.contrib.auth.models import AnonymousUser, User
 
 # IMM's recommended minimum resolution; smaller images are accepted with a warning.
@@ -366,6 +369,56 @@ class ModerationResult(models.Model):
         return f"{self.imm_task_id}: {self.suggestion or self.status}"
 
 
+class NotificationInboxQuerySet(models.QuerySet["NotificationInboxMessage"]):
+    def waiting(self) -> NotificationInboxQuerySet:
+        """Not applied yet: due now, or failed and waiting for its next attempt."""
+        return self.filter(applied_at__isnull=True)
+
+    def due(self, now: datetime) -> NotificationInboxQuerySet:
+        return self.waiting().filter(
+            models.Q(next_attempt_at__isnull=True) | models.Q(next_attempt_at__lte=now)
+        )
+
+
+class NotificationInboxMessage(models.Model):
+    """A task message IMM delivered, stored as the endpoint accepted it, until it is applied.
+
+    The endpoint only inserts; moderation.imm.inbox applies each through record_result and sets
+    applied_at in the same transaction. received_at and applied_at give arrival-to-routed.
+    """
+
+    received_at = models.DateTimeField(default=timezone.now)
+    source = models.CharField(max_length=16, choices=ModerationResult.Source.choices)
+    task_id = models.CharField(max_length=128)
+    message = models.JSONField(help_text="The task message, as TaskMessage.parse accepted it.")
+    applied_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(
+        max_length=16, blank=True, help_text="What record_result made of it (recorded, ...)."
+    )
+    attempts = models.PositiveIntegerField(default=0, help_text="Failed attempts to apply it.")
+    last_error = models.TextField(blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+
+    objects = NotificationInboxQuerySet.as_manager()
+
+    class Meta:
+        indexes = [
+            # Appliers claim the oldest waiting message again and again: a handful of rows
+            # among every message kept for the retention.
+            models.Index(
+                fields=["id"], condition=models.Q(applied_at__isnull=True), name="inbox_waiting_idx"
+            ),
+            models.Index(
+                fields=["applied_at"],
+                condition=models.Q(applied_at__isnull=False),
+                name="inbox_applied_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_id} ({'applied' if self.applied_at else 'waiting'})"
+
+
 class RoutingRule(models.Model):
     """Send images with this category to human review, whatever IMM suggested."""
 
@@ -401,6 +454,25 @@ class ImmStatus(models.Model):
     def current(cls) -> ImmStatus:
         status, _ = cls.objects.get_or_create(pk=1)
         return status
+
+
+class ImmRateLimit(models.Model):
+    """IMM's request budget, shared by every submitter thread and process: one row per budget.
+
+    Written only by moderation.imm.ratelimit, one statement at a time. Times are Unix seconds by
+    the database's clock, so workers on several hosts count the same windows.
+    """
+
+    name = models.CharField(primary_key=True, max_length=32)
+    window_start = models.BigIntegerField(default=0, help_text="The second being counted.")
+    asked = models.IntegerField(default=0, help_text="Requests asked for in that second.")
+    paused_until = models.FloatField(
+        default=0, help_text="Nobody sends before this time: IMM said we are throttled."
+    )
+    checked_at = models.FloatField(default=0, help_text="The database's clock at the last ask.")
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.asked} asked in second {self.window_start}"
 
 
 class ImageCategory(models.Model):

@@ -122,6 +122,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files from STATIC_ROOT (collectstatic), answered before any other middleware runs,
+    # so `make serve` and a deployment need no separate file server.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     # Outermost after security, so every answer gets the policy, the lockout page included.
     "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -240,7 +243,9 @@ STORAGES = {
         "BACKEND": env_str("STORAGE_BACKEND", "django.core.files.storage.FileSystemStorage"),
         "OPTIONS": env_json_object("STORAGE_OPTIONS"),
     },
-    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    # collectstatic also writes gzip copies, which WhiteNoise sends to browsers that accept them.
+    # Not the manifest variant: every page would then need collectstatic first, tests included.
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 
 # Request bodies. moderation.middleware refuses, from the declared Content-Length and before
@@ -256,10 +261,12 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FILES = env_int("UPLOAD_MAX_FILES", 500)
 
+# Two queues: "default" for manage.py db_worker, which runs one task at a time, and
+# "imm_submit" (submit_image) for manage.py imm_submitter, which runs many at once.
 TASKS = {
     "default": {
         "BACKEND": "django_tasks_db.DatabaseBackend",
-        "QUEUES": ["default"],
+        "QUEUES": ["default", "imm_submit"],
     }
 }
 
@@ -299,6 +306,19 @@ IMM_OSS_BUCKET = env_str("IMM_OSS_BUCKET", "imm-moderation-local")
 IMM_NOTIFY_TOKEN = env_secret("IMM_NOTIFY_TOKEN") or ("dev-notify-token" if DEBUG else "")
 # Seconds after submission before polling asks IMM for a result nobody notified us of.
 IMM_POLL_AFTER = env_int("IMM_POLL_AFTER", 60)
+# Submission (manage.py imm_submitter): requests to IMM in flight at once in one submitter
+# process (threads holding no database connection; at 100 ms an answer, 64 send up to 600 a
+# second), and the most requests a second that every submitter together sends (IMM throttles
+# per account; 0: no limit of our own). IMM documents no figure; Alibaba Cloud's media services
+# allow 50 to 100 a second per account and operation.
+IMM_SUBMIT_CONCURRENCY = env_int("IMM_SUBMIT_CONCURRENCY", 64)
+if not 1 <= IMM_SUBMIT_CONCURRENCY <= 256:
+    raise ImproperlyConfigured(
+        f"IMM_SUBMIT_CONCURRENCY must be from 1 to 256; got {IMM_SUBMIT_CONCURRENCY}"
+    )
+IMM_MAX_QPS = env_int("IMM_MAX_QPS", 50)
+if IMM_MAX_QPS < 0:
+    raise ImproperlyConfigured(f"IMM_MAX_QPS must be 0 (no limit) or more; got {IMM_MAX_QPS}")
 
 # The emulator (manage.py imm_emulator): where it delivers notifications, after how long, and
 # switches that make deliveries misbehave on purpose.
@@ -306,6 +326,13 @@ IMM_EMULATOR_NOTIFY_URL = env_str(
     "IMM_EMULATOR_NOTIFY_URL", f"http://127.0.0.1:{env_int('PORT', 8000)}/imm/notifications/"
 )
 IMM_EMULATOR_DELAY = env_float("IMM_EMULATOR_DELAY", 2.0)
+# Milliseconds the emulator waits before each answer, as a far region would (0: at once).
+IMM_EMULATOR_LATENCY_MS = env_float("IMM_EMULATOR_LATENCY_MS", 0.0)
+if not 0 <= IMM_EMULATOR_LATENCY_MS <= 60_000:
+    raise ImproperlyConfigured(
+        "IMM_EMULATOR_LATENCY_MS must be a number of milliseconds from 0 to 60000; got "
+        f"{os.environ['IMM_EMULATOR_LATENCY_MS']!r}"
+    )
 # Seconds after a review verdict until IMM's own manual review sends its second notification with
 # pass or block (unset or 0: off, the emulator then never revises a verdict).
 IMM_EMULATOR_MANUAL_REVIEW: float | None = env_float("IMM_EMULATOR_MANUAL_REVIEW", 0.0) or None

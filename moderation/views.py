@@ -28,8 +28,7 @@ from django_tasks_db.models import DBTaskResult, get_date_max
 from . import accounts, intake, limits, routing, services, signals
 from .audit import log as audit
 from .audit import sequencer
-from .imm import notifications, pipeline
-from .imm.pipeline import fetch_result
+from .imm import inbox, notifications, pipeline
 from .middleware import reads_own_body
 from .models import AuditEntry, Image, ImmStatus, ModerationResult, RoutingRule
 
@@ -45,6 +44,7 @@ logger = logging.getLogger(__name__)
 IMAGES_PER_PAGE = 48
 HEALTH_BACKLOG_SECONDS = 300
 HEALTH_POLLER_SECONDS = 120
+HEALTH_INBOX_SECONDS = 60
 
 
 class PasswordChangeView(auth_views.PasswordChangeView):
@@ -70,8 +70,8 @@ def home(request: HttpRequest) -> HttpResponse:
 @require_safe
 def healthz(request: HttpRequest) -> JsonResponse:
     """For load balancers and monitors: 503 only when the database is unreachable; the rest
-    (IMM paused, the task backlog, the poller's heartbeat, the audit sequencer's lag) says what
-    else needs a look."""
+    (IMM paused, the task backlog, the poller's heartbeat, notifications waiting in the inbox, the
+    audit sequencer's lag) says what else needs a look."""
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
@@ -94,9 +94,12 @@ def healthz(request: HttpRequest) -> JsonResponse:
     if imm and imm.paused:
         problems.append("IMM submissions are paused")
     if backlog > HEALTH_BACKLOG_SECONDS:
-        problems.append("tasks are waiting: is a db_worker running?")
+        problems.append("tasks are waiting: are db_worker and imm_submitter running?")
     if poller_age is None or poller_age > HEALTH_POLLER_SECONDS:
         problems.append("the IMM poller has not run recently: is imm_poller running?")
+    waiting = inbox.backlog(now=now)
+    if waiting.oldest_seconds > HEALTH_INBOX_SECONDS:
+        problems.append("IMM notifications wait in the inbox: is imm_poller applying them?")
     lag = sequencer.lag()
     lag_seconds = lag.oldest_seconds(now)
     if not settings.AUDIT_SIGNING_KEY:
@@ -110,6 +113,9 @@ def healthz(request: HttpRequest) -> JsonResponse:
             "imm_submissions": "paused" if imm and imm.paused else "running",
             "oldest_waiting_task_seconds": backlog,
             "poller_last_round_seconds_ago": poller_age,
+            "inbox_waiting": waiting.waiting,
+            "inbox_failing": waiting.failing,
+            "inbox_oldest_seconds": int(waiting.oldest_seconds),
             "audit_entries_waiting": lag.waiting,
             "audit_oldest_waiting_seconds": lag_seconds,
             "problems": problems,
@@ -256,10 +262,11 @@ def _image_headers(response: HttpResponseBase) -> None:
 @reads_own_body
 @require_POST
 def imm_notification(request: HttpRequest) -> JsonResponse:
-    """Where IMM's deliveries land. Answers fast: it only stores and routes (no call to IMM).
+    """Where IMM's deliveries land. Answers fast: it checks the delivery and stores it in the
+    inbox (no call to IMM, no lock); the poller's inbox applier routes it.
 
     An MNS push proves all it can (topic, Date, Content-MD5, a message that parses, a published
-    certificate URL) before its signing certificate is fetched; see moderation.notifications.
+    certificate URL) before its signing certificate is fetched; see moderation.imm.notifications.
     """
     from .imm.client import mns_certificate
 
@@ -304,13 +311,12 @@ def imm_notification(request: HttpRequest) -> JsonResponse:
             refused.reason,
         )
         return JsonResponse({"error": refused.reason}, status=refused.status)
-    outcome = pipeline.record_result(message=message, source=ModerationResult.Source.NOTIFICATION)
-    if outcome.what == "needs_verdict":
-        fetch_result.enqueue(message.task_id)
-    logger.info("IMM notification for %s: %s", message.task_id, outcome.what)
+    # One INSERT: the poller's inbox applier records and routes it (moderation.imm.inbox).
+    inbox.store(message=message, source=ModerationResult.Source.NOTIFICATION)
+    logger.info("IMM notification for %s stored in the inbox", message.task_id)
     # MNS wants a 2xx and its own sample answers 201; anything else retries later.
     return JsonResponse(
-        {"status": outcome.what, "task_id": message.task_id}, status=201 if mns else 200
+        {"status": "accepted", "task_id": message.task_id}, status=201 if mns else 200
     )
 
 

@@ -9,7 +9,8 @@ from django.test import Client
 
 from moderation import services
 from moderation.accounts import create_user
-from moderation.models import Image
+from moderation.imm import inbox
+from moderation.models import Image, NotificationInboxMessage
 
 from .factories import image_bytes
 
@@ -77,3 +78,17 @@ postgres_only = pytest.mark.skipif(
     connection.vendor != "postgresql",
     reason="needs PostgreSQL: run with DATABASE_URL=postgres://... (CI does)",
 )
+
+
+def apply_inbox() -> list[str]:
+    """Run the inbox applier as the poller does, until nothing is due; returns what
+    record_result made of each message that was waiting, oldest first ("" if another applier
+    holds it still)."""
+    waiting = list(NotificationInboxMessage.objects.waiting().values_list("pk", flat=True))
+    while inbox.apply_waiting().handled:
+        pass
+    return list(
+        NotificationInboxMessage.objects.filter(pk__in=waiting)
+        .order_by("id")
+        .values_list("outcome", flat=True)
+    )

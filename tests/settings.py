@@ -9,7 +9,12 @@ from moderation.settings import *  # noqa: F403
 # Hashing passwords slowly is the point in production and a waste in tests.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # Tasks are recorded, not run: tests run the pipeline step they are about, against the emulator.
-TASKS = {"default": {"BACKEND": "django_tasks.backends.dummy.DummyBackend"}}
+TASKS = {
+    "default": {
+        "BACKEND": "django_tasks.backends.dummy.DummyBackend",
+        "QUEUES": TASKS["default"]["QUEUES"],  # noqa: F405
+    }
+}
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
     # A file, not memory: threads (live_server, concurrency tests) then get their own
@@ -19,6 +24,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
     DATABASES["default"]["TEST"] = {  # noqa: F405
         "NAME": os.path.join(tempfile.gettempdir(), f"moderation-test-{os.getpid()}.sqlite3")
     }
+
+# STATIC_ROOT is filled by collectstatic (make serve), not by tests: look files up per request
+# instead of warning at every start that the folder is missing.
+WHITENOISE_AUTOREFRESH = True
 
 # A fixed audit signing key, so tests can check checkpoints and receipts against a known log.
 AUDIT_SIGNING_KEY = (

@@ -16,8 +16,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from moderation.imm import client as imm
-from moderation.models import AuditEntry, Image, ModerationResult, ModerationTask
+from moderation.models import (
+    AuditEntry,
+    Image,
+    ModerationResult,
+    ModerationTask,
+    NotificationInboxMessage,
+)
 
+from .conftest import apply_inbox
 from .test_notifications import (
     CERT_URL,
     OWNER,
@@ -70,6 +77,7 @@ def fetched(settings, monkeypatch) -> list[str]:
 def assert_nothing_changed(task: ModerationTask) -> None:
     task.image.refresh_from_db()
     assert task.image.status == Image.Status.SUBMITTED
+    assert not NotificationInboxMessage.objects.exists()
     assert not ModerationResult.objects.exists()
     assert not AuditEntry.objects.filter(action__startswith="imm.").exists()
 
@@ -404,6 +412,8 @@ def test_a_body_that_cannot_be_parsed_or_stored_gets_400_with_the_reason(
 def test_user_data_nested_too_deep_for_json_is_stored_as_text(running_task):
     response = post(_task(UserData="[" * 2000))
     assert response.status_code == 200
+    assert NotificationInboxMessage.objects.get().message["UserData"] == "[" * 2000
+    assert apply_inbox() == ["recorded"]
     assert ModerationResult.objects.get().raw["UserData"] == "[" * 2000
 
 
@@ -517,15 +527,22 @@ fuzzed_bodies = (
 
 
 def deliver_and_check(send) -> None:
-    """Send one request in a savepoint rolled back afterwards; no 5xx, a refusal stores nothing."""
+    """Send one request in a savepoint rolled back afterwards; no 5xx, a refusal stores nothing,
+    and what is accepted the applier applies without an error."""
     with transaction.atomic():
         results, entries = ModerationResult.objects.count(), AuditEntry.objects.count()
+        waiting = NotificationInboxMessage.objects.count()
         response = send()
         assert response.status_code < 500, response.content
         if response.status_code >= 400:
             assert "error" in response.json()
+            assert NotificationInboxMessage.objects.count() == waiting
             assert ModerationResult.objects.count() == results
             assert AuditEntry.objects.count() == entries
+        else:
+            assert NotificationInboxMessage.objects.count() == waiting + 1
+            assert "" not in apply_inbox()
+            assert not NotificationInboxMessage.objects.filter(attempts__gt=0).exists()
         transaction.set_rollback(True)
 
 

@@ -712,6 +712,71 @@ def test_requests_above_the_rate_limit_get_throttling_with_retry_after(start_emu
     assert REQUEST_ID.fullmatch(throttled.body["RequestId"])
 
 
+def test_with_latency_every_answer_waits_that_long_errors_included(start_emulator):
+    emulator = start_emulator(latency=0.05)
+
+    started = time.monotonic()
+    listed = signed_call(emulator, "ListTasks", {"ProjectName": PROJECT})
+    between = time.monotonic()
+    refused = signed_call(emulator, "ListTasks", {"ProjectName": PROJECT}, secret="wrong")
+    ended = time.monotonic()
+
+    assert listed.status == 200, listed.body
+    assert refused.status == 400
+    assert between - started >= 0.05
+    assert ended - between >= 0.05
+
+
+def test_latency_delays_answers_concurrently_not_one_after_another(start_emulator):
+    in_flight = 0
+    most = 0
+    waits: list[float] = []
+    lock = threading.Lock()
+    together = threading.Barrier(8)
+
+    def sleep(seconds: float) -> None:
+        # Every request's wait ends only once all eight are waiting at the same time: a server
+        # that answered one request at a time would break the barrier instead.
+        nonlocal in_flight, most
+        with lock:
+            in_flight += 1
+            most = max(most, in_flight)
+            waits.append(seconds)
+        try:
+            together.wait(timeout=10)
+        finally:
+            with lock:
+                in_flight -= 1
+
+    emulator = start_emulator(latency=0.1, sleep=sleep)
+    replies: list[Reply] = []
+
+    def call() -> None:
+        replies.append(signed_call(emulator, "ListTasks", {"ProjectName": PROJECT}))
+
+    callers = [threading.Thread(target=call) for _ in range(8)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+
+    assert [reply.status for reply in replies] == [200] * 8
+    assert waits == [0.1] * 8
+    assert most == 8
+
+
+@pytest.mark.parametrize("latency", [-0.001, 60.5, float("nan")])
+def test_latency_must_be_from_zero_to_a_minute(latency):
+    with pytest.raises(ValueError, match="latency must be from 0 to 60 seconds"):
+        Emulator(
+            access_key_id=KEY_ID,
+            access_key_secret=SECRET,
+            project=PROJECT,
+            bucket=BUCKET,
+            latency=latency,
+        )
+
+
 # --- processing: storage, limits, detector --------------------------------------------------
 
 
@@ -1317,3 +1382,63 @@ def test_the_command_serves_until_sigterm_and_then_stops_cleanly(settings, tmp_p
     assert reply.status == 200, reply.body
     assert process.returncode == 0, err
     assert "IMM emulator stopped." in out
+
+
+@pytest.mark.parametrize(
+    ("arguments", "environment"),
+    [(["--latency-ms", "40"], {}), ([], {"IMM_EMULATOR_LATENCY_MS": "40"})],
+    ids=["option", "setting"],
+)
+def test_the_command_answers_late_by_its_latency(settings, tmp_path, arguments, environment):
+    env = (
+        os.environ
+        | environment
+        | {
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "IMM_EMULATOR_STATE": str(tmp_path / "state.sqlite3"),
+            "MEDIA_ROOT": str(tmp_path / "media"),
+        }
+    )
+    command = [sys.executable, "manage.py", "imm_emulator", "--port", "0", "--notify-url", ""]
+    process = subprocess.Popen(
+        [*command, *arguments],
+        cwd=Path(__file__).parent.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        port = int(re.search(r"http://127\.0\.0\.1:(\d+)", banner)[1])
+        started = time.monotonic()
+        reply = signed_call(
+            SimpleNamespace(port=port),
+            "ListTasks",
+            {"ProjectName": settings.IMM_PROJECT},
+            key_id=settings.IMM_ACCESS_KEY_ID,
+            secret=settings.IMM_ACCESS_KEY_SECRET,
+        )
+        took = time.monotonic() - started
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=10)
+    finally:
+        process.kill()
+
+    assert "every answer 40 ms late" in banner
+    assert reply.status == 200, reply.body
+    assert took >= 0.04
+
+
+@pytest.mark.parametrize("value", ["-1", "60001", "nan", "soon"])
+def test_the_latency_setting_must_be_milliseconds_from_zero_to_a_minute(value):
+    code = "import os; os.environ.setdefault('SECRET_KEY', 'x'); from moderation import settings"
+    env = {**os.environ, "IMM_EMULATOR_LATENCY_MS": value, "DEBUG": "1"}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+
+    assert run.returncode != 0
+    assert "IMM_EMULATOR_LATENCY_MS must be a number" in run.stderr

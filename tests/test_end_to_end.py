@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
 from django.core.management import call_command
+from django.db import connection
 from django.test import override_settings
 
 from moderation import demo
+from moderation.imm import inbox
 from moderation.imm.emulator import Emulator
-from moderation.models import AuditEntry, Image, ModerationResult
+from moderation.models import AuditEntry, Image, ModerationResult, NotificationInboxMessage
 
 from .conftest import PASSWORD
 
-DATABASE_TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default"]}}
+DATABASE_TASKS = {
+    "default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default", "imm_submit"]}
+}
 
 
 def wait_for(condition, *, timeout: float = 20.0) -> bool:
@@ -27,6 +34,27 @@ def wait_for(condition, *, timeout: float = 20.0) -> bool:
             return True
         time.sleep(0.05)
     return condition()
+
+
+@contextmanager
+def inbox_applier() -> Iterator[None]:
+    """The poller's inbox loop, in a thread of its own, for as long as the block runs."""
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            inbox.run(stop=stop)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
 
 
 def signed_in(base_url: str, username: str) -> httpx.Client:
@@ -71,8 +99,8 @@ def test_uploaded_images_go_through_imm_and_come_back_routed(live_server, admin_
             assert response.text.count('data-outcome="stored"') == 3
             assert set(Image.objects.values_list("status", flat=True)) == {"received"}
 
-            # The worker sends each image to the emulator, over HTTP, signed.
-            call_command("db_worker", "--batch", "--no-startup-delay", "--no-reload")
+            # The submitter sends each image to the emulator, over HTTP, signed.
+            call_command("imm_submitter", "--batch", stdout=io.StringIO())
             assert set(Image.objects.values_list("status", flat=True)) <= {
                 "submitted",
                 "approved",
@@ -80,7 +108,8 @@ def test_uploaded_images_go_through_imm_and_come_back_routed(live_server, admin_
                 "rejected",
             }
 
-            # The emulator notifies the web server, which routes each image.
+            # The emulator notifies the web server, which stores each notification in the
+            # inbox; the poller's applier routes each image.
             expected = {
                 "demo-01-meadow-pass.jpg": Image.Status.APPROVED,
                 "demo-03-figure-review.jpg": Image.Status.AWAITING_REVIEW,
@@ -91,7 +120,10 @@ def test_uploaded_images_go_through_imm_and_come_back_routed(live_server, admin_
                 statuses = dict(Image.objects.values_list("original_filename", "status"))
                 return statuses == expected
 
-            assert wait_for(routed), dict(Image.objects.values_list("original_filename", "status"))
+            with inbox_applier():
+                assert wait_for(routed), dict(
+                    Image.objects.values_list("original_filename", "status")
+                )
     finally:
         emulator.stop()
 
@@ -103,6 +135,13 @@ def test_uploaded_images_go_through_imm_and_come_back_routed(live_server, admin_
         result = ModerationResult.objects.get(image=image)
         assert result.source == "notification"
         assert result.applied
+    # Every delivery went through the inbox and was applied once, its arrival and routing kept.
+    deliveries = NotificationInboxMessage.objects.all()
+    assert not deliveries.waiting().exists()
+    assert sorted(
+        deliveries.filter(outcome="recorded").values_list("task_id", flat=True)
+    ) == sorted(ModerationResult.objects.values_list("imm_task_id", flat=True))
+    assert all(d.applied_at >= d.received_at for d in deliveries)
     blocked = ModerationResult.objects.get(image__original_filename="demo-05-figure-block.jpg")
     assert blocked.suggestion == "block"
     assert blocked.categories == ["porn"]
@@ -143,9 +182,10 @@ def test_imms_manual_review_reroutes_a_review_image_over_http(live_server, admin
             )
             assert response.text.count('data-outcome="stored"') == 1
             browser.close()
-            call_command("db_worker", "--batch", "--no-startup-delay", "--no-reload")
+            call_command("imm_submitter", "--batch", stdout=io.StringIO())
 
-            assert wait_for(lambda: ModerationResult.objects.filter(applied=True).count() == 2)
+            with inbox_applier():
+                assert wait_for(lambda: ModerationResult.objects.filter(applied=True).count() == 2)
     finally:
         emulator.stop()
 

@@ -21,7 +21,15 @@ from django_tasks import default_task_backend
 
 from moderation.imm import client as imm
 from moderation.imm import notifications
-from moderation.models import AuditEntry, Image, ModerationResult, ModerationTask
+from moderation.models import (
+    AuditEntry,
+    Image,
+    ModerationResult,
+    ModerationTask,
+    NotificationInboxMessage,
+)
+
+from .conftest import apply_inbox
 
 pytestmark = pytest.mark.django_db
 
@@ -88,12 +96,33 @@ def post(body, *, token: str | None = TOKEN, content_type="application/json", **
     return Client().post(URL, data=data, content_type=content_type, headers=headers)
 
 
-def test_a_cloudevents_envelope_routes_the_image(running_task):
+def stored_nothing() -> bool:
+    return not NotificationInboxMessage.objects.exists() and not ModerationResult.objects.exists()
+
+
+def test_a_cloudevents_envelope_is_stored_and_the_applier_routes_the_image(running_task):
     response = post(envelope(task_message(running_task.task_id)))
     assert response.status_code == 200
-    assert response.json() == {"status": "recorded", "task_id": running_task.task_id}
+    assert response.json() == {"status": "accepted", "task_id": running_task.task_id}
+    stored = NotificationInboxMessage.objects.get()
+    assert (stored.source, stored.task_id, stored.applied_at) == (
+        "notification",
+        running_task.task_id,
+        None,
+    )
+    assert stored.message == task_message(running_task.task_id)
+    # Nothing is routed, recorded or audited inside the request.
+    running_task.image.refresh_from_db()
+    assert running_task.image.status == Image.Status.SUBMITTED
+    assert not ModerationResult.objects.exists()
+    assert not AuditEntry.objects.filter(action__startswith="imm.").exists()
+
+    assert apply_inbox() == ["recorded"]
     running_task.image.refresh_from_db()
     assert running_task.image.status == Image.Status.REJECTED
+    stored.refresh_from_db()
+    assert stored.applied_at is not None
+    assert stored.applied_at >= stored.received_at
     result = ModerationResult.objects.get()
     assert result.source == "notification"
     assert result.raw["TaskId"] == running_task.task_id
@@ -103,9 +132,11 @@ def test_a_cloudevents_envelope_routes_the_image(running_task):
 def test_the_same_notification_twice_changes_nothing(running_task):
     body = envelope(task_message(running_task.task_id))
     post(body)
+    assert apply_inbox() == ["recorded"]
     entries = AuditEntry.objects.count()
     response = post(body)
-    assert response.json()["status"] == "duplicate"
+    assert response.json()["status"] == "accepted"
+    assert apply_inbox() == ["duplicate"]
     assert ModerationResult.objects.count() == 1
     assert AuditEntry.objects.count() == entries
 
@@ -113,6 +144,7 @@ def test_the_same_notification_twice_changes_nothing(running_task):
 def test_a_bare_task_message_is_accepted(running_task):
     response = post(task_message(running_task.task_id, suggestion="pass"))
     assert response.status_code == 200
+    apply_inbox()
     running_task.image.refresh_from_db()
     assert running_task.image.status == Image.Status.APPROVED
 
@@ -130,6 +162,7 @@ def test_an_mns_json_push_with_a_base64_message_is_unwrapped(running_task):
         "PublishTime": "1764059403456",
     }
     assert post(body).status_code == 200
+    apply_inbox()
     running_task.image.refresh_from_db()
     assert running_task.image.status == Image.Status.AWAITING_REVIEW
 
@@ -144,13 +177,16 @@ def test_an_mns_xml_push_is_unwrapped(running_task):
         "</Notification>"
     )
     assert post(body, content_type="text/xml").status_code == 200
+    apply_inbox()
     running_task.image.refresh_from_db()
     assert running_task.image.status == Image.Status.APPROVED
 
 
 def test_a_message_without_its_verdict_is_fetched_not_guessed(running_task):
     response = post(envelope(task_message(running_task.task_id, suggestion=None)))
-    assert response.json()["status"] == "needs_verdict"
+    assert response.json()["status"] == "accepted"
+    assert default_task_backend.results == []  # nothing is enqueued inside the request
+    assert apply_inbox() == ["needs_verdict"]
     assert not ModerationResult.objects.exists()
     queued = [r for r in default_task_backend.results if r.task.name == "fetch_result"]
     assert [r.args for r in queued] == [[running_task.task_id]]
@@ -158,7 +194,8 @@ def test_a_message_without_its_verdict_is_fetched_not_guessed(running_task):
 
 def test_a_result_for_an_unknown_task_is_kept(db):
     response = post(envelope(task_message("ImageModeration-unknown")))
-    assert response.json()["status"] == "unmatched"
+    assert response.json()["status"] == "accepted"
+    assert apply_inbox() == ["unmatched"]
     kept = ModerationResult.objects.get()
     assert kept.task is None
     assert "no task" in kept.outcome
@@ -176,7 +213,7 @@ def test_it_refuses_a_missing_or_wrong_token(running_task, caplog, token, status
         response = post(envelope(task_message(running_task.task_id)), token=token)
     assert response.status_code == status
     assert response.json() == {"error": reason}
-    assert not ModerationResult.objects.exists()
+    assert stored_nothing()
     assert reason in caplog.text
     assert TOKEN not in caplog.text
 
@@ -186,6 +223,7 @@ def test_it_refuses_everything_but_mns_when_no_token_is_configured(settings, run
     response = post(envelope(task_message(running_task.task_id)), token="")
     assert response.status_code == 403
     assert "IMM_NOTIFY_TOKEN is not set" in response.json()["error"]
+    assert stored_nothing()
 
 
 @pytest.mark.parametrize(
@@ -224,7 +262,7 @@ def test_a_malformed_body_gets_400_with_the_reason(db, caplog, body, reason):
     assert response.status_code == 400
     assert reason in response.json()["error"]
     assert "IMM notification refused (400)" in caplog.text
-    assert not ModerationResult.objects.exists()
+    assert stored_nothing()
 
 
 def test_only_post_is_allowed(db):
@@ -366,6 +404,8 @@ def test_a_signed_mns_push_is_accepted_without_a_token(running_task, mns, xml):
     body = mns_body(envelope(task_message(running_task.task_id)), xml=xml)
     response = post_mns(body, mns_headers(body))
     assert response.status_code == 201  # what MNS's own sample answers
+    assert response.json() == {"status": "accepted", "task_id": running_task.task_id}
+    assert apply_inbox() == ["recorded"]
     running_task.image.refresh_from_db()
     assert running_task.image.status == Image.Status.REJECTED
     assert mns == [CERT_URL]
@@ -378,6 +418,7 @@ def test_content_md5_is_accepted_in_both_encodings_mns_sources_give(running_task
     body = mns_body(task_message(running_task.task_id, suggestion="pass"))
     response = post_mns(body, mns_headers(body, content_md5=content_md5(body)))
     assert response.status_code == 201
+    apply_inbox()
     running_task.image.refresh_from_db()
     assert running_task.image.status == Image.Status.APPROVED
 
@@ -388,10 +429,11 @@ def test_the_topic_owner_is_checked_when_it_is_configured(running_task, mns, set
     response = post_mns(body, mns_headers(body))
     assert response.status_code == 403
     assert "TopicOwner" in response.json()["error"]
-    assert not ModerationResult.objects.exists()
+    assert stored_nothing()
 
     body = mns_body(task_message(running_task.task_id), owner=OWNER)
     assert post_mns(body, mns_headers(body)).status_code == 201
+    assert apply_inbox() == ["recorded"]
     assert ModerationResult.objects.count() == 1
 
 
@@ -414,7 +456,7 @@ def test_a_bad_mns_push_is_refused(running_task, mns, change, status, reason):
     assert reason in response.json()["error"]
     running_task.image.refresh_from_db()
     assert running_task.image.status == Image.Status.SUBMITTED
-    assert not ModerationResult.objects.exists()
+    assert stored_nothing()
 
 
 def test_an_mns_push_signed_by_another_key_is_refused(running_task, mns):
@@ -422,7 +464,7 @@ def test_an_mns_push_signed_by_another_key_is_refused(running_task, mns):
     body = mns_body(envelope(task_message(running_task.task_id)))
     response = post_mns(body, mns_headers(body, key=other))
     assert response.status_code == 403
-    assert not ModerationResult.objects.exists()
+    assert stored_nothing()
 
 
 @pytest.mark.parametrize("status", [404, 503])
@@ -435,7 +477,7 @@ def test_an_mns_certificate_that_cannot_be_fetched_is_a_502_so_mns_retries(
     assert response.status_code == 502
     assert response.json() == {"error": "the MNS signing certificate could not be fetched"}
     assert fetched == [CERT_URL]
-    assert not ModerationResult.objects.exists()
+    assert stored_nothing()
 
 
 def test_mns_certificates_are_fetched_once_and_cached(running_task, mns):
@@ -444,6 +486,7 @@ def test_mns_certificates_are_fetched_once_and_cached(running_task, mns):
         body = mns_body(message)
         assert post_mns(body, mns_headers(body)).status_code == 201
     assert mns == [CERT_URL]
+    assert apply_inbox() == ["recorded", "recorded"]
     assert ModerationResult.objects.count() == 2
 
 

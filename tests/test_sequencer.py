@@ -583,12 +583,12 @@ def test_concurrent_writers_and_a_sequencer_on_a_sqlite_file_leave_one_gapless_l
 
 # ----------------------------------------------------------------- migrating hash-chain logs
 
-BEFORE = [("moderation", "0010_result_unmatched_index")]
+BEFORE = [("moderation", "0012_imm_rate_limit")]
 GENESIS = "0" * 64
 
 
 def old_canonical_content(**values: Any) -> bytes:
-    """The hash chain's canonical content, as moderation/audit/log.py wrote it before 0011."""
+    """The hash chain's canonical content, as moderation/audit/log.py wrote it before 0013."""
     return json.dumps(
         {
             "seq": values["seq"],
@@ -643,7 +643,7 @@ def write_the_old_way(executor: MigrationExecutor, n: int, actor_id: int) -> lis
 
 @pytest.fixture
 def old_schema(transactional_db):
-    """The database as it was before the verifiable log (0010); migrated back forward after."""
+    """The database as it was before the verifiable log (0012); migrated back forward after."""
     executor = MigrationExecutor(connection)
     latest = executor.loader.graph.leaf_nodes()
     executor.migrate(BEFORE)

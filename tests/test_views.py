@@ -162,6 +162,9 @@ def test_healthz_reports_what_needs_a_look_as_json():
         "imm_submissions": "running",
         "oldest_waiting_task_seconds": 0,
         "poller_last_round_seconds_ago": None,
+        "inbox_waiting": 0,
+        "inbox_failing": 0,
+        "inbox_oldest_seconds": 0,
         "audit_entries_waiting": 0,
         "audit_oldest_waiting_seconds": 0,
         "problems": ["the IMM poller has not run recently: is imm_poller running?"],
@@ -181,7 +184,12 @@ def test_healthz_is_ok_with_a_recent_poller_round_and_sees_a_stale_backlog(setti
     ImmStatus.objects.create(pk=1, poller_seen_at=timezone.now())
     assert Client().get(reverse("healthz")).json()["status"] == "ok"
 
-    settings.TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+    settings.TASKS = {
+        "default": {
+            "BACKEND": "django_tasks_db.DatabaseBackend",
+            "QUEUES": ["default", "imm_submit"],
+        }
+    }
     submit_image.enqueue(12345)
     DBTaskResult.objects.update(enqueued_at=timezone.now() - timedelta(minutes=10))
     ImmStatus.objects.filter(pk=1).update(paused=True)
@@ -191,7 +199,7 @@ def test_healthz_is_ok_with_a_recent_poller_round_and_sees_a_stale_backlog(setti
     assert body["oldest_waiting_task_seconds"] >= 600
     assert body["problems"] == [
         "IMM submissions are paused",
-        "tasks are waiting: is a db_worker running?",
+        "tasks are waiting: are db_worker and imm_submitter running?",
     ]
 
 

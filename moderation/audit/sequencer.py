@@ -13,7 +13,7 @@
 A batch rolled back leaves nothing behind; two sequencers never interleave; a crash between
 batches loses nothing, since waiting entries simply wait for the next one.
 
-Entries of the hash-chain era (before migration 0011) arrive with their positions and leaf
+Entries of the hash-chain era (before migration 0013) arrive with their positions and leaf
 hashes already set; the first run, finding no checkpoint, builds the tree over them first.
 """
 

@@ -54,6 +54,9 @@ class TaskFailed(Exception):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver listens with a backlog of 5: a client opening dozens of connections at once
+    # had SYNs dropped, and the kernel resends those a second later.
+    request_queue_size = 128
     emulator: Emulator
 
     def __init__(self, address: tuple[str, int]) -> None:
@@ -100,6 +103,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "imm-emulator"
     timeout = 30  # idle keep-alive connections are closed after this many seconds
+    # An answer is written as headers, then body: with Nagle's algorithm the body waited for the
+    # client's delayed ACK of the headers, about 40 ms on Linux, on every request.
+    disable_nagle_algorithm = True
 
     def do_POST(self) -> None:
         self._serve()
@@ -131,6 +137,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _respond(self, status: int, headers: dict[str, str], payload: dict[str, Any]) -> None:
         data = json.dumps(payload, ensure_ascii=False).encode()
+        # In this connection's own thread, so other requests are answered meanwhile, as a far
+        # region's are: the latency delays each answer without serialising them.
+        emulator = self.server.emulator
+        if emulator.latency > 0:
+            emulator.sleep(emulator.latency)
         self.send_response(status)
         self.send_header("Content-Type", "application/json;charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
@@ -149,6 +160,8 @@ class Emulator:
     Images are read from `storage` (default: Django's default_storage) for SourceURIs in
     `bucket`; tasks are kept in the SQLite file `state` (":memory:" forgets them on stop). Tasks
     stay Running for `delay` seconds, then finish and are notified to `notify_url` at once.
+    Every answer is sent `latency` seconds late (IMM in a far region, or slow to answer), each in
+    its own connection's thread, so answers are delayed without being serialised.
     With `manual_review` (seconds; None, the default, leaves it off) a review verdict is followed
     that long after by IMM's manual review: the task's result becomes pass or block and a second
     notification is sent (detector.manual_review_outcome).
@@ -168,6 +181,7 @@ class Emulator:
         state: str | Path = ":memory:",
         storage: Storage | None = None,
         delay: float = 0.0,
+        latency: float = 0.0,
         manual_review: float | None = None,
         rules: str | Path | Sequence[detector.Rule] | None = None,
         notify_url: str | None = None,
@@ -182,12 +196,16 @@ class Emulator:
         retries: int = 4,
         retry_backoff: float = 1.0,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         for name, rate in (("duplicate_rate", duplicate_rate), ("drop_rate", drop_rate)):
             if not 0 <= rate <= 1:
                 raise ValueError(f"{name} must be from 0 to 1; got {rate}")
-        if delay < 0 or throttle_rps < 0:
-            raise ValueError("delay and throttle_rps cannot be negative")
+        if not (delay >= 0 and throttle_rps >= 0 and 0 <= latency <= 60):
+            raise ValueError(
+                "delay and throttle_rps cannot be negative, and latency must be from 0 to 60 "
+                f"seconds; got delay {delay}, throttle_rps {throttle_rps}, latency {latency}"
+            )
         if manual_review is not None and not (math.isfinite(manual_review) and manual_review > 0):
             raise ValueError(
                 f"manual_review must be a positive number of seconds; got {manual_review}"
@@ -201,6 +219,8 @@ class Emulator:
         self.host = host
         self.port = port
         self.delay = delay
+        self.latency = latency
+        self.sleep = sleep
         self.manual_review = manual_review
         self.clock = clock
         if rules is None or rules == "":
@@ -251,6 +271,7 @@ class Emulator:
             "port": settings.IMM_EMULATOR_PORT,
             "state": settings.IMM_EMULATOR_STATE,
             "delay": settings.IMM_EMULATOR_DELAY,
+            "latency": settings.IMM_EMULATOR_LATENCY_MS / 1000,
             "manual_review": settings.IMM_EMULATOR_MANUAL_REVIEW,
             "rules": settings.IMM_EMULATOR_RULES or None,
             "notify_url": settings.IMM_EMULATOR_NOTIFY_URL or None,
@@ -473,6 +494,8 @@ class Emulator:
             if self.notifier is not None
             else "no notifications (no notify URL)"
         )
+        if self.latency:
+            target += f"; every answer {self.latency * 1000:g} ms late"
         if self.manual_review is not None:
             target += f"; manual review of review verdicts after {self.manual_review:g} s"
         return (

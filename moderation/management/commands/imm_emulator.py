@@ -36,6 +36,13 @@ class Command(BaseCommand):
             "(default: IMM_EMULATOR_DELAY).",
         )
         parser.add_argument(
+            "--latency-ms",
+            type=float,
+            metavar="MS",
+            help="Answer every request this many milliseconds late, as IMM in a far region "
+            "would; requests are still answered concurrently (default: IMM_EMULATOR_LATENCY_MS).",
+        )
+        parser.add_argument(
             "--manual-review",
             type=float,
             metavar="SECONDS",
@@ -90,6 +97,7 @@ class Command(BaseCommand):
                 host=options["host"],
                 port=setting("port", "IMM_EMULATOR_PORT"),
                 delay=setting("delay", "IMM_EMULATOR_DELAY"),
+                latency=setting("latency_ms", "IMM_EMULATOR_LATENCY_MS") / 1000,
                 manual_review=setting("manual_review", "IMM_EMULATOR_MANUAL_REVIEW") or None,
                 rules=setting("rules", "IMM_EMULATOR_RULES") or None,
                 state=setting("state", "IMM_EMULATOR_STATE"),

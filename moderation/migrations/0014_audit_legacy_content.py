@@ -7,7 +7,7 @@ sequencer builds the tree over them on its first run. An entry whose columns no 
 its stored hash (edited before this migration) is migrated all the same, so that verify_audit
 keeps reporting it.
 
-The old guards go first: the trigger of 0003 refused every UPDATE (0013 puts in its place one
+The old guards go first: the trigger of 0003 refused every UPDATE (0015 puts in its place one
 that allows only the sequencer's), and the chain lock function of 0008 has no caller left. Rows
 are read and written in batches by id, so memory stays flat whatever the size of the log.
 """
@@ -90,7 +90,7 @@ def legacy_content(
     user_agent,
     prev_hash,
 ):
-    """The hash chain's canonical content, byte for byte (moderation/audit/log.py before 0011)."""
+    """The hash chain's canonical content, byte for byte (moderation/audit/log.py before 0013)."""
     return json.dumps(
         {
             "seq": seq,
@@ -162,6 +162,6 @@ def unfill(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("moderation", "0011_verifiable_log")]
+    dependencies = [("moderation", "0013_verifiable_log")]
 
     operations = [migrations.RunPython(fill, unfill)]

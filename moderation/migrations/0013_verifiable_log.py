@@ -1,7 +1,7 @@
 """The audit log becomes a verifiable log: the schema (moderation/audit/sequencer.py).
 
-Entries get the exact bytes of their leaf (`content`, filled for existing entries by 0012 and
-required from 0013) and their leaf hash; `seq` is empty until the sequencer gives the entry its
+Entries get the exact bytes of their leaf (`content`, filled for existing entries by 0014 and
+required from 0015) and their leaf hash; `seq` is empty until the sequencer gives the entry its
 position, so pages order by id; the tree's perfect subtrees and the signed checkpoints get tables
 of their own. The content hash is no longer unique: without its position, an entry's content may
 repeat another's (two identical system entries in the same microsecond). The foreign keys lose
@@ -15,7 +15,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("moderation", "0010_result_unmatched_index"),
+        ("moderation", "0012_imm_rate_limit"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -76,7 +76,7 @@ def backwards(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("moderation", "0012_audit_legacy_content")]
+    dependencies = [("moderation", "0014_audit_legacy_content")]
 
     operations = [
         migrations.AlterField(
