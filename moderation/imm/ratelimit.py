@@ -84,6 +84,9 @@ def _sql(template: str) -> str:
 
 
 CLOCK_MARGIN = 0.005  # seconds
+# No turns are granted in the last part of a second (seconds): a turn must reach IMM within
+# its own second, and a loaded machine can take this long from the grant to the send.
+LATE_IN_SECOND = 0.25
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,11 @@ class SharedRateLimit:
             return Turn(granted=0, wait=paused_until - now, paused=True)
         if not self.qps:
             return Turn(granted=count)
+        left = window_start + 1 - now
+        if left < LATE_IN_SECOND:
+            # Too late in this second: a turn is for its own second, and sent this late it could
+            # reach IMM in the next one, on top of that second's turns.
+            return Turn(granted=0, wait=max(left, 0.0) + CLOCK_MARGIN)
         granted = max(0, min(count, self.qps - (asked - count)))
         # A hair past the second's end: the database's clock has millisecond steps (SQLite's
         # julianday), so a sleep of exactly the rest could wake in the same second.
