@@ -492,7 +492,10 @@ class ImageCategory(models.Model):
 
 
 class ChainCheck(models.Model):
-    """The outcome of one walk of the audit chain (manage.py verify_audit, or the log page)."""
+    """The outcome of one verification of the audit log (manage.py verify_audit, or the log page).
+
+    `entries` is how many positioned entries verified (before the fault, if any); `head_hash` the
+    root hash over them, in hex."""
 
     checked_at = models.DateTimeField(auto_now_add=True, db_index=True)
     ok = models.BooleanField()
@@ -509,7 +512,7 @@ class ChainCheck(models.Model):
 
 
 class VerificationRequest(models.Model):
-    """The walk of the audit chain last asked for from the log page: its task result's id.
+    """The verification of the audit log last asked for from the log page: its task result's id.
 
     Only the latest is kept; its task's status says whether a walk is still queued or running,
     so that "Verify now" does not queue another meanwhile.

@@ -173,8 +173,9 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # IMMEDIATE makes every transaction take SQLite's write lock when it begins, so two writers
-    # never both read the audit chain's head and then race to append (see moderation/audit/log.py).
+    # IMMEDIATE makes every transaction take SQLite's write lock when it begins, so a transaction
+    # that reads then writes (the audit sequencer's batch, moderation/audit/sequencer.py) never
+    # races another writer between the two.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"transaction_mode": "IMMEDIATE", "timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}
     )

@@ -1,1 +1,3 @@
-"""The audit log: recording (log), its pages (views, urls) and the chain walk task (tasks)."""
+"""The audit log: recording (log), sequencing (sequencer), the tree, notes and receipts (merkle,
+note, receipt), proofs from the database (checkpoints), verification (verify), its pages (views,
+urls) and the verification task (tasks)."""
