@@ -125,6 +125,24 @@ class Process:
             raise SystemExit(f"{self.name} exited ({self.popen.returncode}):\n{self.tail()}")
 
 
+def post_notification(connection: Any, body: bytes, token: str) -> int:
+    """POST one notification body on a kept http.client connection; its status, 0 when the
+    connection failed (it is closed then, and opens again on the next request)."""
+    import http.client
+
+    headers = {"Content-Type": "application/json", "X-IMM-Notify-Token": token}
+    try:
+        connection.request("POST", "/imm/notifications/", body=body, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        if response.getheader("Connection", "").lower() == "close":
+            connection.close()
+        return response.status
+    except (OSError, http.client.HTTPException):
+        connection.close()
+        return 0
+
+
 def wait_for(what: str, ready: Any, *, timeout: float, process: Process | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not ready():

@@ -67,6 +67,7 @@ from bench.common import (  # noqa: E402 - after the path is set
     machine_info,
     pct,
     people,
+    post_notification,
     recreate_database,
     require_postgres,
     seed,
@@ -342,19 +343,9 @@ def _sender(port: int, requests: list[tuple[str, str, bytes, str]], threads: int
             if item is None:
                 break
             kind, task, body, token = item
-            headers = {"Content-Type": "application/json", "X-IMM-Notify-Token": token}
             sent_at = time.time()
             started = time.perf_counter()
-            try:
-                connection.request("POST", "/imm/notifications/", body=body, headers=headers)
-                response = connection.getresponse()
-                response.read()
-                status = response.status
-                if response.getheader("Connection", "").lower() == "close":
-                    connection.close()
-            except (OSError, http.client.HTTPException):
-                connection.close()
-                status = 0
+            status = post_notification(connection, body, token)
             row = (kind, task, status, time.perf_counter() - started, sent_at)
             with lock:
                 results.append(row)

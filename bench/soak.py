@@ -54,6 +54,7 @@ from bench.common import (  # noqa: E402 - after the path is set
     has_command,
     load,
     machine_info,
+    post_notification,
     recreate_database,
     require_postgres,
     seed,
@@ -282,17 +283,7 @@ def notifier(port: int, bodies: list[tuple[str, bytes]], rate: float, threads: i
                 break
             n, (task_id, body) = item
             time.sleep(max(0.0, started + n / rate - time.monotonic()))
-            headers = {"Content-Type": "application/json", "X-IMM-Notify-Token": NOTIFY_TOKEN}
-            try:
-                connection.request("POST", "/imm/notifications/", body=body, headers=headers)
-                response = connection.getresponse()
-                response.read()
-                status = response.status
-                if response.getheader("Connection", "").lower() == "close":
-                    connection.close()
-            except (OSError, http.client.HTTPException):
-                connection.close()
-                status = 0
+            status = post_notification(connection, body, NOTIFY_TOKEN)
             with lock:
                 results.append((task_id, status, time.time()))
         connection.close()
