@@ -117,6 +117,7 @@ INSTALLED_APPS = [
     "django_tasks_db",
     "axes",
     "moderation",
+    "moderation.events",
     "reviews",
 ]
 
