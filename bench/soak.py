@@ -78,7 +78,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--notify-rate", type=float, default=500.0, help="notifications a second")
     parser.add_argument("--upload-rate", type=float, default=2.0, help="uploads a second")
     parser.add_argument("--kill-every", type=float, default=60.0, help="seconds between kills")
-    parser.add_argument("--drain-timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=300.0,
+        help="give up draining after this many seconds without progress",
+    )
     parser.add_argument("--seed", type=int, default=20261201)
     args = parser.parse_args()
     if min(args.minutes, args.notify_rate, args.upload_rate, args.kill_every) <= 0:
@@ -317,13 +322,26 @@ def drain(args: argparse.Namespace, supervisor: Supervisor, sequencer: bool) -> 
             AuditEntry.objects.filter(seq__isnull=True).count() if sequencer else 0
         ),
     }
-    deadline = time.monotonic() + args.drain_timeout
+    # The inbox may hold minutes of work when notifications arrive faster than they are applied:
+    # wait as long as the work left keeps shrinking, and give up only when it stalls.
+    started = last_report = time.monotonic()
+    best: int | None = None
+    progressed = started
     while True:
         left = {what: count() for what, count in checks.items()}
-        if not any(left.values()):
+        total = sum(left.values())
+        if not total:
+            print(f"  drained in {time.monotonic() - started:.0f} s", flush=True)
             return []
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if best is None or total < best:
+            best, progressed = total, now
+        if now - progressed > args.drain_timeout:
             return [f"{n:,} {what}" for what, n in left.items() if n]
+        if now - last_report > 30:
+            last_report = now
+            waiting = ", ".join(f"{n:,} {what}" for what, n in left.items() if n)
+            print(f"  draining, {now - started:.0f} s: {waiting}", flush=True)
         time.sleep(1)
 
 
