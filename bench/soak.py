@@ -270,8 +270,12 @@ def uploader(
             uploaded.append(name)
 
 
-def notifier(port: int, bodies: list[tuple[str, bytes]], rate: float, threads: int) -> list:
-    """POST the bodies at `rate` a second in this process; [(task, status, when)]."""
+def notifier(
+    port: int, bodies: list[tuple[str, bytes]], rate: float, threads: int, until: float
+) -> list:
+    """POST the bodies at `rate` a second in this process until the epoch time `until` (a server
+    slower than the rate is not given more time: what was not sent by then is not sent);
+    [(task, status, when)]."""
     import http.client
 
     results: list[tuple[str, int, float]] = []
@@ -283,7 +287,7 @@ def notifier(port: int, bodies: list[tuple[str, bytes]], rate: float, threads: i
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         while True:
             with lock:
-                item = next(work, None)
+                item = next(work, None) if time.time() < until else None
             if item is None:
                 break
             n, (task_id, body) = item
@@ -480,7 +484,10 @@ def main() -> None:
     pool = context.Pool(senders)
     pending = pool.starmap_async(
         notifier,
-        [(port, bodies[n::senders], args.notify_rate / senders, 16) for n in range(senders)],
+        [
+            (port, bodies[n::senders], args.notify_rate / senders, 16, time.time() + seconds)
+            for n in range(senders)
+        ],
     )
     for thread in threads:
         thread.start()
@@ -656,7 +663,8 @@ def main() -> None:
     rate = sum(1 for _, s, _ in notified if 200 <= s < 300) / seconds
     print(
         f"Requests: {len(log.rows):,} ({Counter(w for w, _, _ in log.rows)}); notifications "
-        f"accepted {rate:.0f}/s of {args.notify_rate:g}/s asked; decisions "
+        f"accepted {rate:.0f}/s of {args.notify_rate:g}/s asked ({len(notified):,} of "
+        f"{len(bodies):,} sent in the time); decisions "
         f"{sum(decided.values()) / seconds:.0f}/s"
     )
     print(f"Process logs: {logs}")
