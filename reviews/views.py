@@ -400,13 +400,13 @@ def _undoable(request: HtmxHttpRequest, decision_id: str) -> Decision | None:
     if pk is None:
         return None
     return (
-        Decision.objects.filter(
+        Decision.objects.undoable_kinds()
+        .filter(
             pk=pk,
             reviewer=request.user,
             created_at__gte=timezone.now() - services.undo_window(),
             undone_by__isnull=True,
         )
-        .exclude(verdict=Decision.Verdict.UNDO)
         .first()
     )
 
