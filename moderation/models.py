@@ -186,6 +186,8 @@ class AuditEntry(models.Model):
         "review.rejected": "Rejected by a reviewer",
         "review.escalated": "Escalated to an admin",
         "review.undone": "Decision undone",
+        "review.reopened": "Reopened by an admin (back to review)",
+        "review.overridden": "Outcome overridden by an admin",
         "review.released": "Skipped (released to the queue)",
     }
 

@@ -172,18 +172,23 @@ def image_list(request: HttpRequest) -> HttpResponse:
 @require_safe
 def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
     image = get_object_or_404(Image.objects.visible_to(request.user), pk=pk)
-    history = AuditEntry.objects.filter(image=image).order_by("id").select_related("actor")
-    return TemplateResponse(
-        request,
-        "images/detail.html",
-        {
-            "image": image,
-            "history": history,
-            "tasks": image.moderation_tasks.order_by("created_at", "id"),
-            "results": image.moderation_results.all(),
-            "retryable": (Image.Status.FAILED, Image.Status.EXPIRED),
-        },
-    )
+    return TemplateResponse(request, "images/detail.html", image_detail_context(image))
+
+
+def image_detail_context(image: Image, **extra: object) -> dict[str, Any]:
+    """What the image page shows (the reviews app's admin actions render it too)."""
+    return {
+        "image": image,
+        "history": AuditEntry.objects.filter(image=image).order_by("id").select_related("actor"),
+        "tasks": image.moderation_tasks.order_by("created_at", "id"),
+        "results": image.moderation_results.all(),
+        "retryable": (Image.Status.FAILED, Image.Status.EXPIRED),
+        # The latest outcome event says who settled the image, how and why (None before any).
+        "outcome": image.events.order_by("-sequence").first(),
+        "settled": (Image.Status.APPROVED, Image.Status.REJECTED),
+        "limits": limits,
+        **extra,
+    }
 
 
 # Clear renditions: each one served is recorded as a reveal for the person it is served to.

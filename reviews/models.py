@@ -40,6 +40,11 @@ class Claim(models.Model):
 
 
 class DecisionQuerySet(models.QuerySet["Decision"]):
+    def undoable_kinds(self) -> DecisionQuerySet:
+        """Decisions a reviewer may take back: approve, reject, escalate (not an undo, nor an
+        admin's reopen or override, which another override or reopen changes instead)."""
+        return self.filter(verdict__in=UNDOABLE)
+
     def standing_escalations(self) -> DecisionQuerySet:
         """Escalations not undone, oldest first (the last one per image is the one that stands),
         with who escalated."""
@@ -58,6 +63,9 @@ class Decision(models.Model):
         REJECT = "reject", "Rejected"
         ESCALATE = "escalate", "Escalated"
         UNDO = "undo", "Undone"
+        # An admin's later change to a settled image (reviews.services.reopen, .override).
+        REOPEN = "reopen", "Reopened"
+        OVERRIDE = "override", "Overridden"
 
     image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="decisions")
     reviewer = models.ForeignKey(
@@ -73,6 +81,9 @@ class Decision(models.Model):
     undoes = models.OneToOneField(
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="undone_by"
     )
+    # The image's human_decided_at before this decision: an undo puts it back, so a decision
+    # made after an admin's reopen, once undone, leaves the reopen standing against IMM's word.
+    human_decided_before = models.DateTimeField(null=True, blank=True)
     seconds = models.FloatField(null=True, blank=True, help_text="From claim to decision.")
     created_at = models.DateTimeField(db_index=True)
 
@@ -83,6 +94,9 @@ class Decision(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_verdict_display()} image {self.image_id}"
+
+
+UNDOABLE = (Decision.Verdict.APPROVE, Decision.Verdict.REJECT, Decision.Verdict.ESCALATE)
 
 
 class Reveal(models.Model):

@@ -287,9 +287,8 @@ def figures(reviewer_id: int, counts_: Counts, *, now: datetime | None = None) -
     numbers and the middle one or two times, not every decision of the day."""
     now = now or timezone.now()
     start = timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
-    today = Decision.objects.filter(reviewer_id=reviewer_id, created_at__gte=start).exclude(
-        verdict=Decision.Verdict.UNDO
-    )
+    # Review work only: not undos, nor an admin's reopens and overrides of settled images.
+    today = Decision.objects.undoable_kinds().filter(reviewer_id=reviewer_id, created_at__gte=start)
     totals = today.aggregate(decided=Count("id"), timed=Count("seconds"))
     median = None
     if totals["timed"]:

@@ -23,6 +23,8 @@ from django.utils import timezone
 
 from moderation import limits
 from moderation.audit import log as audit
+from moderation.events import outbox
+from moderation.events.models import Event
 from moderation.models import Image
 
 from .models import Claim, Decision
@@ -41,7 +43,16 @@ AUDIT_ACTION: dict[str, str] = {
     Decision.Verdict.REJECT: "review.rejected",
     Decision.Verdict.ESCALATE: "review.escalated",
     Decision.Verdict.UNDO: "review.undone",
+    Decision.Verdict.REOPEN: "review.reopened",
+    Decision.Verdict.OVERRIDE: "review.overridden",
 }
+EVENT_TYPE: dict[str, str] = {
+    Decision.Verdict.APPROVE: Event.Type.APPROVED,
+    Decision.Verdict.REJECT: Event.Type.REJECTED,
+    Decision.Verdict.ESCALATE: Event.Type.ESCALATED,
+}
+# Settled images: what an admin may reopen or override.
+SETTLED = (Image.Status.APPROVED, Image.Status.REJECTED)
 
 
 def lease() -> timedelta:
@@ -361,6 +372,7 @@ def decide(
         if verdict == Decision.Verdict.ESCALATE and image.status == Image.Status.ESCALATED:
             raise AlreadyDecided(f"Image {image.pk} is already escalated.")
         before, waited_since = image.status, image.status_changed_at
+        decided_before = image.human_decided_at
         after = FINAL_STATUS[verdict]
         image.status = after
         image.status_changed_at = now
@@ -379,6 +391,7 @@ def decide(
             status_before=before,
             status_after=after,
             status_changed_before=waited_since,
+            human_decided_before=decided_before,
             seconds=seconds,
             created_at=now,
         )
@@ -391,6 +404,15 @@ def decide(
             reason=reason,
             detail=_imm_detail(image, decision=decision.pk, seconds=seconds),
             context=context,
+        )
+        outbox.emit_outcome(
+            image=image,
+            type=EVENT_TYPE[verdict],
+            decided_by=outbox.DecidedBy.person(reviewer),
+            verdict=after,
+            reason=reason,
+            previous_status=before,
+            now=now,
         )
     return Outcome(decision, image)
 
@@ -412,9 +434,9 @@ def undo(
     now = now or timezone.now()
     with transaction.atomic():
         original = (
-            Decision.objects.select_for_update()
+            Decision.objects.undoable_kinds()
+            .select_for_update()
             .filter(pk=decision_id, reviewer=reviewer)
-            .exclude(verdict=Decision.Verdict.UNDO)
             .first()
         )
         if original is None:
@@ -427,7 +449,10 @@ def undo(
         if Decision.objects.filter(undoes=original).exists():
             raise UndoRefused("That decision was already undone.")
         image = Image.objects.select_for_update().get(pk=original.image_id)
-        if image.status != original.status_after:
+        # An admin's reopen or override since (even one that ended where the decision left it)
+        # is a newer decision: the reviewer's undo would silently take it back.
+        changed = Decision.objects.filter(image=image, pk__gt=original.pk).exists()
+        if changed or image.status != original.status_after:
             # Reviewers are not told what it is now (they cannot see it any more); admins are.
             now_is = f" ({image.get_status_display().lower()})" if is_admin(reviewer) else ""
             raise UndoRefused(
@@ -436,7 +461,8 @@ def undo(
         decided_at = image.status_changed_at
         image.status = original.status_before
         image.status_changed_at = original.status_changed_before or now
-        image.human_decided_at = None
+        # Back to what it was: none (IMM's word may settle it again), or an admin's reopen.
+        image.human_decided_at = original.human_decided_before
         image.save(update_fields=["status", "status_changed_at", "human_decided_at"])
         decision = Decision.objects.create(
             image=image,
@@ -463,5 +489,179 @@ def undo(
             reason=f"undid {original.get_verdict_display().lower()} (decision {original.pk})",
             detail=_imm_detail(image, decision=decision.pk, undoes=original.pk),
             context=context,
+        )
+        outbox.emit_outcome(
+            image=image,
+            type=Event.Type.UNDONE,
+            decided_by=outbox.DecidedBy.person(reviewer),
+            verdict="undone",
+            reason=f"undid {original.get_verdict_display().lower()}",
+            previous_status=original.status_after,
+            now=now,
+        )
+    return Outcome(decision, image)
+
+
+def _settled_image(*, image_id: int, admin: User, expected: str | None, what: str) -> Image:
+    """The settled image `image_id`, locked, for an admin's reopen or override.
+
+    NotYours (403) for a non-admin; NotFound (404) if there is no such image; AlreadyDecided
+    (409) if it is not settled, or is no longer `expected` (what the admin's page showed): the
+    admin is told what it is now, and nothing is overwritten.
+    """
+    if not is_admin(admin):
+        raise NotYours(f"Only an admin may {what} an image.")
+    image = Image.objects.select_for_update().filter(pk=image_id).first()
+    if image is None:
+        raise NotFound(f"There is no image {image_id}.")
+    now_is = image.get_status_display().lower()
+    if expected is not None and image.status != expected:
+        raise AlreadyDecided(
+            f"Image {image.pk} changed meanwhile: it is {now_is} now. Nothing was changed."
+        )
+    if image.status not in SETTLED:
+        raise AlreadyDecided(
+            f"Image {image.pk} is {now_is}; only an approved or rejected image can be "
+            f"{'reopened' if what == 'reopen' else 'overridden'}. Nothing was changed."
+        )
+    return image
+
+
+def reopen(
+    *,
+    image_id: int,
+    admin: User,
+    reason: str,
+    expected: str | None = None,
+    context: audit.AuditContext = audit.SYSTEM_CONTEXT,
+    now: datetime | None = None,
+) -> Outcome:
+    """An admin sends a settled (approved or rejected) image back to the review queue.
+
+    A Decision (reopen), the audit entry and the image.reopened event in one transaction, with
+    the image row locked. The reason is required (Invalid, 400). `expected` is the status the
+    admin saw: another change meanwhile raises AlreadyDecided (409). The reopen is a person's
+    decision: IMM's later word does not settle the image (human_decided_at is set) until a
+    reviewer decides it.
+    """
+    reason = check_words(reason, what="reason")
+    if not reason:
+        raise Invalid("Say why it goes back to review.")
+    now = now or timezone.now()
+    with transaction.atomic():
+        image = _settled_image(image_id=image_id, admin=admin, expected=expected, what="reopen")
+        before, settled_at, decided_before = (
+            image.status,
+            image.status_changed_at,
+            image.human_decided_at,
+        )
+        image.status = Image.Status.AWAITING_REVIEW
+        image.status_changed_at = now
+        image.human_decided_at = now
+        image.save(update_fields=["status", "status_changed_at", "human_decided_at"])
+        # A lease left from before it was settled (IMM settled it while a reviewer held it)
+        # would come back to life with the status: the reopened image waits for anyone.
+        Claim.objects.filter(image=image).delete()
+        decision = Decision.objects.create(
+            image=image,
+            reviewer=admin,
+            verdict=Decision.Verdict.REOPEN,
+            reason=reason,
+            status_before=before,
+            status_after=image.status,
+            status_changed_before=settled_at,
+            human_decided_before=decided_before,
+            created_at=now,
+        )
+        audit.record(
+            action=AUDIT_ACTION[Decision.Verdict.REOPEN],
+            actor=admin,
+            image=image,
+            state_before=before,
+            state_after=image.status,
+            reason=reason,
+            detail=_imm_detail(image, decision=decision.pk),
+            context=context,
+        )
+        outbox.emit_outcome(
+            image=image,
+            type=Event.Type.REOPENED,
+            decided_by=outbox.DecidedBy.person(admin),
+            verdict="reopened",
+            reason=reason,
+            previous_status=before,
+            now=now,
+        )
+    return Outcome(decision, image)
+
+
+def override(
+    *,
+    image_id: int,
+    admin: User,
+    to: str,
+    reason: str,
+    expected: str | None = None,
+    context: audit.AuditContext = audit.SYSTEM_CONTEXT,
+    now: datetime | None = None,
+) -> Outcome:
+    """An admin changes a settled image's outcome: approved to rejected, or rejected to approved.
+
+    `to` is the outcome wanted (Invalid, 400, unless approved or rejected); an image that is
+    already `to`, or no longer `expected`, raises AlreadyDecided (409), so two admins never flip
+    it back and forth unawares. A Decision (override), the audit entry and the image.overridden
+    event in one transaction; it is a person's decision, which IMM never overwrites.
+    """
+    if to not in SETTLED:
+        raise Invalid("Choose the outcome: approved or rejected.")
+    reason = check_words(reason, what="reason")
+    if not reason:
+        raise Invalid("Say why the outcome changes.")
+    now = now or timezone.now()
+    with transaction.atomic():
+        image = _settled_image(image_id=image_id, admin=admin, expected=expected, what="override")
+        if image.status == to:
+            raise AlreadyDecided(
+                f"Image {image.pk} is already {image.get_status_display().lower()}. "
+                "Nothing was changed."
+            )
+        before, settled_at, decided_before = (
+            image.status,
+            image.status_changed_at,
+            image.human_decided_at,
+        )
+        image.status = to
+        image.status_changed_at = now
+        image.human_decided_at = now
+        image.save(update_fields=["status", "status_changed_at", "human_decided_at"])
+        decision = Decision.objects.create(
+            image=image,
+            reviewer=admin,
+            verdict=Decision.Verdict.OVERRIDE,
+            reason=reason,
+            status_before=before,
+            status_after=to,
+            status_changed_before=settled_at,
+            human_decided_before=decided_before,
+            created_at=now,
+        )
+        audit.record(
+            action=AUDIT_ACTION[Decision.Verdict.OVERRIDE],
+            actor=admin,
+            image=image,
+            state_before=before,
+            state_after=to,
+            reason=reason,
+            detail=_imm_detail(image, decision=decision.pk),
+            context=context,
+        )
+        outbox.emit_outcome(
+            image=image,
+            type=Event.Type.OVERRIDDEN,
+            decided_by=outbox.DecidedBy.person(admin),
+            verdict=to,
+            reason=reason,
+            previous_status=before,
+            now=now,
         )
     return Outcome(decision, image)

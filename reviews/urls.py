@@ -11,5 +11,7 @@ urlpatterns = [
     path("<int:pk>/", views.item, name="review_item"),
     path("<int:pk>/decide/", views.decide, name="review_decide"),
     path("<int:pk>/renew/", views.renew, name="review_renew"),
+    path("<int:pk>/reopen/", views.reopen, name="review_reopen"),
+    path("<int:pk>/override/", views.override, name="review_override"),
     path("decisions/<int:pk>/undo/", views.undo, name="review_undo"),
 ]

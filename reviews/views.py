@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.http import HttpRequest, HttpResponse, QueryDict
-from django.shortcuts import redirect
+from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -19,6 +19,7 @@ from moderation.audit import log as audit
 from moderation.imm import pipeline
 from moderation.models import AuditEntry, Image, ModerationResult
 from moderation.routing import SCENE_CATEGORIES
+from moderation.views import image_detail_context
 
 from . import queue as queue_reads
 from . import services
@@ -400,13 +401,13 @@ def _undoable(request: HtmxHttpRequest, decision_id: str) -> Decision | None:
     if pk is None:
         return None
     return (
-        Decision.objects.filter(
+        Decision.objects.undoable_kinds()
+        .filter(
             pk=pk,
             reviewer=request.user,
             created_at__gte=timezone.now() - services.undo_window(),
             undone_by__isnull=True,
         )
-        .exclude(verdict=Decision.Verdict.UNDO)
         .first()
     )
 
@@ -447,3 +448,64 @@ def bulk(request: HtmxHttpRequest) -> HttpResponse:
     for line in refused:
         messages.error(request, line)
     return redirect("review_escalated")
+
+
+@permission_required(ADMIN, raise_exception=True)
+@require_POST
+def reopen(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """An admin sends a settled image back to the review queue (with a reason)."""
+    return _later_change(request, pk, "reopen")
+
+
+@permission_required(ADMIN, raise_exception=True)
+@require_POST
+def override(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """An admin changes a settled image's outcome, approved to rejected or back (with a reason)."""
+    return _later_change(request, pk, "override")
+
+
+def _later_change(request: HtmxHttpRequest, pk: int, what: str) -> HttpResponse:
+    """Reopen or override from the image page: with htmx the outcome card (and the status and
+    history beside it) is swapped; without, a redirect to the page, or the page with the reason
+    and the real status (400, 409) when refused."""
+    image = get_object_or_404(Image, pk=pk)
+    reason = request.POST.get("reason", "")
+    expected = request.POST.get("expected") or None
+    context = audit.AuditContext.from_request(request)
+    try:
+        if what == "reopen":
+            outcome = services.reopen(
+                image_id=image.pk,
+                admin=request.user,
+                reason=reason,
+                expected=expected,
+                context=context,
+            )
+            note = f"Image {image.pk} is back in the review queue."
+        else:
+            outcome = services.override(
+                image_id=image.pk,
+                admin=request.user,
+                to=request.POST.get("to", ""),
+                reason=reason,
+                expected=expected,
+                context=context,
+            )
+            note = f"Image {image.pk} is now {outcome.image.get_status_display().lower()}."
+    except services.ReviewError as error:
+        image.refresh_from_db()
+        template = "images/detail.html#changed" if request.htmx else "images/detail.html"
+        response = TemplateResponse(
+            request,
+            template,
+            image_detail_context(image, error=error.message),
+            status=error.status,
+        )
+        return _vary(response)
+    if not request.htmx:
+        messages.success(request, note)
+        return _vary(redirect(outcome.image))
+    response = TemplateResponse(
+        request, "images/detail.html#changed", image_detail_context(outcome.image, note=note)
+    )
+    return _vary(response)

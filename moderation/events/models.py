@@ -6,6 +6,13 @@ from django.utils import timezone
 from moderation.models import Image
 
 
+class EventQuerySet(models.QuerySet["Event"]):
+    def for_images(self, images: models.QuerySet[Image]) -> EventQuerySet:
+        """Events of these images only (an API client's), as a subquery: the feed's order and
+        its guarantees hold for any subset of the images."""
+        return self.filter(image__in=images.values("pk"))
+
+
 class Event(models.Model):
     """One final outcome of an image, or one later change to it (see `emit`)."""
 
@@ -30,6 +37,8 @@ class Event(models.Model):
     # the feed without gaps (feed.py). Empty on SQLite, where one writer at a time makes id order
     # the commit order.
     txid = models.BigIntegerField(null=True, blank=True)
+
+    objects = EventQuerySet.as_manager()
 
     class Meta:
         constraints = [

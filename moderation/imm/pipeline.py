@@ -39,7 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.conf import settings
 from django.db import IntegrityError, connection, connections, transaction
@@ -49,6 +49,8 @@ from django.utils.dateparse import parse_datetime
 from django_tasks import task as background_task
 
 from moderation.audit import log as audit
+from moderation.events import outbox
+from moderation.events.models import Event
 from moderation.models import (
     Image,
     ImageCategory,
@@ -1063,9 +1065,10 @@ def _apply(task: ModerationTask, result: ModerationResult, image: Image) -> None
         task.save()
         # A routing rule holds the image for a person whatever IMM says later: a manual review's
         # pass (no categories) does not release what the first verdict's categories flagged.
-        target, reason = route(
+        routed = route(
             result.suggestion, result.categories, also_flagged=_flagged_before(task, result)
         )
+        target, reason = routed.status, routed.reason
         _remember_verdict(image, result)
         if target == image.status:
             # Already where this word sends it (IMM's second word on an image a rule holds): no
@@ -1074,7 +1077,9 @@ def _apply(task: ModerationTask, result: ModerationResult, image: Image) -> None
                 f"routed: {reason}; it was already {image.get_status_display().lower()}"
             )
         else:
+            before = image.status
             _move(image, target, action="imm.routed", reason=reason, detail=verdict)
+            _announce_route(image, before=before, routed=routed, result=result)
             result.outcome = f"routed: {reason}"
     result.applied = True
     result.save(update_fields=["applied", "outcome"])
@@ -1103,9 +1108,15 @@ def _flagged_before(task: ModerationTask, result: ModerationResult) -> set[str]:
     return {category for categories in earlier for category in categories}
 
 
-def route(
-    suggestion: str, categories: list[str], *, also_flagged: Iterable[str] = ()
-) -> tuple[str, str]:
+class Route(NamedTuple):
+    """Where a verdict sends an image, why, and the routing rules that decided it (if any)."""
+
+    status: str
+    reason: str
+    rules: tuple[str, ...] = ()
+
+
+def route(suggestion: str, categories: list[str], *, also_flagged: Iterable[str] = ()) -> Route:
     """The image status for a verdict, and why: routing rules first, then IMM's suggestion.
 
     `also_flagged` are categories an earlier verdict on the same task named: rules apply to them
@@ -1118,10 +1129,55 @@ def route(
     )
     if rules and suggestion != "review":
         listed = ", ".join(sorted(rules))
-        return Image.Status.AWAITING_REVIEW, f"IMM said {suggestion}; routing rule for {listed}"
+        return Route(
+            Image.Status.AWAITING_REVIEW,
+            f"IMM said {suggestion}; routing rule for {listed}",
+            tuple(sorted(rules)),
+        )
     if suggestion in ROUTES:
-        return ROUTES[suggestion], f"IMM said {suggestion}"
-    return Image.Status.AWAITING_REVIEW, f"IMM said {suggestion or 'nothing'}: a person decides"
+        return Route(ROUTES[suggestion], f"IMM said {suggestion}")
+    return Route(
+        Image.Status.AWAITING_REVIEW, f"IMM said {suggestion or 'nothing'}: a person decides"
+    )
+
+
+# The outcome events IMM's routing writes: a final outcome (approved, rejected), and a settled
+# image sent back to people (IMM's newer word says review, or a rule holds it). Moving into
+# submitted, failed, expired or received, or from waiting into review, is no outcome: no event.
+_SETTLED = (Image.Status.APPROVED, Image.Status.REJECTED)
+
+
+def _announce_route(image: Image, *, before: str, routed: Route, result: ModerationResult) -> None:
+    """The outcome event for IMM's routing of `image` (locked) from `before`, if it is one."""
+    if routed.status in _SETTLED:
+        categories = ", ".join(result.categories)
+        outbox.emit_outcome(
+            image=image,
+            type=(
+                Event.Type.APPROVED
+                if routed.status == Image.Status.APPROVED
+                else Event.Type.REJECTED
+            ),
+            decided_by=outbox.DecidedBy.imm(),
+            verdict=routed.status,
+            reason=f"{routed.reason}: {categories}" if categories else routed.reason,
+            previous_status=before,
+            now=image.status_changed_at,
+        )
+    elif routed.status == Image.Status.AWAITING_REVIEW and before in _SETTLED:
+        outbox.emit_outcome(
+            image=image,
+            type=Event.Type.REOPENED,
+            decided_by=(
+                outbox.DecidedBy.rule("routing rule for " + ", ".join(routed.rules))
+                if routed.rules
+                else outbox.DecidedBy.imm()
+            ),
+            verdict="reopened",
+            reason=routed.reason,
+            previous_status=before,
+            now=image.status_changed_at,
+        )
 
 
 def checked_frames(
