@@ -321,6 +321,9 @@ def _action_choices() -> list[tuple[str, list[tuple[str, str]]]]:
 # ------------------------------------------------------------------------------------- views
 
 
+# Never cached, by a shared cache or the browser: the page holds who did what from which address,
+# for admins only, and must not outlive a sign-out in the back button or a proxy.
+@never_cache
 @permission_required(VIEW_AUDIT, raise_exception=True)
 @require_safe
 def audit_log(request: HtmxHttpRequest) -> HttpResponse:
