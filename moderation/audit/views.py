@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -329,11 +329,18 @@ def _action_choices() -> list[tuple[str, list[tuple[str, str]]]]:
 def audit_log(request: HtmxHttpRequest) -> HttpResponse:
     """The global log, newest first, with its last verification, key, checkpoint and lag on top."""
     filters = Filters.from_query(request.GET)
-    page = log_page(
-        filters,
-        before=limits.whole_number(request.GET.get("before", "")),
-        after=limits.whole_number(request.GET.get("after", "")),
+    cursors = {name: request.GET.get(name, "").strip() for name in ("before", "after")}
+    before, after = (limits.whole_number(cursors[name]) for name in ("before", "after"))
+    # A cursor that does not parse is named like a bad filter (a hand-edited or cut link), so the
+    # newest page that comes back instead does not pass for the page that was asked for.
+    unparsed = tuple(
+        f"“{name}” is not an entry number, so it is ignored."
+        for name, raw in cursors.items()
+        if raw and limits.whole_number(raw) is None
     )
+    if unparsed:
+        filters = replace(filters, problems=filters.problems + unparsed)
+    page = log_page(filters, before=before, after=after)
     context: dict[str, object] = {"filters": filters, "page": page}
     # A history restore (back button, page not in htmx's cache) needs the whole page.
     if request.htmx and not request.htmx.history_restore_request:
