@@ -545,8 +545,15 @@ def _not_found(reason: str) -> HttpResponse:
 
 
 def _no_entry(position: int | None) -> str:
-    where = f"position #{position}" if position else "that position"
-    return f"No audit entry has {where}: there is none, or it is waiting for the sequencer."
+    if not position:
+        return (
+            "That is not a position in the log: a position is a whole number from 1 to "
+            f"{limits.WHOLE_NUMBER_MAX}, in the digits 0 to 9."
+        )
+    return (
+        f"No audit entry has position #{position}: there is none, or it is waiting for the "
+        "sequencer."
+    )
 
 
 def _attachment(body: bytes | str, *, content_type: str, filename: str) -> HttpResponse:
