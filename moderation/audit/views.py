@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
@@ -26,6 +27,7 @@ from django.http import (
     HttpResponse,
     HttpResponseBase,
     HttpResponseNotFound,
+    HttpResponseServerError,
     QueryDict,
     StreamingHttpResponse,
 )
@@ -51,6 +53,8 @@ if TYPE_CHECKING:
     class HtmxHttpRequest(HttpRequest):
         htmx: HtmxDetails
 
+
+logger = logging.getLogger(__name__)
 
 VIEW_AUDIT = "moderation.view_auditentry"
 PAGE_SIZE = 100
@@ -594,6 +598,9 @@ def entry_proof(request: HttpRequest, seq: str) -> HttpResponse:
         receipt = checkpoints.entry_receipt(position)
     except checkpoints.NotProvable as reason:
         return _not_found(str(reason))
+    except checkpoints.TreeDamaged as reason:
+        logger.error("audit receipt refused: %s", reason)
+        return HttpResponseServerError(str(reason) + "\n", content_type="text/plain; charset=utf-8")
     return _attachment(
         receipt,
         content_type="text/plain; charset=utf-8",
