@@ -23,7 +23,7 @@ from django.test.utils import CaptureQueriesContext
 
 from moderation import limits
 from moderation.audit import log as audit
-from moderation.audit.note import Signer, generate_signer_key
+from moderation.audit.note import Signer, generate_signer_key, open_checkpoint
 from moderation.models import AuditCheckpoint, AuditEntry, AuditTreeNode, VerificationRequest
 
 from .audit_log import sequence_all
@@ -147,13 +147,15 @@ def test_people_without_the_audit_role_are_refused_every_audit_read_and_learn_no
             assert leaked.encode() not in body, (url, leaked)
 
 
-@pytest.mark.parametrize("who", ["client", "reviewer_client", "no_role_client"])
-def test_nobody_but_an_admin_can_queue_a_verification(request, who):
+@pytest.mark.parametrize(
+    ("who", "status"), [("client", 302), ("reviewer_client", 403), ("no_role_client", 403)]
+)
+def test_nobody_but_an_admin_can_queue_a_verification(request, who, status):
     client = request.getfixturevalue(who)
-    response = client.post(VERIFY)
-    assert response.status_code in (302, 403)
-    if response.status_code == 302:
-        assert response["Location"].startswith("/accounts/login/")
+    response = client.post(VERIFY, {"next": "https://evil.example/"})
+    assert response.status_code == status
+    if status == 302:
+        assert response["Location"] == "/accounts/login/?next=/audit/verify"
     assert not VerificationRequest.objects.exists()
 
 
@@ -455,9 +457,7 @@ def test_hostile_filter_values_are_answered_with_a_page_never_an_error_and_chang
         assert "' OR '1'='1" not in page  # shown escaped, if at all
     for url in EXPORTS:
         assert admin_client.get(url, query).status_code == 200
-    after = list(AuditEntry.objects.order_by("id").values_list("id", "content"))
-    assert after[: len(before)] == before
-    assert all(action != "test.attack' --" for action in AuditEntry.objects.values_list("action"))
+    assert list(AuditEntry.objects.order_by("id").values_list("id", "content")) == before
 
 
 def test_an_injection_shaped_action_matches_literally_not_as_a_pattern(admin_client):
@@ -597,6 +597,4 @@ def test_the_checkpoint_served_is_the_latest_and_opens_with_the_logs_key(
     assert text == latest.signed_note
     assert text.startswith(f"tests.example/audit\n{log_of_five}\n")
     signer = Signer.from_key(settings.AUDIT_SIGNING_KEY)
-    from moderation.audit.note import open_checkpoint
-
     assert open_checkpoint(text, signer.verifier).size == log_of_five
