@@ -978,25 +978,25 @@ def test_an_entry_is_served_as_the_exact_bytes_of_its_leaf(admin_client):
     assert hashlib.sha256(b"\x00" + response.content).digest() == bytes(entry.leaf_hash)
 
 
-@pytest.mark.parametrize(
-    ("position", "named"),
-    [
-        ("9", "position #9"),
-        ("0", "that position"),
-        ("x1", "that position"),
-        ("9" * 30, "that position"),
-    ],
+NO_ENTRY_9 = "No audit entry has position #9: there is none, or it is waiting for the sequencer.\n"
+NOT_A_POSITION = (
+    "That is not a position in the log: a position is a whole number from 1 to "
+    "9223372036854775807, in the digits 0 to 9.\n"
 )
-def test_a_position_with_no_entry_is_a_plain_404_saying_so(admin_client, position, named):
+
+
+@pytest.mark.parametrize(
+    ("position", "says"),
+    [("9", NO_ENTRY_9), ("0", NOT_A_POSITION), ("x1", NOT_A_POSITION), ("9" * 30, NOT_A_POSITION)],
+)
+def test_a_position_with_no_entry_is_a_plain_404_saying_so(admin_client, position, says):
     add(3)
     sequence_all()
     for url in (ENTRY.format(position), PROOF.format(position)):
         response = admin_client.get(url)
         assert response.status_code == 404
         assert response["Content-Type"] == "text/plain; charset=utf-8"
-        assert response.content.decode() == (
-            f"No audit entry has {named}: there is none, or it is waiting for the sequencer.\n"
-        )
+        assert response.content.decode() == says
 
 
 def test_an_entry_waiting_for_its_position_has_no_address_yet(admin_client):

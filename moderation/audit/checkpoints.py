@@ -68,6 +68,11 @@ class NotProvable(Exception):
     """No receipt can be made for this entry yet; the message says why, for a 404 page."""
 
 
+class TreeDamaged(Exception):
+    """The stored tree cannot prove an entry the latest checkpoint covers: a hash is missing or
+    altered. Not the asker's fault, and no receipt is given; the message says what to run."""
+
+
 def entry_receipt(seq: int) -> str:
     """A tlog-proof@v1 receipt for the entry at position `seq`, against the latest checkpoint."""
     checkpoint = latest()
@@ -82,11 +87,22 @@ def entry_receipt(seq: int) -> str:
             f"#{checkpoint.tree_size}."
         )
     index = seq - 1
-    proof = merkle.inclusion_proof(
-        index,
-        checkpoint.tree_size,
-        read_nodes(merkle.inclusion_plan(index, checkpoint.tree_size)),
-    )
+    size = checkpoint.tree_size
+    # The entry's own leaf comes in the same query as the proof's nodes, to check the receipt
+    # before it is handed out: a node missing or altered in storage makes a receipt that proves
+    # nothing, and the one asking should hear that from us, not from their verifier.
+    nodes = read_nodes(merkle.inclusion_plan(index, size) | {(0, index)})
+    try:
+        proof = merkle.inclusion_proof(index, size, nodes)
+        leaf = nodes.get((0, index))
+        if leaf is None:
+            raise merkle.MissingNodeError(0, index)
+        merkle.verify_inclusion(leaf, index, size, proof, bytes(checkpoint.root_hash))
+    except (merkle.MissingNodeError, merkle.ProofError) as error:
+        raise TreeDamaged(
+            f"Entry #{seq} has no receipt: the stored tree does not prove it is in the latest "
+            f"checkpoint ({error}). Run manage.py verify_audit."
+        ) from None
     return receipt.format_receipt(index, proof, checkpoint.signed_note)
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ from django.http import (
     HttpResponse,
     HttpResponseBase,
     HttpResponseNotFound,
+    HttpResponseServerError,
     QueryDict,
     StreamingHttpResponse,
 )
@@ -51,6 +53,8 @@ if TYPE_CHECKING:
     class HtmxHttpRequest(HttpRequest):
         htmx: HtmxDetails
 
+
+logger = logging.getLogger(__name__)
 
 VIEW_AUDIT = "moderation.view_auditentry"
 PAGE_SIZE = 100
@@ -321,16 +325,26 @@ def _action_choices() -> list[tuple[str, list[tuple[str, str]]]]:
 # ------------------------------------------------------------------------------------- views
 
 
+# Never cached, by a shared cache or the browser: the page holds who did what from which address,
+# for admins only, and must not outlive a sign-out in the back button or a proxy.
+@never_cache
 @permission_required(VIEW_AUDIT, raise_exception=True)
 @require_safe
 def audit_log(request: HtmxHttpRequest) -> HttpResponse:
     """The global log, newest first, with its last verification, key, checkpoint and lag on top."""
     filters = Filters.from_query(request.GET)
-    page = log_page(
-        filters,
-        before=limits.whole_number(request.GET.get("before", "")),
-        after=limits.whole_number(request.GET.get("after", "")),
+    cursors = {name: request.GET.get(name, "").strip() for name in ("before", "after")}
+    before, after = (limits.whole_number(cursors[name]) for name in ("before", "after"))
+    # A cursor that does not parse is named like a bad filter (a hand-edited or cut link), so the
+    # newest page that comes back instead does not pass for the page that was asked for.
+    unparsed = tuple(
+        f"“{name}” is not an entry number, so it is ignored."
+        for name, raw in cursors.items()
+        if raw and limits.whole_number(raw) is None
     )
+    if unparsed:
+        filters = replace(filters, problems=filters.problems + unparsed)
+    page = log_page(filters, before=before, after=after)
     context: dict[str, object] = {"filters": filters, "page": page}
     # A history restore (back button, page not in htmx's cache) needs the whole page.
     if request.htmx and not request.htmx.history_restore_request:
@@ -535,8 +549,15 @@ def _not_found(reason: str) -> HttpResponse:
 
 
 def _no_entry(position: int | None) -> str:
-    where = f"position #{position}" if position else "that position"
-    return f"No audit entry has {where}: there is none, or it is waiting for the sequencer."
+    if not position:
+        return (
+            "That is not a position in the log: a position is a whole number from 1 to "
+            f"{limits.WHOLE_NUMBER_MAX}, in the digits 0 to 9."
+        )
+    return (
+        f"No audit entry has position #{position}: there is none, or it is waiting for the "
+        "sequencer."
+    )
 
 
 def _attachment(body: bytes | str, *, content_type: str, filename: str) -> HttpResponse:
@@ -577,6 +598,9 @@ def entry_proof(request: HttpRequest, seq: str) -> HttpResponse:
         receipt = checkpoints.entry_receipt(position)
     except checkpoints.NotProvable as reason:
         return _not_found(str(reason))
+    except checkpoints.TreeDamaged as reason:
+        logger.error("audit receipt refused: %s", reason)
+        return HttpResponseServerError(str(reason) + "\n", content_type="text/plain; charset=utf-8")
     return _attachment(
         receipt,
         content_type="text/plain; charset=utf-8",
