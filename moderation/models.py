@@ -187,6 +187,9 @@ class AuditEntry(models.Model):
         "review.escalated": "Escalated to an admin",
         "review.undone": "Decision undone",
         "review.released": "Skipped (released to the queue)",
+        "api.client_created": "API client created",
+        "api.key_created": "API key created",
+        "api.key_revoked": "API key revoked",
     }
 
     seq = models.PositiveBigIntegerField(
