@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
@@ -46,19 +44,6 @@ class ApiCaller:
 
 def make_key(name: str = "shop", scopes: tuple[str, ...] = ("submit", "read")) -> str:
     return keys.create_key(client_name=name, scopes=list(scopes), created_by=None).key
-
-
-@pytest.fixture
-def api(db) -> ApiCaller:
-    return ApiCaller(make_key())
-
-
-@pytest.fixture
-def api_for(db) -> Callable[..., ApiCaller]:
-    def make(name: str, scopes: tuple[str, ...] = ("submit", "read")) -> ApiCaller:
-        return ApiCaller(make_key(name, scopes))
-
-    return make
 
 
 def png(n: int = 1, size: tuple[int, int] = (320, 240)) -> bytes:
