@@ -8,10 +8,11 @@ from datetime import datetime
 from typing import Any, BinaryIO, Literal, cast
 
 from django.http import HttpRequest, JsonResponse
-from ninja import File, Form, Header, Query, Router, Schema
+from ninja import File, Form, Header, Path, Query, Router, Schema
 from ninja.files import UploadedFile
 from pydantic import Field
 
+from moderation import limits
 from moderation.audit import log as audit
 from moderation.models import AuditEntry, Image, ModerationResult
 
@@ -179,7 +180,10 @@ def _dump(data: dict[str, Any]) -> Any:
     response={200: ImageOut, 404: ErrorOut, **COMMON_ERRORS},
     summary="One image, by id",
 )
-def get_image(request: HttpRequest, image_id: int) -> Any:
+def get_image(
+    request: HttpRequest,
+    image_id: int = Path(..., ge=1, le=limits.WHOLE_NUMBER_MAX),
+) -> Any:
     key = cast(ApiKey, request.auth)  # type: ignore[attr-defined]
     submission = (
         ApiSubmission.objects.of(key.client)
