@@ -65,7 +65,7 @@ def test_the_list_shows_scopes_last_use_and_revocation(admin_client):
     page = admin_client.get("/api-keys/").content.decode()
     assert "forum" in page
     assert made.record.display in page
-    assert "<td class=\"muted\">never</td>" not in page  # it was used just now
+    assert '<td class="muted">never</td>' not in page  # it was used just now
     assert "live" in page
 
 
