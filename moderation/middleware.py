@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, TooManyFilesSent
 from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
 from django.http.multipartparser import MultiPartParserError
 from django.http.response import HttpResponseBase
@@ -131,11 +132,17 @@ class RefuseNulCharactersMiddleware:
         form = request.method == "POST" and not getattr(view_func, "reads_own_body", False)
         try:
             holds_nul = _holds_nul(request.GET) or (form and _holds_nul(request.POST))
-        except MultiPartParserError:
+        except (MultiPartParserError, RequestDataTooBig, TooManyFilesSent) as exc:
             if not request.path_info.startswith(API_PREFIX):
                 raise  # Django answers 400
+            if isinstance(exc, MultiPartParserError):
+                return api_errors.error_response(
+                    400, "bad_request", "The multipart body could not be parsed."
+                )
             return api_errors.error_response(
-                400, "bad_request", "The multipart body could not be parsed."
+                413,
+                "too_large",
+                "A form field other than the file, or the number of files, is larger than allowed.",
             )
         if holds_nul:
             logger.warning(
