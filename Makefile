@@ -11,7 +11,7 @@ include .env
 export
 endif
 
-.PHONY: install run serve test lint typecheck migrate clean bench bench-pipeline soak
+.PHONY: install run serve test lint typecheck migrate clean bench bench-pipeline bench-api soak
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -104,6 +104,16 @@ bench-pipeline: install
 	    "(it is dropped), e.g. postgres://postgres@127.0.0.1:5432/moderation_bench_pipeline" >&2; \
 	  exit 2;; esac
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/pipeline.py $(BENCH_ARGS)
+
+# The platform API through gunicorn (4 workers) in a PostgreSQL database of its own that it drops
+# and creates again: API submissions/s beside the upload page's, 16 in flight, in one run.
+# BENCH_ARGS="--quick" for a tiny run.
+bench-api: install
+	@case "$$DATABASE_URL" in postgres://*|postgresql://*) ;; *) \
+	  echo "make bench-api needs DATABASE_URL=postgres://... naming a database of its own" \
+	    "(it is dropped), e.g. postgres://postgres@127.0.0.1:5432/moderation_bench_api" >&2; \
+	  exit 2;; esac
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/api.py $(BENCH_ARGS)
 
 # make serve's processes for 10 minutes under load (32 reviewers, 500 notifications/s, uploads)
 # with a kill -9 every minute, then checks nothing was lost or done twice (bench/soak.py).

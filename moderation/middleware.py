@@ -15,11 +15,16 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, TooManyFilesSent
 from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
+from django.http.multipartparser import MultiPartParserError
 from django.http.response import HttpResponseBase
 from django.urls import reverse
 
 from . import limits
+from .api import errors as api_errors
+
+API_PREFIX = api_errors.PATH_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +34,13 @@ MB = 1024 * 1024
 
 
 def may_upload(request: HttpRequest) -> bool:
+    """A person with the upload permission, or an API request whose key holds `submit` (the key
+    is looked up from the header alone: nothing of the body is read)."""
+    if request.path_info.startswith(API_PREFIX):
+        from .api.auth import request_key
+
+        key = request_key(request)
+        return key is not None and key.allows("submit")
     user = request.user
     return bool(user.is_authenticated and user.has_perm("moderation.add_image"))
 
@@ -54,6 +66,8 @@ class RequestBodyLimitMiddleware:
             )
             if request.path_info == reverse("imm_notification"):
                 return JsonResponse({"error": reason}, status=status)
+            if request.path_info.startswith(API_PREFIX):
+                return api_errors.for_status(status, reason)
             return HttpResponse(reason + "\n", status=status, content_type="text/plain")
         return self.get_response(request)
 
@@ -116,12 +130,30 @@ class RefuseNulCharactersMiddleware:
         self, request: HttpRequest, view_func: object, view_args: object, view_kwargs: object
     ) -> HttpResponse | None:
         form = request.method == "POST" and not getattr(view_func, "reads_own_body", False)
-        if _holds_nul(request.GET) or (form and _holds_nul(request.POST)):
+        try:
+            holds_nul = _holds_nul(request.GET) or (form and _holds_nul(request.POST))
+        except (MultiPartParserError, RequestDataTooBig, TooManyFilesSent) as exc:
+            if not request.path_info.startswith(API_PREFIX):
+                raise  # Django answers 400
+            if isinstance(exc, MultiPartParserError):
+                return api_errors.error_response(
+                    400, "bad_request", "The multipart body could not be parsed."
+                )
+            return api_errors.error_response(
+                413,
+                "too_large",
+                "A form field other than the file, or the number of files, is larger than allowed.",
+            )
+        if holds_nul:
             logger.warning(
                 "request refused (400) for %s from %s: a parameter holds a NUL character",
                 request.path,
                 request.META.get("REMOTE_ADDR"),
             )
+            if request.path_info.startswith(API_PREFIX):
+                return api_errors.error_response(
+                    400, "bad_request", "A parameter holds a NUL character, which no field accepts."
+                )
             return HttpResponse(
                 "a parameter holds a NUL character, which no field accepts\n",
                 status=400,

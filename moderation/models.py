@@ -189,6 +189,9 @@ class AuditEntry(models.Model):
         "review.reopened": "Reopened by an admin (back to review)",
         "review.overridden": "Outcome overridden by an admin",
         "review.released": "Skipped (released to the queue)",
+        "api.client_created": "API client created",
+        "api.key_created": "API key created",
+        "api.key_revoked": "API key revoked",
     }
 
     seq = models.PositiveBigIntegerField(

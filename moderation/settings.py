@@ -116,8 +116,11 @@ INSTALLED_APPS = [
     "django_tasks",
     "django_tasks_db",
     "axes",
+    # django-ninja: the API's docs page loads Swagger UI from ninja's static files (no CDN).
+    "ninja",
     "moderation",
     "moderation.events",
+    "moderation.api",
     "reviews",
 ]
 
@@ -262,6 +265,12 @@ REQUEST_MAX_KB = env_int("REQUEST_MAX_KB", 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FILES = env_int("UPLOAD_MAX_FILES", 500)
+
+# The platform API (/api/v1/): requests a minute each client may make, counted in the database
+# so every process shares the count (0: no limit). Over it, 429 with Retry-After.
+API_RATE_LIMIT = env_int("API_RATE_LIMIT", 600)
+if API_RATE_LIMIT < 0:
+    raise ImproperlyConfigured(f"API_RATE_LIMIT must be 0 (no limit) or more; got {API_RATE_LIMIT}")
 
 # Two queues: "default" for manage.py db_worker, which runs one task at a time, and
 # "imm_submit" (submit_image) for manage.py imm_submitter, which runs many at once.

@@ -4,6 +4,8 @@ from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 
 from . import views
+from .api import api as platform_api
+from .api import views as api_views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -31,6 +33,10 @@ urlpatterns = [
     path("imm/routing/", views.routing_rules, name="routing_rules"),
     path("imm/resume/", views.imm_resume, name="imm_resume"),
     path("reviews/", include("reviews.urls")),
+    path("api/v1/", platform_api.urls),
+    platform_api.catch_all,
+    path("api-keys/", api_views.keys_page, name="api_keys"),
+    path("api-keys/<int:key_id>/revoke", api_views.revoke, name="api_key_revoke"),
     path("audit/", include("moderation.audit.urls")),
     # The admin's own password change checks the old password without counting wrong guesses.
     path("admin/password_change/", RedirectView.as_view(pattern_name="password_change")),

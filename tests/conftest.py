@@ -12,6 +12,7 @@ from moderation.accounts import create_user
 from moderation.imm import inbox
 from moderation.models import Image, NotificationInboxMessage
 
+from .api_helpers import ApiCaller, make_key
 from .factories import image_bytes
 
 PASSWORD = "correct-horse-battery"
@@ -92,3 +93,16 @@ def apply_inbox() -> list[str]:
         .order_by("id")
         .values_list("outcome", flat=True)
     )
+
+
+@pytest.fixture
+def api(db) -> ApiCaller:
+    return ApiCaller(make_key())
+
+
+@pytest.fixture
+def api_for(db) -> Callable[..., ApiCaller]:
+    def make(name: str, scopes: tuple[str, ...] = ("submit", "read")) -> ApiCaller:
+        return ApiCaller(make_key(name, scopes))
+
+    return make
