@@ -12,6 +12,7 @@ from django.utils.html import escape
 from django_tasks import default_task_backend
 
 from moderation.api.models import ApiClient, ApiSubmission
+from moderation.events.models import Event
 from moderation.imm import pipeline
 from moderation.models import AuditEntry, Image
 from reviews import services as review_services
@@ -185,9 +186,10 @@ def test_a_read_shows_imms_verdict_and_imms_outcome(api, imm):  # noqa: F811 - i
     assert body["imm"]["categories"] == ["porn"]
     assert body["imm"]["frames_checked"] == 1
     assert body["outcome"]["verdict"] == "rejected"
-    assert body["outcome"]["decided_by"] == {"kind": "imm", "name": "imm"}
-    routed = AuditEntry.objects.get(action="imm.routed", image_id=image_id)
-    assert body["outcome"]["reason"] == routed.reason
+    assert body["outcome"]["decided_by"] == {"kind": "imm", "name": "IMM"}
+    event = Event.objects.get(image_id=image_id)
+    assert body["outcome"]["reason"] == event.data["reason"]
+    assert body["outcome"]["reason"].startswith("IMM said block")
     assert body["waiting"] is None
 
 

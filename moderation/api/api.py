@@ -19,11 +19,12 @@ from django.views.decorators.csrf import csrf_exempt
 from ninja import NinjaAPI, Router
 from ninja.openapi.docs import DocsBase
 
-from . import errors, images
+from . import decisions, errors, images
 
 # (prefix, router): the API's resources. The decisions feed joins here.
 ROUTERS: list[tuple[str, Router]] = [
     ("/images", images.router),
+    ("/decisions", decisions.router),
 ]
 
 

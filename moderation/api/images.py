@@ -14,6 +14,7 @@ from pydantic import Field
 
 from moderation import limits
 from moderation.audit import log as audit
+from moderation.events.models import Event
 from moderation.models import AuditEntry, Image, ModerationResult
 
 from . import auth as api_auth
@@ -44,8 +45,8 @@ class ImmVerdict(Schema):
 
 
 class DecidedBy(Schema):
-    kind: Literal["imm", "person"]
-    name: str = Field(description="'imm', or the person's username.")
+    kind: Literal["imm", "rule", "person"]
+    name: str = Field(description="'IMM', a routing rule's name, or the person's username.")
 
 
 class Outcome(Schema):
@@ -130,6 +131,18 @@ def _verdict(image: Image) -> dict[str, Any] | None:
 def _outcome(image: Image) -> dict[str, Any] | None:
     if image.status not in (Image.Status.APPROVED, Image.Status.REJECTED):
         return None
+    # The latest outcome event says who settled it and why (moderation/events); images settled
+    # before events were kept fall back to their audit entries.
+    event = Event.objects.filter(image=image).order_by("-sequence").first()
+    if event is not None and event.data.get("status") == image.status:
+        by = event.data.get("decided_by") or {}
+        kind = by.get("kind") if by.get("kind") in ("imm", "rule", "person") else "imm"
+        return {
+            "verdict": image.status,
+            "decided_by": {"kind": kind, "name": str(by.get("name") or "IMM")},
+            "reason": str(event.data.get("reason") or ""),
+            "decided_at": event.created_at,
+        }
     entry = (
         AuditEntry.objects.filter(image=image, action__in=OUTCOME_ACTIONS, state_after=image.status)
         .order_by("-id")
@@ -140,7 +153,7 @@ def _outcome(image: Image) -> dict[str, Any] | None:
         "verdict": image.status,
         "decided_by": {
             "kind": "person" if person else "imm",
-            "name": entry.actor_label if person and entry else "imm",
+            "name": entry.actor_label if person and entry else "IMM",
         },
         "reason": entry.reason if entry else "",
         "decided_at": entry.created_at if entry else image.status_changed_at,
