@@ -187,6 +187,12 @@ class AuditEntry(models.Model):
         "review.escalated": "Escalated to an admin",
         "review.undone": "Decision undone",
         "review.released": "Skipped (released to the queue)",
+        "webhook.endpoint_added": "Webhook endpoint added",
+        "webhook.endpoint_enabled": "Webhook endpoint enabled",
+        "webhook.endpoint_disabled": "Webhook endpoint disabled",
+        "webhook.endpoint_auto_disabled": "Webhook endpoint disabled after failing",
+        "webhook.secret_rotated": "Webhook secret rotated",
+        "webhook.delivery_resent": "Webhook delivery resent",
     }
 
     seq = models.PositiveBigIntegerField(

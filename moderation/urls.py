@@ -32,6 +32,7 @@ urlpatterns = [
     path("imm/resume/", views.imm_resume, name="imm_resume"),
     path("reviews/", include("reviews.urls")),
     path("audit/", include("moderation.audit.urls")),
+    path("webhooks/", include("moderation.webhooks.urls")),
     # The admin's own password change checks the old password without counting wrong guesses.
     path("admin/password_change/", RedirectView.as_view(pattern_name="password_change")),
     path("admin/", admin.site.urls),
