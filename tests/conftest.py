@@ -92,3 +92,13 @@ def apply_inbox() -> list[str]:
         .order_by("id")
         .values_list("outcome", flat=True)
     )
+
+
+@pytest.fixture
+def receiver():
+    """A real HTTP server on 127.0.0.1 that records webhook requests (tests/webhook_receiver.py)."""
+    from .webhook_receiver import Receiver
+
+    server = Receiver().start()
+    yield server
+    server.stop()

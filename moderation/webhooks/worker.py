@@ -30,7 +30,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.db import close_old_connections, connections, transaction
+from django.db import close_old_connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -48,6 +48,13 @@ LEASE = timedelta(seconds=90)
 # The pool holds at most this many claimed deliveries per sending thread (in flight and queued).
 QUEUE_FACTOR = 2
 RECORD_MAX = 500
+
+
+def _refresh_connection() -> None:
+    """Drop a broken or expired connection between batches (never inside a caller's
+    transaction: a test, or a caller that runs a batch in its own)."""
+    if not transaction.get_connection().in_atomic_block:
+        close_old_connections()
 
 
 @dataclass(frozen=True)
@@ -123,7 +130,7 @@ class Deliverer:
                 while True:
                     claimed: list[Claimed] = []
                     if not self._stopping.is_set() and len(in_flight) <= capacity // 2:
-                        close_old_connections()
+                        _refresh_connection()
                         try:
                             claimed = self.claim(capacity - len(in_flight))
                         except Exception:
@@ -141,7 +148,7 @@ class Deliverer:
                     )
                     results = [future.result() for future in done]
                     while results:
-                        close_old_connections()
+                        _refresh_connection()
                         try:
                             self.record(results[:RECORD_MAX])
                         except Exception:
@@ -151,7 +158,6 @@ class Deliverer:
         finally:
             if self.sender is None:
                 sender.close()
-            connections.close_all()
         return self.report
 
     # ------------------------------------------------------------------------ claiming
