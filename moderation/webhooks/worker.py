@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.db import close_old_connections, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from moderation.audit import log as audit
@@ -46,8 +46,10 @@ logger = logging.getLogger(__name__)
 # the pool, each at most transport.TOTAL_TIMEOUT), so no live worker loses one.
 LEASE = timedelta(seconds=90)
 # The pool holds at most this many claimed deliveries per sending thread (in flight and queued).
-QUEUE_FACTOR = 2
+QUEUE_FACTOR = 4
 RECORD_MAX = 500
+# How long the loop waits for more answers once one is in, so that it records them together.
+GATHER_SECONDS = 0.05
 
 
 def _refresh_connection() -> None:
@@ -110,6 +112,8 @@ class Deliverer:
         self.interval = interval
         self.report = Report()
         self._stopping = threading.Event()
+        # Secrets derived once per endpoint and salt (a rotation makes a new salt).
+        self._signers: dict[tuple[int, str], signing.Signer] = {}
 
     @property
     def stopping(self) -> bool:
@@ -146,6 +150,10 @@ class Deliverer:
                     done, in_flight = wait(
                         in_flight, timeout=self.interval, return_when=FIRST_COMPLETED
                     )
+                    if done and in_flight:
+                        # A moment more gathers a batch worth one transaction to record.
+                        more, in_flight = wait(in_flight, timeout=GATHER_SECONDS)
+                        done |= more
                     results = [future.result() for future in done]
                     while results:
                         _refresh_connection()
@@ -184,32 +192,31 @@ class Deliverer:
                 leased_until=until,
             )
             rows = list(
-                Delivery.objects.filter(pk__in=ids)
-                .select_related("event", "endpoint")
-                .only(
+                Delivery.objects.filter(pk__in=ids).values_list(
+                    "pk",
                     "attempts",
+                    "endpoint_id",
                     "endpoint__url",
                     "endpoint__secret_salt",
                     "event__public_id",
                     "event__data",
                 )
             )
-        signers: dict[tuple[int, str], signing.Signer] = {}
         claimed = []
-        for row in rows:
-            endpoint = row.endpoint
-            key = (endpoint.pk, endpoint.secret_salt)
-            if key not in signers:
-                signers[key] = signing.Signer.for_endpoint(endpoint)
+        for pk, attempts, endpoint_id, url, salt, public_id, data in rows:
+            signer = self._signers.get((endpoint_id, salt))
+            if signer is None:
+                signer = signing.Signer.for_endpoint(Endpoint(pk=endpoint_id, secret_salt=salt))
+                self._signers[(endpoint_id, salt)] = signer
             claimed.append(
                 Claimed(
-                    delivery_id=row.pk,
-                    endpoint_id=endpoint.pk,
-                    attempt=row.attempts,
-                    url=endpoint.url,
-                    msg_id=row.event.public_id,
-                    body=signing.body(row.event.data),
-                    signer=signers[key],
+                    delivery_id=pk,
+                    endpoint_id=endpoint_id,
+                    attempt=attempts,
+                    url=url,
+                    msg_id=public_id,
+                    body=signing.body(data),
+                    signer=signer,
                     leased_until=until,
                 )
             )
@@ -285,19 +292,18 @@ class Deliverer:
             )
 
     def _update_health(self, endpoint_id: int, results: list[Result], now: datetime) -> None:
+        if any(result.ok for result in results):
+            # Healthy again, or still: conditional UPDATEs that touch (and lock) the row only
+            # when something changes; last_success_at at most once a minute.
+            Endpoint.objects.filter(pk=endpoint_id).exclude(
+                consecutive_failures=0, failing_since=None, paused_until=None
+            ).update(consecutive_failures=0, failing_since=None, paused_until=None)
+            Endpoint.objects.filter(pk=endpoint_id).filter(
+                Q(last_success_at=None) | Q(last_success_at__lt=now - timedelta(minutes=1))
+            ).update(last_success_at=now)
+            return
         endpoint = Endpoint.objects.select_for_update().filter(pk=endpoint_id).first()
         if endpoint is None:
-            return
-        if any(result.ok for result in results):
-            if endpoint.consecutive_failures or endpoint.paused_until or endpoint.failing_since:
-                Endpoint.objects.filter(pk=endpoint_id).update(
-                    consecutive_failures=0, failing_since=None, paused_until=None
-                )
-            # At most once a minute: a busy healthy endpoint need not be written every batch.
-            if endpoint.last_success_at is None or now - endpoint.last_success_at > timedelta(
-                minutes=1
-            ):
-                Endpoint.objects.filter(pk=endpoint_id).update(last_success_at=now)
             return
         endpoint.consecutive_failures += len(results)
         endpoint.failing_since = endpoint.failing_since or now
