@@ -10,4 +10,5 @@ def disabled_endpoints(request: HttpRequest) -> dict[str, object]:
     user = getattr(request, "user", None)
     if user is None or not user.has_perm("moderation.change_image"):
         return {}
-    return {"webhooks_disabled": list(Endpoint.objects.auto_disabled().only("id", "url")[:5])}
+    disabled = Endpoint.objects.auto_disabled().only("id", "url", "disabled_reason")[:5]
+    return {"webhooks_disabled": list(disabled)}

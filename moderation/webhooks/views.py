@@ -131,7 +131,7 @@ def endpoint_action(request: HtmxHttpRequest, pk: int) -> HttpResponse:
             TemplateResponse(
                 request,
                 "webhooks/page.html#endpoint",
-                {"endpoint": endpoint, "secret": secret, "row_message": message},
+                {"endpoint": endpoint, "row_secret": secret, "row_message": message},
                 status=status,
             )
         )
