@@ -213,3 +213,18 @@ def test_add_webhook_refuses_an_unknown_event_type_and_a_missing_key(settings):
     with pytest.raises(CommandError, match="WEBHOOK_SECRET_KEY is not set"):
         call_command("add_webhook", "https://127.0.0.1/hook")
     assert not Endpoint.objects.exists()
+
+
+def test_without_the_key_adding_and_rotating_refuse_clearly_and_change_nothing(
+    admin_client, endpoint, settings
+):
+    salt = endpoint.secret_salt
+    settings.WEBHOOK_SECRET_KEY = ""
+    response = admin_client.post("/webhooks/", {"url": "https://127.0.0.1/other"})
+    assert response.status_code == 503
+    assert "WEBHOOK_SECRET_KEY is not set" in response.content.decode()
+    rotate = admin_client.post(f"/webhooks/endpoints/{endpoint.pk}/", {"action": "rotate"})
+    assert rotate.status_code == 503
+    endpoint.refresh_from_db()
+    assert endpoint.secret_salt == salt
+    assert Endpoint.objects.count() == 1

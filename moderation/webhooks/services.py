@@ -13,6 +13,7 @@ from moderation.audit import log as audit
 from moderation.events.models import Event
 
 from . import signing, transport
+from .context_processors import forget_banner
 from .models import URL_MAX, Delivery, Endpoint, new_salt
 
 if TYPE_CHECKING:
@@ -116,6 +117,8 @@ def set_enabled(
             endpoint.disabled_at = now
             endpoint.disabled_automatically = False
         endpoint.save()
+        # The admins' banner lists auto-disabled endpoints from a cache; this one changed.
+        forget_banner()
         audit.record(
             action="webhook.endpoint_enabled" if enabled else "webhook.endpoint_disabled",
             actor=actor,

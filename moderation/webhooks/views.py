@@ -126,6 +126,8 @@ def endpoint_action(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     except services.Conflict as exc:
         endpoint = Endpoint.objects.get(pk=pk)
         message, status = str(exc), 409
+    except ImproperlyConfigured as exc:  # no WEBHOOK_SECRET_KEY: nothing was changed
+        return _vary(HttpResponse(str(exc), status=503, content_type="text/plain; charset=utf-8"))
     if request.htmx:
         return _vary(
             TemplateResponse(

@@ -37,6 +37,7 @@ from django.utils import timezone
 from moderation.audit import log as audit
 
 from . import schedule, signing
+from .context_processors import forget_banner
 from .models import Attempt, Delivery, Endpoint
 from .transport import Result, Sender
 
@@ -333,5 +334,6 @@ class Deliverer:
                 detail={"endpoint": endpoint.pk, "url": endpoint.url},
             )
             self.report.disabled += 1
+            forget_banner()
             logger.warning("webhooks: endpoint %s disabled: %s", endpoint.pk, reason)
         endpoint.save(update_fields=fields)
