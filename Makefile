@@ -11,7 +11,7 @@ include .env
 export
 endif
 
-.PHONY: install run serve test lint typecheck migrate clean bench bench-pipeline bench-api soak
+.PHONY: install run serve test lint typecheck migrate clean bench bench-pipeline bench-api bench-webhooks soak
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,32 +28,43 @@ migrate: install
 # else a development key that `make run` makes on its first start (git ignores the file).
 AUDIT_DEV_KEY := $(CURDIR)/.audit-signing-key
 AUDIT_KEY_ENV = $(if $(AUDIT_SIGNING_KEY)$(AUDIT_SIGNING_KEY_FILE),,AUDIT_SIGNING_KEY_FILE=$(AUDIT_DEV_KEY))
+# The key webhook secrets are derived from: yours when WEBHOOK_SECRET_KEY or
+# WEBHOOK_SECRET_KEY_FILE is set, else one made once into a file (git ignores it). Keep it: a new
+# key changes every endpoint's secret.
+WEBHOOK_KEY_FILE := $(CURDIR)/.webhook-secret-key
+WEBHOOK_KEY_ENV = $(if $(WEBHOOK_SECRET_KEY)$(WEBHOOK_SECRET_KEY_FILE),,WEBHOOK_SECRET_KEY_FILE=$(WEBHOOK_KEY_FILE))
 
-# Web server, task worker, IMM submitter, IMM poller, audit sequencer and (unless IMM_ENDPOINT
-# points at a real IMM) the IMM emulator, in one terminal; one Ctrl-C stops them all. The first
-# run on an empty database also seeds a dozen generated sample images (DEMO_SEED=0 turns that off).
-PROCESSES := $(if $(IMM_ENDPOINT),web worker submitter poller sequencer,)
+# Web server, task worker, IMM submitter, IMM poller, audit sequencer, webhook deliverer and
+# (unless IMM_ENDPOINT points at a real IMM) the IMM emulator, in one terminal; one Ctrl-C stops
+# them all. The first run on an empty database also seeds a dozen generated sample images
+# (DEMO_SEED=0 turns that off).
+PROCESSES := $(if $(IMM_ENDPOINT),web worker submitter poller sequencer webhooks,)
 run: migrate
 	@if [ -z "$$AUDIT_SIGNING_KEY$$AUDIT_SIGNING_KEY_FILE" ] && [ ! -s "$(AUDIT_DEV_KEY)" ]; then \
 	  echo "Making a development audit signing key in $(AUDIT_DEV_KEY)"; \
 	  (umask 077 && DEBUG=1 $(BIN)/python manage.py audit_keygen localhost/moderation-audit \
 	    > "$(AUDIT_DEV_KEY).tmp" && mv "$(AUDIT_DEV_KEY).tmp" "$(AUDIT_DEV_KEY)"); \
 	fi
+	@if [ -z "$$WEBHOOK_SECRET_KEY$$WEBHOOK_SECRET_KEY_FILE" ] && [ ! -s "$(WEBHOOK_KEY_FILE)" ]; then \
+	  (umask 077 && $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(48))' \
+	    > "$(WEBHOOK_KEY_FILE).tmp" && mv "$(WEBHOOK_KEY_FILE).tmp" "$(WEBHOOK_KEY_FILE)"); \
+	fi
 	DEBUG=$${DEBUG:-1} $(AUDIT_KEY_ENV) $(BIN)/python manage.py demo_users
 	DEBUG=$${DEBUG:-1} $(AUDIT_KEY_ENV) $(BIN)/python manage.py demo_seed
-	PATH="$(CURDIR)/$(BIN):$$PATH" DEBUG=$${DEBUG:-1} $(AUDIT_KEY_ENV) \
+	PATH="$(CURDIR)/$(BIN):$$PATH" DEBUG=$${DEBUG:-1} $(AUDIT_KEY_ENV) $(WEBHOOK_KEY_ENV) \
 	  IMM_EMULATOR_NOTIFY_URL=$${IMM_EMULATOR_NOTIFY_URL:-http://127.0.0.1:$(PORT)/imm/notifications/} \
 	  $(BIN)/honcho --procfile Procfile start --port $(PORT) $(PROCESSES)
 
 # The production-like set in one terminal, with DEBUG=0; one Ctrl-C stops them all: gunicorn
 # (WEB_CONCURRENCY workers, default 4; more options in GUNICORN_CMD_ARGS), TASK_WORKERS task
-# workers (default 1), the IMM poller, the audit sequencer and, unless IMM_ENDPOINT is set, the IMM
-# emulator. Static files are collected and served by WhiteNoise. SECRET_KEY, AUDIT_SIGNING_KEY (the
-# sequencer signs checkpoints with it) and IMM_NOTIFY_TOKEN (which the emulator's notifications
-# carry) come from the environment or a *_FILE, or are generated once into the gitignored files
-# .secret-key, .audit-signing-key and .imm-notify-token.
+# workers (default 1), the IMM poller, the audit sequencer, the webhook deliverer and, unless
+# IMM_ENDPOINT is set, the IMM emulator. Static files are collected and served by WhiteNoise.
+# SECRET_KEY, AUDIT_SIGNING_KEY (the sequencer signs checkpoints with it), IMM_NOTIFY_TOKEN (which the emulator's notifications
+# carry) and WEBHOOK_SECRET_KEY (webhook secrets are derived from it) come from the environment or
+# a *_FILE, or are generated once into the gitignored files .secret-key, .audit-signing-key,
+# .imm-notify-token and .webhook-secret-key.
 TASK_WORKERS ?= 1
-SERVE_PROCESSES ?= web worker submitter poller inbox sequencer $(if $(IMM_ENDPOINT),,imm)
+SERVE_PROCESSES ?= web worker submitter poller inbox sequencer webhooks $(if $(IMM_ENDPOINT),,imm)
 serve: install
 	@set -e; umask 077; \
 	if [ -z "$$SECRET_KEY$$SECRET_KEY_FILE" ]; then \
@@ -67,6 +78,10 @@ serve: install
 	if [ -z "$(IMM_ENDPOINT)$$IMM_NOTIFY_TOKEN$$IMM_NOTIFY_TOKEN_FILE" ]; then \
 	  test -s .imm-notify-token || $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(32))' > .imm-notify-token; \
 	  export IMM_NOTIFY_TOKEN_FILE="$(CURDIR)/.imm-notify-token"; \
+	fi; \
+	if [ -z "$$WEBHOOK_SECRET_KEY$$WEBHOOK_SECRET_KEY_FILE" ]; then \
+	  test -s .webhook-secret-key || $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(48))' > .webhook-secret-key; \
+	  export WEBHOOK_SECRET_KEY_FILE="$(CURDIR)/.webhook-secret-key"; \
 	fi; \
 	export DEBUG=0 PATH="$(abspath $(BIN)):$$PATH" \
 	  IMM_EMULATOR_NOTIFY_URL="$${IMM_EMULATOR_NOTIFY_URL:-http://127.0.0.1:$(PORT)/imm/notifications/}"; \
@@ -114,6 +129,16 @@ bench-api: install
 	    "(it is dropped), e.g. postgres://postgres@127.0.0.1:5432/moderation_bench_api" >&2; \
 	  exit 2;; esac
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/api.py $(BENCH_ARGS)
+
+# Webhook deliveries/s from manage.py deliver_webhooks to a local receiver, in a PostgreSQL
+# database of its own that it drops and creates again (20,000 events by default), checking none
+# is lost, none sent twice and none sent to a disabled endpoint. BENCH_ARGS="--events 2000".
+bench-webhooks: install
+	@case "$$DATABASE_URL" in postgres://*|postgresql://*) ;; *) \
+	  echo "make bench-webhooks needs DATABASE_URL=postgres://... naming a database of its own" \
+	    "(it is dropped), e.g. postgres://postgres@127.0.0.1:5432/moderation_bench_webhooks" >&2; \
+	  exit 2;; esac
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/webhook_delivery.py $(BENCH_ARGS)
 
 # make serve's processes for 10 minutes under load (32 reviewers, 500 notifications/s, uploads)
 # with a kill -9 every minute, then checks nothing was lost or done twice (bench/soak.py).

@@ -192,6 +192,12 @@ class AuditEntry(models.Model):
         "api.client_created": "API client created",
         "api.key_created": "API key created",
         "api.key_revoked": "API key revoked",
+        "webhook.endpoint_added": "Webhook endpoint added",
+        "webhook.endpoint_enabled": "Webhook endpoint enabled",
+        "webhook.endpoint_disabled": "Webhook endpoint disabled",
+        "webhook.endpoint_auto_disabled": "Webhook endpoint disabled after failing",
+        "webhook.secret_rotated": "Webhook secret rotated",
+        "webhook.delivery_resent": "Webhook delivery resent",
     }
 
     seq = models.PositiveBigIntegerField(

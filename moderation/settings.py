@@ -121,6 +121,7 @@ INSTALLED_APPS = [
     "moderation",
     "moderation.events",
     "moderation.api",
+    "moderation.webhooks",
     "reviews",
 ]
 
@@ -160,6 +161,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "moderation.context_processors.imm_status",
+                "moderation.webhooks.context_processors.disabled_endpoints",
             ],
         },
     },
@@ -381,6 +383,26 @@ if AUDIT_SIGNING_KEY:
         ) from None
 # /healthz says the sequencer is behind when an entry has waited longer than this for its position.
 AUDIT_SEQUENCER_MAX_LAG_SECONDS = env_int("AUDIT_SEQUENCER_MAX_LAG_SECONDS", 60)
+
+# Webhooks (moderation/webhooks). Each endpoint's signing secret is derived from this key and a
+# per-endpoint salt, so no secret is stored: changing the key changes every endpoint's secret.
+# At least 32 characters (`make run` and `make serve` generate one into .webhook-secret-key).
+# Unset: registering endpoints and delivering refuse, saying so; nothing else needs it.
+WEBHOOK_SECRET_KEY = env_secret("WEBHOOK_SECRET_KEY").strip()
+if WEBHOOK_SECRET_KEY and len(WEBHOOK_SECRET_KEY) < 32:
+    raise ImproperlyConfigured(
+        "WEBHOOK_SECRET_KEY must be at least 32 characters (e.g. python -c 'import secrets; "
+        "print(secrets.token_urlsafe(48))')"
+    )
+# Host names (or IP literals) that webhooks may reach over plain http and on private or loopback
+# addresses: local receivers and tests. Link-local and cloud metadata addresses stay refused.
+WEBHOOK_ALLOWED_HOSTS = [host.lower() for host in env_list("WEBHOOK_ALLOWED_HOSTS", [])]
+# Requests in flight at once in one deliver_webhooks process (threads sharing one HTTP client).
+WEBHOOK_CONCURRENCY = env_int("WEBHOOK_CONCURRENCY", 32)
+if not 1 <= WEBHOOK_CONCURRENCY <= 256:
+    raise ImproperlyConfigured(
+        f"WEBHOOK_CONCURRENCY must be from 1 to 256; got {WEBHOOK_CONCURRENCY}"
+    )
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", not DEBUG)

@@ -38,6 +38,7 @@ urlpatterns = [
     path("api-keys/", api_views.keys_page, name="api_keys"),
     path("api-keys/<int:key_id>/revoke", api_views.revoke, name="api_key_revoke"),
     path("audit/", include("moderation.audit.urls")),
+    path("webhooks/", include("moderation.webhooks.urls")),
     # The admin's own password change checks the old password without counting wrong guesses.
     path("admin/password_change/", RedirectView.as_view(pattern_name="password_change")),
     path("admin/", admin.site.urls),

@@ -106,3 +106,13 @@ def api_for(db) -> Callable[..., ApiCaller]:
         return ApiCaller(make_key(name, scopes))
 
     return make
+
+
+@pytest.fixture
+def receiver():
+    """A real HTTP server on 127.0.0.1 that records webhook requests (tests/webhook_receiver.py)."""
+    from .webhook_receiver import Receiver
+
+    server = Receiver().start()
+    yield server
+    server.stop()

@@ -33,3 +33,7 @@ WHITENOISE_AUTOREFRESH = True
 AUDIT_SIGNING_KEY = (
     "PRIVATE+KEY+tests.example/audit+d1b0cb96+AYI5p2BXFaN9Bg5jIeRH7AtnXIOHRwDOSAW3ZvyMaWAp"
 )
+
+# A fixed webhook key, so tests can derive endpoint secrets; the local receivers tests run.
+WEBHOOK_SECRET_KEY = "tests-only-webhook-secret-key-not-a-secret-0123456789"
+WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]

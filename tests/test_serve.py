@@ -135,18 +135,28 @@ def test_gunicorn_serves_the_sign_in_page_health_and_static_files_with_debug_off
 def test_the_serve_procfile_runs_gunicorn_the_worker_poller_sequencer_and_emulator():
     processes = procfile("Procfile.serve")
 
-    assert list(processes) == ["web", "worker", "submitter", "poller", "inbox", "sequencer", "imm"]
+    assert list(processes) == [
+        "web",
+        "worker",
+        "submitter",
+        "poller",
+        "inbox",
+        "sequencer",
+        "webhooks",
+        "imm",
+    ]
     assert processes["web"].startswith("gunicorn moderation.wsgi ")
     assert "--workers ${WEB_CONCURRENCY:-4}" in processes["web"]
     assert processes["sequencer"] == "python manage.py audit_sequencer"
     assert processes["inbox"] == "python manage.py imm_poller --inbox-only"
+    assert processes["webhooks"] == "python manage.py deliver_webhooks"
 
 
 @pytest.mark.parametrize(
     ("endpoint", "started"),
     [
-        ("", "web worker submitter poller inbox sequencer imm"),
-        ("https://imm.example", "web worker submitter poller inbox sequencer"),
+        ("", "web worker submitter poller inbox sequencer webhooks imm"),
+        ("https://imm.example", "web worker submitter poller inbox sequencer webhooks"),
     ],
 )
 def test_make_serve_starts_the_emulator_only_without_an_imm_endpoint(endpoint, started):

@@ -69,6 +69,7 @@ ACTION_GROUPS = {
     "imm": "IMM",
     "review": "Reviews",
     "routing": "Routing",
+    "webhook": "Webhooks",
     "user": "Accounts",
 }
 
