@@ -9,8 +9,12 @@ measures, in one run, side by side:
    (`POST /api/v1/images` with a key); images stored per second, answer time p50/p95, and a
    check that every image was stored once (and, for the API, one submission each).
 
-The sections are functions in SECTIONS, each given the running server and returning its rows;
-another (webhook deliveries/s, say) is one more function there.
+2. Webhook deliveries: bench/webhook_delivery.py in a process and a database of its own (this
+   database's name + "_webhooks"): --events outcome events through the real outbox, delivered by
+   `manage.py deliver_webhooks` to a local receiver that verifies every signature; deliveries/s,
+   none lost, none to a disabled endpoint.
+
+The sections are functions in SECTIONS, each given the running server and returning its rows.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/moderation_bench_api make bench-api
     ... bench/api.py --quick          # a tiny run, for checking the bench itself
@@ -63,10 +67,16 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2000, help="images per door (2000)")
     parser.add_argument("--in-flight", type=int, default=16, help="concurrent senders (16)")
-    parser.add_argument("--quick", action="store_true", help="200 images per door")
+    parser.add_argument(
+        "--events", type=int, default=20_000, help="webhook events to deliver (20,000)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="200 images per door, 2,000 webhook events"
+    )
     args = parser.parse_args()
     if args.quick:
         args.images = 200
+        args.events = 2_000
     return args
 
 
@@ -293,9 +303,48 @@ def measure_submissions(ctx: Context) -> list[tuple[str, str, str]]:
     return rows
 
 
-# One function per section: (label, value, detail) rows. The webhooks' section joins here.
+def measure_webhooks(ctx: Context) -> list[tuple[str, str, str]]:
+    """bench/webhook_delivery.py in a process of its own (it sets up Django for its database)."""
+    import json
+
+    url = os.environ["DATABASE_URL"].rstrip("/")
+    env = {**os.environ, "DATABASE_URL": f"{url}_webhooks"}
+    code = (
+        "import json; from bench.webhook_delivery import main; "
+        f"print('RESULT ' + json.dumps(main(['--events', '{ctx.args.events}']), default=str))"
+    )
+    done = subprocess.run(  # noqa: S603 - our own script; --events is an int from argparse
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    result: dict[str, Any] = {}
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            result = json.loads(line[len("RESULT ") :])
+        else:
+            print(f"  | {line}")
+    if not result:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+        return [("webhooks", "FAILED", " / ".join(tail) or f"exit {done.returncode}")]
+    return [
+        (
+            "deliveries",
+            f"{result['deliveries_per_s']:,.0f}/s",
+            f"{ctx.args.events:,} events to one live endpoint (target >= 500/s)",
+        ),
+        (
+            "check",
+            "ok" if result["ok"] else "FAILED",
+            f"lost {result['lost']}, sent twice {result['duplicated']} (retried "
+            f"{result['retried']}), to disabled endpoints {result['to_disabled_endpoints']}, "
+            f"bad signatures {result['bad_signatures']}",
+        ),
+    ]
+
+
+# One function per section: (label, value, detail) rows.
 SECTIONS: list[tuple[str, Callable[[Context], list[tuple[str, str, str]]]]] = [
     ("Submissions through gunicorn (small distinct PNGs)", measure_submissions),
+    ("Webhook deliveries to a local receiver", measure_webhooks),
 ]
 
 
