@@ -10,14 +10,17 @@ them busy at once:
 - uploads through the upload page (--upload-rate a second), which the task workers submit to
   the emulator and the emulator notifies back;
 - every --kill-every (60) seconds a `kill -9` of one of: a task worker, the sequencer, a gunicorn
-  worker, the poller, in turn. This script is their supervisor (honcho, which `make serve` uses,
-  stops everything when one process ends): it starts each again within a second, and gunicorn's
-  master starts its killed worker again itself.
+  worker, the poller, the webhook deliverer, in turn. This script is their supervisor (honcho,
+  which `make serve` uses, stops everything when one process ends): it starts each again within
+  a second, and gunicorn's master starts its killed worker again itself;
+- one webhook endpoint: a receiver in this script that verifies every signature.
 Then it stops the load, waits for the work to drain (the inbox applied, the uploads routed, the
-log sequenced) and checks, printing each: every upload has exactly one IMM task (in the database
-and at the emulator), every notified task has one result and was routed once, every decision has
-its audit entry, no audit entry is left without a position, `verify_audit` passes, and no request
-got a 5xx, nor lost its connection other than to a gunicorn worker's kill. Exits 1 if one fails.
+log sequenced, the webhooks delivered) and checks, printing each: every upload has exactly one
+IMM task (in the database and at the emulator), every notified task has one result and was
+routed once, every decision has its audit entry, every outcome event reached the receiver
+(at least once, signed), no audit entry is left without a position, `verify_audit` passes, and
+no request got a 5xx, nor lost its connection other than to a gunicorn worker's kill. Exits 1 if
+one fails.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/moderation_soak python bench/soak.py
     ... bench/soak.py --minutes 2 --kill-every 20 --notify-rate 100 --reviewers 8   # shorter
@@ -64,7 +67,7 @@ from bench.pipeline import INBOX_TABLE, ROUTES, envelope, make_images, scalar  #
 
 DB_MARK = "bench/soak.py database"
 NOTIFY_TOKEN = "soak-notify-token"  # noqa: S105 - the soak's own shared secret
-VICTIMS = ["worker", "sequencer", "web", "poller"]
+VICTIMS = ["worker", "sequencer", "web", "poller", "webhooks"]
 TASK_WORKERS = 2
 UPLOAD_PREFIX = "soak-upload-"
 # After a gunicorn worker's kill, a lost connection within this many seconds was cut by it.
@@ -308,6 +311,35 @@ def notifier(
 # --- Checks -----------------------------------------------------------------------------------
 
 
+def webhook_receiver() -> Any:
+    """A receiver in this process that verifies every signature (bench/webhook_delivery.py's),
+    registered as the one webhook endpoint; None when this code has no webhooks."""
+    from django.core.management import get_commands
+
+    if "deliver_webhooks" not in get_commands():
+        return None
+    from standardwebhooks.webhooks import Webhook
+
+    from bench.webhook_delivery import Receiver
+    from moderation.webhooks import services, signing
+
+    receiver = Receiver({})
+    endpoint = services.add_endpoint(url=receiver.url("/soak"), actor=None).endpoint
+    receiver.verifiers["/soak"] = Webhook(signing.secret(endpoint))
+    receiver.ids["/soak"] = Counter()
+    return receiver
+
+
+def pending_deliveries() -> int:
+    from django.apps import apps
+
+    if not apps.is_installed("moderation.webhooks"):
+        return 0
+    from moderation.webhooks.models import Delivery
+
+    return Delivery.objects.filter(state=Delivery.State.PENDING).count()
+
+
 def drain(args: argparse.Namespace, supervisor: Supervisor, sequencer: bool) -> list[str]:
     """Wait until the work left is done; what was still waiting at the timeout."""
     from moderation.models import AuditEntry, Image
@@ -325,6 +357,7 @@ def drain(args: argparse.Namespace, supervisor: Supervisor, sequencer: bool) -> 
         "audit entries without a position": lambda: (
             AuditEntry.objects.filter(seq__isnull=True).count() if sequencer else 0
         ),
+        "webhook deliveries not yet delivered": pending_deliveries,
     }
     # The inbox may hold minutes of work when notifications arrive faster than they are applied:
     # wait as long as the work left keeps shrinking, and give up only when it stalls.
@@ -372,6 +405,9 @@ def main() -> None:
         "IMM_EMULATOR_NOTIFY_URL": f"http://127.0.0.1:{port}/imm/notifications/",
         "IMM_EMULATOR_DELAY": "1",
         "IMM_EMULATOR_STATE": str(logs / "imm.sqlite3"),
+        # Webhooks go to a receiver in this process (see below), which verifies every signature.
+        "WEBHOOK_SECRET_KEY": secrets.token_urlsafe(48),
+        "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
         "MEDIA_ROOT": str(logs / "media"),
         "STATIC_ROOT": str(logs / "static"),
         "LOG_LEVEL": "WARNING",
@@ -409,6 +445,7 @@ def main() -> None:
         print(line)
     call_command("migrate", interactive=False, verbosity=0)
     call_command("collectstatic", interactive=False, verbosity=0)
+    hooks = webhook_receiver()
     rng = random.Random(args.seed)  # noqa: S311 - load, not secrets
     password = secrets.token_urlsafe(16)
     users = [
@@ -625,6 +662,24 @@ def main() -> None:
             f"{unaudited} without an entry",
         )
     )
+    if hooks is not None:
+        from moderation.events.models import Event
+
+        events = set(Event.objects.values_list("public_id", flat=True))
+        got = hooks.ids["/soak"]
+        missing = events - set(got)
+        strangers = set(got) - events
+        twice = sum(1 for n in got.values() if n > 1)
+        results.append(
+            (
+                "every outcome event reached the webhook receiver",
+                not missing and not strangers and hooks.bad_signatures == 0,
+                f"{len(events):,} events, {len(missing)} never delivered, {len(strangers)} "
+                f"unknown, {twice} delivered more than once (at-least-once allows it after a "
+                f"kill), {hooks.bad_signatures} bad signatures",
+            )
+        )
+        hooks.stop()
     if sequencer:
         waiting_entries = AuditEntry.objects.filter(seq__isnull=True).count()
         results.append(
