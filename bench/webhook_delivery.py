@@ -105,6 +105,12 @@ class Receiver:
             daemon_threads = True
             request_queue_size = 256  # the listen backlog: many senders connect at once
 
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                # A sender killed mid-request (the soak's kill -9) resets its connection: expected.
+                if isinstance(sys.exc_info()[1], ConnectionError):
+                    return
+                super().handle_error(request, client_address)
+
         self.server = Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
