@@ -197,3 +197,21 @@ def test_an_answer_dripped_a_byte_at_a_time_is_cut_at_the_total_deadline(monkeyp
         dripper.close()
     assert (result.status_code, result.error) == (None, transport.TIMEOUT)
     assert dripper.sent < 10_000
+
+
+# --- pages that show a secret -----------------------------------------------------------------
+
+
+def test_the_answers_that_show_a_secret_are_never_stored_by_a_cache(admin_client, receiver):
+    added = admin_client.post("/webhooks/", {"url": receiver.url()})
+    assert added.status_code == 201
+    assert "whsec_" in added.content.decode()
+    assert "no-store" in added["Cache-Control"]
+    endpoint = Endpoint.objects.get()
+    for headers in ({}, {"HTTP_HX_REQUEST": "true"}):
+        rotated = admin_client.post(
+            f"/webhooks/endpoints/{endpoint.pk}/", {"action": "rotate"}, **headers
+        )
+        assert "whsec_" in rotated.content.decode()
+        assert "no-store" in rotated["Cache-Control"]
+    assert "no-store" in admin_client.get("/webhooks/")["Cache-Control"]
