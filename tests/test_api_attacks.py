@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from moderation.api.models import ApiSubmission
+from moderation.api.models import ApiSubmission, IdempotencyRecord
 from moderation.events.models import Event
 from moderation.models import Image
 from reviews import services as review_services
@@ -62,6 +62,27 @@ def test_metadata_32_levels_deep_is_kept_and_read_back(api):
 
 
 # --- Idempotency-Key in odd shapes -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["nul\x00key", "tab\tkey", "caf\xe9", "\x7f"])
+def test_an_idempotency_key_that_is_not_printable_ascii_is_a_422(api, key):
+    # PostgreSQL's text holds no NUL: the claim's INSERT raised, a 500, before this was checked.
+    response = api.submit(png(3), headers={"Idempotency-Key": key})
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "Idempotency-Key"
+    assert not IdempotencyRecord.objects.exists()
+    assert not Image.objects.exists()
+
+
+def test_an_idempotency_key_of_255_printable_characters_is_taken(api):
+    key = "k-" + "x" * 249 + " ~!?"
+    assert len(key) == 255
+    first = api.submit(png(4), headers={"Idempotency-Key": key})
+    assert first.status_code == 201
+    again = api.submit(png(4), headers={"Idempotency-Key": key})
+    assert (again.status_code, again["Idempotent-Replayed"]) == (201, "true")
+    too_long = api.submit(png(4), headers={"Idempotency-Key": key + "x"})
+    assert too_long.status_code == 422
 
 
 def test_another_clients_idempotency_key_replays_nothing_of_theirs(api, api_for):

@@ -19,6 +19,9 @@ from django.utils import timezone
 from .models import ApiClient, IdempotencyRecord
 
 KEY_MAX = 255
+# Printable ASCII only: a NUL cannot be stored in PostgreSQL's text (it would be a 500), and a
+# header's other control characters or Latin-1 letters are no one's idea of a key.
+KEY_PATTERN = r"^[ -~]+$"
 
 
 def request_hash(**parts: Any) -> str:

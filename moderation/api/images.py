@@ -357,7 +357,11 @@ def submit_image(
     external_id: Form[str | None] = None,
     metadata: Form[str | None] = None,
     idempotency_key: str | None = Header(
-        None, alias="Idempotency-Key", max_length=idempotency.KEY_MAX
+        None,
+        alias="Idempotency-Key",
+        max_length=idempotency.KEY_MAX,
+        pattern=idempotency.KEY_PATTERN,
+        description="Printable ASCII, at most 255 characters (a UUID, say).",
     ),
 ) -> Any:
     key = cast(ApiKey, request.auth)  # type: ignore[attr-defined]
