@@ -4,10 +4,12 @@ in the API's shape (never a 500), and nothing is stored by a refused request."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 
 from moderation.api.models import ApiSubmission, IdempotencyRecord
 from moderation.events.models import Event
@@ -218,3 +220,25 @@ def test_two_files_make_one_image_and_a_body_that_is_not_multipart_is_a_4xx():
     cut = post_raw(key, multipart(("file", "a.png", png(12)))[:-40])
     assert cut.status_code in (400, 422)
     assert "error" in cut.json()
+
+
+def test_a_claim_abandoned_by_a_dead_worker_is_taken_over_by_the_retry(api):
+    headers = {"Idempotency-Key": "died-midway"}
+    assert api.submit(png(13), headers=headers).status_code == 201
+    # As if the process handling it had been killed before it answered: claimed, never completed.
+    unfinished = {"completed_at": None, "status_code": None, "body": None}
+    IdempotencyRecord.objects.update(**unfinished, created_at=timezone.now() - timedelta(minutes=1))
+    busy = api.submit(png(13), headers=headers)
+    assert (busy.status_code, busy.json()["error"]["code"]) == (409, "idempotency_in_progress")
+
+    IdempotencyRecord.objects.update(created_at=timezone.now() - timedelta(minutes=11))
+    retried = api.submit(png(13), headers=headers)  # a 409 'still being handled' forever before
+    assert retried.status_code == 201
+    assert "Idempotent-Replayed" not in retried
+    record = IdempotencyRecord.objects.get()
+    assert record.completed_at is not None
+    assert record.body == retried.json()
+    assert api.submit(png(13), headers=headers)["Idempotent-Replayed"] == "true"
+    # Another body with the key is still a mismatch, however old the claim.
+    IdempotencyRecord.objects.update(**unfinished, created_at=timezone.now() - timedelta(hours=1))
+    assert api.submit(png(14), headers=headers).json()["error"]["code"] == "idempotency_mismatch"
