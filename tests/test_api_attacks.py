@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
@@ -17,7 +18,8 @@ from moderation.models import Image
 from reviews import services as review_services
 
 from .api_helpers import make_key, png
-from .test_feed import wait_until_servable
+from .conftest import postgres_only
+from .test_feed import Writer, wait_until_servable
 
 pytestmark = pytest.mark.django_db
 
@@ -242,3 +244,59 @@ def test_a_claim_abandoned_by_a_dead_worker_is_taken_over_by_the_retry(api):
     # Another body with the key is still a mismatch, however old the claim.
     IdempotencyRecord.objects.update(**unfinished, created_at=timezone.now() - timedelta(hours=1))
     assert api.submit(png(14), headers=headers).json()["error"]["code"] == "idempotency_mismatch"
+
+
+# --- the decisions feed: one image's changes in the order they committed ----------------------
+
+
+class Caller(Writer):
+    """A Writer (tests/test_feed.py) that also runs any callable in its open transaction."""
+
+    def _run(self, command: str, arg: Any) -> Any:
+        if command == "call":
+            return arg()
+        return super()._run(command, arg)
+
+
+def take_a_transaction_id() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_current_xact_id()::text::bigint")
+        return cursor.fetchone()[0]
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_a_change_from_a_transaction_that_began_first_follows_the_change_it_came_after(
+    api, admin_user
+):
+    made = api.submit(png(15), external_id="raced").json()
+    Image.objects.filter(pk=made["id"]).update(status=Image.Status.AWAITING_REVIEW)
+    late = Caller()
+    late.start()
+    try:
+        # The late writer takes its transaction id first (as the inbox applier does when it
+        # claims its message row) and changes the image only after an admin's decision commits.
+        late.do("begin")
+        late.do("call", take_a_transaction_id)
+        review_services.decide(image_id=made["id"], reviewer=admin_user, verdict="approve")
+        late.do(
+            "call",
+            lambda: review_services.override(
+                image_id=made["id"], admin=admin_user, to="rejected", reason="second look"
+            ),
+        )
+        late.do("commit")
+    finally:
+        late.do("stop")
+        late.join(timeout=30)
+    wait_until_servable(list(Event.objects.values_list("pk", flat=True)))
+
+    items = api.get("/api/v1/decisions").json()["items"]
+
+    # By transaction id alone the override (older id) came first, and a platform applying the
+    # feed in order ended with 'approved' for a rejected image.
+    assert [(i["sequence"], i["type"]) for i in items] == [
+        (1, "image.approved"),
+        (2, "image.overridden"),
+    ]
+    assert items[-1]["status"] == Image.objects.get(pk=made["id"]).status == "rejected"
