@@ -20,7 +20,13 @@ from moderation.models import AuditEntry, Image, ModerationResult
 from . import auth as api_auth
 from . import idempotency, services
 from .errors import ApiError, ErrorOut, error_response
-from .models import EXTERNAL_ID_MAX, METADATA_MAX_BYTES, ApiKey, ApiSubmission
+from .models import (
+    EXTERNAL_ID_MAX,
+    METADATA_DEPTH_MAX,
+    METADATA_MAX_BYTES,
+    ApiKey,
+    ApiSubmission,
+)
 
 router = Router(tags=["images"])
 
@@ -250,13 +256,32 @@ def _metadata(text: str | None) -> dict[str, Any]:
         )
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
+        # RecursionError: 4 KB of "[[[[..." nests deeper than Python's stack allows.
         raise ApiError(
             422, "invalid", "metadata must be a JSON object.", field="metadata"
         ) from None
     if not isinstance(value, dict):
         raise ApiError(422, "invalid", "metadata must be a JSON object.", field="metadata")
-    stored = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    if _depth(value) > METADATA_DEPTH_MAX:
+        # Stored, it would be read back and serialised on every read of the image: a depth
+        # the JSON encoders refuse would make the image unreadable, so refuse it now.
+        raise ApiError(
+            422,
+            "invalid",
+            f"metadata nests deeper than {METADATA_DEPTH_MAX} levels.",
+            field="metadata",
+        )
+    try:
+        stored = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        # NaN, Infinity, or a number too large for a float (1e400): not JSON.
+        raise ApiError(
+            422,
+            "invalid",
+            "metadata holds a number JSON cannot carry (NaN, Infinity or out of range).",
+            field="metadata",
+        ) from None
     # PostgreSQL's jsonb holds no NUL character and no lone surrogate: refuse them here, plainly.
     try:
         stored.encode("utf-8")
@@ -267,6 +292,26 @@ def _metadata(text: str | None) -> dict[str, Any]:
     if "\\u0000" in stored:
         raise ApiError(422, "invalid", "metadata holds a NUL character.", field="metadata")
     return cast(dict[str, Any], value)
+
+
+def _depth(value: Any) -> int:
+    """How deeply objects and arrays nest in `value` (1 for a flat object), without recursion;
+    it stops counting once past METADATA_DEPTH_MAX."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > METADATA_DEPTH_MAX:
+            break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _external_id(value: str | None) -> str | None:
@@ -312,7 +357,11 @@ def submit_image(
     external_id: Form[str | None] = None,
     metadata: Form[str | None] = None,
     idempotency_key: str | None = Header(
-        None, alias="Idempotency-Key", max_length=idempotency.KEY_MAX
+        None,
+        alias="Idempotency-Key",
+        max_length=idempotency.KEY_MAX,
+        pattern=idempotency.KEY_PATTERN,
+        description="Printable ASCII, at most 255 characters (a UUID, say).",
     ),
 ) -> Any:
     key = cast(ApiKey, request.auth)  # type: ignore[attr-defined]

@@ -12,6 +12,8 @@ from django.db import models
 
 # A submission's metadata, as JSON text (UTF-8 bytes), and an external id's length.
 METADATA_MAX_BYTES = 4096
+# How deeply a submission's metadata may nest (objects and arrays).
+METADATA_DEPTH_MAX = 32
 EXTERNAL_ID_MAX = 200
 
 

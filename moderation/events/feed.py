@@ -9,6 +9,11 @@ A commits) is served when it has ended, before B's rows, and the cursor is never
 past a transaction still running. The price: a transaction held open anywhere on the server
 (with a transaction id) holds the feed back until it ends. On SQLite one writer at a time
 makes id order the commit order.
+
+An event's txid is its transaction's id or, if larger, the txid of the image's event before it
+(outbox.py): a transaction that took its id early but changed the image after another one
+committed still sorts after that one's event, so each image's events keep their commit order
+(their `sequence`). A row's txid is never below its own transaction's id, so the rule above holds.
 """
 
 from __future__ import annotations

@@ -33,9 +33,10 @@ class Event(models.Model):
     # The payload exactly as the feed and webhooks send it.
     data = models.JSONField()
     created_at = models.DateTimeField(default=timezone.now)
-    # PostgreSQL: the id of the transaction that wrote the row (pg_current_xact_id), which orders
-    # the feed without gaps (feed.py). Empty on SQLite, where one writer at a time makes id order
-    # the commit order.
+    # PostgreSQL: the id of the transaction that wrote the row (pg_current_xact_id), or the
+    # image's previous event's if larger, which orders the feed without gaps and keeps each
+    # image's events in commit order (feed.py). Empty on SQLite, where one writer at a time makes
+    # id order the commit order.
     txid = models.BigIntegerField(null=True, blank=True)
 
     objects = EventQuerySet.as_manager()

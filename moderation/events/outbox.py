@@ -55,10 +55,17 @@ def _write(
         raise RuntimeError("emit() must run inside the transaction that makes the change")
     if type not in Event.Type.values:
         raise ValueError(f"unknown event type {type!r}")
-    last = Event.objects.filter(image=image).aggregate(last=Max("sequence"))["last"] or 0
+    previous = Event.objects.filter(image=image).aggregate(last=Max("sequence"), txid=Max("txid"))
+    last = previous["last"] or 0
     txid: Any = None
     if connection.vendor == "postgresql":
-        txid = RawSQL("pg_current_xact_id()::text::bigint", [])
+        # The feed orders by (txid, id). A transaction that took its id before the image's last
+        # event was written (it wrote something else first: the inbox applier claims its message
+        # row, then waits for the image) would sort its later change before that event. Never
+        # below the image's last txid, then: one image's events stay in commit order, and the
+        # value is still at least this transaction's own id, which is all the feed's no-miss
+        # rule needs (feed.py).
+        txid = RawSQL("GREATEST(pg_current_xact_id()::text::bigint, %s)", [previous["txid"] or 0])
     public_id = new_public_id()
     event = Event.objects.create(
         public_id=public_id,

@@ -93,10 +93,19 @@ def system_resolver(host: str, port: int) -> list[str]:
 def check_url(url: str, *, allowed_hosts: Iterable[str] | None = None) -> None:
     """Refuse (RefusedDestination) a URL webhooks may not use, before any name is resolved."""
     allowed = settings.WEBHOOK_ALLOWED_HOSTS if allowed_hosts is None else allowed_hosts
+    if not url.isprintable():
+        # urlsplit drops tabs and newlines silently and keeps other control characters; httpx
+        # refuses both (and a zero-width space in a host name). A URL that can never be sent
+        # must not be registered.
+        raise RefusedDestination("the URL holds a control or invisible character")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a port that is not a number
-    except ValueError as exc:
+        # What httpx will send to: an IPv4 address written with leading zeros (010.0.0.1), a
+        # host IDNA 2008 refuses (a zero-width space, a symbol) pass urlsplit and the system's
+        # resolver but fail here, at every send.
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as exc:
         raise RefusedDestination(f"not a URL: {exc}") from None
     host = parts.hostname or ""
     if parts.scheme not in ("http", "https") or not host:
@@ -289,7 +298,7 @@ class Sender:
                     head += chunk[: RESPONSE_HEAD_BYTES - len(head)]
                     if len(head) >= RESPONSE_HEAD_BYTES:
                         break
-        except RefusedDestination as exc:
+        except (RefusedDestination, httpx.InvalidURL) as exc:
             error, head = REFUSED, str(exc).encode()
         except httpx.TimeoutException as exc:
             if status is None:

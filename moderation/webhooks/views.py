@@ -16,6 +16,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.utils.cache import patch_vary_headers
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
 from moderation import limits
@@ -70,7 +71,10 @@ def _page(request: HttpRequest, *, status: int = 200, **extra: Any) -> TemplateR
     return TemplateResponse(request, "webhooks/page.html", context, status=status)
 
 
+# Never stored by the browser or a proxy: the answers to adding an endpoint and to rotating
+# its secret carry the secret, shown once (the API keys page does the same for a new key).
 @permission_required(ADMIN, raise_exception=True)
+@never_cache
 @require_http_methods(["GET", "HEAD", "POST"])
 def webhooks(request: HttpRequest) -> HttpResponse:
     """The page; a POST registers an endpoint and shows its secret once."""
@@ -96,6 +100,7 @@ def webhooks(request: HttpRequest) -> HttpResponse:
 
 
 @permission_required(ADMIN, raise_exception=True)
+@never_cache
 @require_POST
 def endpoint_action(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     """Enable, disable or rotate the secret of one endpoint (the `action` button's value)."""

@@ -39,7 +39,7 @@ from moderation.audit import log as audit
 from . import schedule, signing
 from .context_processors import forget_banner
 from .models import Attempt, Delivery, Endpoint
-from .transport import Result, Sender
+from .transport import ERROR, Result, Sender
 
 logger = logging.getLogger(__name__)
 
@@ -227,9 +227,20 @@ class Deliverer:
     # ------------------------------------------------------------------------ sending
 
     def send(self, item: Claimed, sender: Sender) -> tuple[Claimed, Result]:
-        """One request (on a pool thread: no database here)."""
-        headers = item.signer.headers(msg_id=item.msg_id, payload=item.body)
-        return item, sender.send(item.url, body=item.body, headers=headers)
+        """One request (on a pool thread: no database here). Never raises: the loop reads every
+        answer with future.result(), and one delivery's surprise must not stop the worker (and
+        lose the answers gathered with it) each time its lease lapses and it is claimed again."""
+        try:
+            headers = item.signer.headers(msg_id=item.msg_id, payload=item.body)
+            return item, sender.send(item.url, body=item.body, headers=headers)
+        except Exception as exc:
+            logger.exception("webhooks: sending delivery %s failed unexpectedly", item.delivery_id)
+            return item, Result(
+                status_code=None,
+                error=ERROR,
+                latency_ms=0,
+                head=f"the request could not be made: {type(exc).__name__}",
+            )
 
     # ------------------------------------------------------------------------ recording
 
