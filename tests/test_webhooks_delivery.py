@@ -229,6 +229,29 @@ def test_the_retry_schedule_lasts_more_than_a_day_with_jitter_both_ways():
     assert schedule.describe() == "5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h"
 
 
+class Extreme(random.Random):
+    def __init__(self, value: float) -> None:
+        super().__init__(0)
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+@pytest.mark.parametrize("dice", [0.0, 0.5, 0.999999])
+def test_a_delivery_is_tried_for_at_least_a_day_however_the_jitter_falls(dice):
+    waits = [schedule.retry_delay(n, Extreme(dice)) for n in range(1, schedule.MAX_ATTEMPTS)]
+    assert sum(waits, timedelta()) >= timedelta(hours=24)
+    for n, wait in enumerate(waits):
+        base = schedule.RETRY_DELAYS[n]
+        assert base * 0.8 <= wait <= base * 1.2
+    # The last two waits are never shrunk; the earlier ones are, at the low end.
+    assert waits[-1] >= schedule.RETRY_DELAYS[-1]
+    assert waits[-2] >= schedule.RETRY_DELAYS[-2]
+    if dice == 0.0:
+        assert waits[0] < schedule.RETRY_DELAYS[0]
+
+
 def test_a_failing_endpoint_rests_instead_of_getting_its_whole_backlog(make_image, receiver):
     receiver.status = 503
     add(receiver.url())

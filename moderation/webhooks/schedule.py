@@ -4,7 +4,8 @@ The retry schedule is the one the Standard Webhooks specification gives as an ex
 uses): the first attempt at once, then retries after 5 seconds, 5 minutes, 30 minutes, 2 hours,
 5 hours, 10 hours and 10 hours: 8 attempts over about 27.5 hours. Each wait is stretched or
 shrunk by up to JITTER (±20%) so that the deliveries of a burst, failing together, do not all
-come back together.
+come back together; the last two (the 10-hour waits) are only ever stretched, so that a delivery
+is tried for at least 24 hours however the dice fall (at least 26 hours, in fact).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ RETRY_DELAYS = (
 )
 MAX_ATTEMPTS = len(RETRY_DELAYS) + 1
 JITTER = 0.2
+# From this wait on (0-based), jitter only stretches: shrinking every wait by 20% would end the
+# series after 22 hours, short of the day a receiver is promised.
+STRETCH_ONLY_FROM = len(RETRY_DELAYS) - 2
 
 # An endpoint whose every attempt has failed for this long (and at least this many times in a
 # row, so one failed retry of an old delivery after a quiet week is not enough) is disabled.
@@ -42,7 +46,8 @@ def retry_delay(attempts: int, rng: random.Random | None = None) -> timedelta | 
     if attempts >= MAX_ATTEMPTS:
         return None
     base = RETRY_DELAYS[attempts - 1]
-    factor = 1 + JITTER * (2 * (rng or random).random() - 1)
+    low = 1.0 if attempts - 1 >= STRETCH_ONLY_FROM else 1 - JITTER
+    factor = low + (1 + JITTER - low) * (rng or random).random()
     return base * factor
 
 
