@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser, User
 
 DECIDABLE = (Image.Status.AWAITING_REVIEW, Image.Status.ESCALATED)
+ESCALATION_REASON = "sent to an admin for a decision"
 FINAL_STATUS: dict[str, str] = {
     Decision.Verdict.APPROVE: Image.Status.APPROVED,
     Decision.Verdict.REJECT: Image.Status.REJECTED,
@@ -410,7 +411,9 @@ def decide(
             type=EVENT_TYPE[verdict],
             decided_by=outbox.DecidedBy.person(reviewer),
             verdict=after,
-            reason=reason,
+            # An escalation note is a reviewer's word to the admins (the audit log keeps it);
+            # the platforms that read events are told only where the image went.
+            reason=ESCALATION_REASON if verdict == Decision.Verdict.ESCALATE else reason,
             previous_status=before,
             now=now,
         )

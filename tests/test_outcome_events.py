@@ -4,6 +4,7 @@ rolls back leaves none, and an event that cannot be written takes the change bac
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -240,7 +241,13 @@ def claimed_by(reviewer, image: Image) -> None:
     [
         (Decision.Verdict.APPROVE, "", Event.Type.APPROVED, APPROVED, ""),
         (Decision.Verdict.REJECT, "a face", Event.Type.REJECTED, REJECTED, "porn — a face"),
-        (Decision.Verdict.ESCALATE, "not sure", Event.Type.ESCALATED, ESCALATED, "not sure"),
+        (
+            Decision.Verdict.ESCALATE,
+            "not sure",
+            Event.Type.ESCALATED,
+            ESCALATED,
+            "sent to an admin for a decision",
+        ),
     ],
 )
 def test_a_reviewer_s_decision_writes_its_event(
@@ -284,7 +291,14 @@ def test_an_admin_deciding_an_escalated_image_carries_the_status_before(
     )
 
     escalated, rejected = events_of(waiting_image)
-    assert_payload(escalated, type="image.escalated", status=ESCALATED)
+    # The reviewer's note ("unsure") is for the admins and the audit log, not for platforms.
+    assert_payload(
+        escalated,
+        type="image.escalated",
+        status=ESCALATED,
+        reason="sent to an admin for a decision",
+    )
+    assert "unsure" not in json.dumps(escalated.data)
     assert_payload(
         rejected,
         type="image.rejected",
