@@ -77,7 +77,8 @@ def test_the_webhooks_page_adds_an_endpoint_and_resends_a_failed_delivery(
     now[0] = timezone.now()
     for _ in range(schedule.MAX_ATTEMPTS):
         run_worker(lambda: now[0])
-        now[0] += timedelta(hours=11)
+        # Past the longest wait the jitter can make (10 h stretched by 20%).
+        now[0] += max(schedule.RETRY_DELAYS) * (1 + schedule.JITTER) + timedelta(minutes=1)
     failed = Delivery.objects.get(state=Delivery.State.FAILED)
     receiver.status, receiver.reply = 200, b"ok"
     assert not Endpoint.objects.get(url__contains="old-integration").enabled
