@@ -1,14 +1,12 @@
 from __future__ import annotations
 
-import os
-import signal
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.utils.crypto import get_random_string
+from django.core.management.base import BaseCommand, CommandParser
 
 from moderation.imm.submitter import Submitter
+from moderation.management import loops
 
 
 class Command(BaseCommand):
@@ -43,31 +41,15 @@ class Command(BaseCommand):
         concurrency = options["concurrency"]
         if concurrency is None:
             concurrency = settings.IMM_SUBMIT_CONCURRENCY
-        if not 1 <= concurrency <= 256:
-            raise CommandError(f"--concurrency must be from 1 to 256; got {concurrency}")
-        if not options["interval"] > 0:
-            raise CommandError(f"--interval must be a positive number; got {options['interval']}")
-        worker_id = options["worker_id"] or f"imm-submitter-{get_random_string(12)}"
-        if len(worker_id) > 64:
-            raise CommandError("--worker-id must be at most 64 characters")
+        worker_id = loops.worker_id(options, concurrency=concurrency, prefix="imm-submitter")
         submitter = Submitter(
             concurrency=concurrency, worker_id=worker_id, interval=options["interval"]
         )
 
-        def shutdown(signum: int, frame: object) -> None:
-            if submitter.stopping:
-                self.stderr.write("Stopping now; the poller resends the images in hand.")
-                self.stderr.flush()
-                os._exit(1)  # not sys.exit: that would wait for the requests in flight
-            self.stderr.write("Finishing the tasks in hand (again to stop now)...")
-            submitter.stop()
-
-        previous = {sig: signal.signal(sig, shutdown) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            report = submitter.run(batch=options["batch"])
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        self.stdout.write(str(report))
-        if report.errors:
-            raise CommandError(f"{report.errors} batch(es) failed; the log says why")
+        loops.run_until_stopped(
+            self,
+            submitter,
+            batch=options["batch"],
+            finishing="Finishing the tasks in hand (again to stop now)...",
+            stopping_now="Stopping now; the poller resends the images in hand.",
+        )

@@ -1,14 +1,12 @@
 from __future__ import annotations
 
-import os
-import signal
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.utils.crypto import get_random_string
 
+from moderation.management import loops
 from moderation.webhooks import signing
 from moderation.webhooks.worker import Deliverer
 
@@ -41,13 +39,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         concurrency = options["concurrency"] or settings.WEBHOOK_CONCURRENCY
-        if not 1 <= concurrency <= 256:
-            raise CommandError(f"--concurrency must be from 1 to 256; got {concurrency}")
-        if not options["interval"] > 0:
-            raise CommandError(f"--interval must be a positive number; got {options['interval']}")
-        worker_id = options["worker_id"] or f"webhooks-{get_random_string(12)}"
-        if len(worker_id) > 64:
-            raise CommandError("--worker-id must be at most 64 characters")
+        worker_id = loops.worker_id(options, concurrency=concurrency, prefix="webhooks")
         try:
             signing.require_key()
         except ImproperlyConfigured as exc:
@@ -56,20 +48,10 @@ class Command(BaseCommand):
             concurrency=concurrency, worker_id=worker_id, interval=options["interval"]
         )
 
-        def shutdown(signum: int, frame: object) -> None:
-            if deliverer.stopping:
-                self.stderr.write("Stopping now; the deliveries in hand go again later.")
-                self.stderr.flush()
-                os._exit(1)  # not sys.exit: that would wait for the requests in flight
-            self.stderr.write("Finishing the deliveries in hand (again to stop now)...")
-            deliverer.stop()
-
-        previous = {sig: signal.signal(sig, shutdown) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            report = deliverer.run(batch=options["batch"])
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        self.stdout.write(str(report))
-        if report.errors:
-            raise CommandError(f"{report.errors} batch(es) failed; the log says why")
+        loops.run_until_stopped(
+            self,
+            deliverer,
+            batch=options["batch"],
+            finishing="Finishing the deliveries in hand (again to stop now)...",
+            stopping_now="Stopping now; the deliveries in hand go again later.",
+        )
