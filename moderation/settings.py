@@ -123,6 +123,11 @@ INSTALLED_APPS = [
     "moderation.api",
     "moderation.webhooks",
     "reviews",
+    "reviews.sla",
+    "reviews.qa",
+    "reviews.dashboard",
+    "reviews.exposure",
+    "reviews.calibration",
 ]
 
 MIDDLEWARE = [
