@@ -8,12 +8,14 @@ pipeline.record_result, whose rules decide everything (idempotent by TaskId and 
 reorder-safe, a person's decision wins), enqueuing fetch_result when the message carries no
 verdict.
 
-Each message is applied in its own transaction, which also sets its applied_at: a crash before
-the commit leaves it waiting, untouched, for the next applier, and a committed one is never
-applied again. Several appliers may run: each claims a message with SELECT ... FOR UPDATE SKIP
-LOCKED (on SQLite, where that clause does not exist, every transaction takes the write lock
-when it begins, so appliers take turns). One transaction per message rather than per batch:
-a batch-wide one would hold every image it touched, and the audit lock, until its end.
+Messages are applied a group (GROUP) to a transaction, which also sets their applied_at: a crash
+before the commit leaves them waiting, untouched, for the next applier, and a committed one is
+never applied again. Several appliers may run: each claims its group with SELECT ... FOR UPDATE
+SKIP LOCKED (on SQLite, where that clause does not exist, every transaction takes the write lock
+when it begins, so appliers take turns). A group holds the images it touched until its commit, a
+few milliseconds per message; in exchange the commit (a WAL flush), the claim and the applied mark
+are paid once per group instead of once per message. The audit log takes no lock any more, so a
+group holds nothing else.
 
 A message that raises is kept with its error and tried again with capped exponential backoff;
 the others pass it meanwhile. Applied messages are kept APPLIED_KEPT_FOR (for the
@@ -39,6 +41,7 @@ from . import pipeline
 logger = logging.getLogger(__name__)
 
 BATCH = 100  # messages one pass applies at most before it looks at the clock again
+GROUP = 16  # messages applied in one transaction
 IDLE_WAIT = 0.1  # seconds the loop sleeps when nothing is waiting
 ERROR_WAIT = 1.0  # seconds the loop sleeps after the database failed it
 RETRY_BASE = timedelta(seconds=1)
@@ -73,7 +76,7 @@ class ApplyReport:
 
 
 def apply_waiting(*, limit: int = BATCH) -> ApplyReport:
-    """Apply up to `limit` waiting messages, oldest first, one transaction each.
+    """Apply up to `limit` waiting messages, oldest first, GROUP to a transaction.
 
     Stops early when no message is due (none waiting, or every one waiting for a retry, or held
     by another applier).
@@ -84,50 +87,68 @@ def apply_waiting(*, limit: int = BATCH) -> ApplyReport:
     if not NotificationInboxMessage.objects.due(timezone.now()).exists():
         return report
     while report.handled < limit:
-        applied = apply_next()
-        if applied is None:
+        group = apply_group(size=min(GROUP, limit - report.handled))
+        if group is None:
             break
-        if applied:
-            report.applied += 1
-        else:
-            report.failed += 1
+        report.applied += group.applied
+        report.failed += group.failed
     return report
 
 
-def apply_next() -> bool | None:
-    """Claim the oldest due message and apply it: True when applied, False when it failed (it is
-    kept with its error for a later attempt), None when there is nothing to claim."""
+def apply_group(*, size: int = GROUP) -> ApplyReport | None:
+    """Claim up to `size` of the oldest due messages and apply them in one transaction, which
+    also marks them applied; None when there is nothing to claim.
+
+    Each message is applied inside a savepoint of its own: one that raises is rolled back alone
+    and kept with its error for a later attempt (counted in `failed`), the others commit.
+    """
     with transaction.atomic():
         now = timezone.now()
-        row = (
+        rows = list(
             NotificationInboxMessage.objects.select_for_update(skip_locked=True)
             .due(now)
-            .order_by("id")
-            .first()
+            .order_by("id")[:size]
         )
-        if row is None:
+        if not rows:
             return None
-        try:
-            # A savepoint: a failure undoes the message's own changes, not the claim on its row.
-            with transaction.atomic():
-                _apply(row)
-        except Exception as exc:
-            row.attempts += 1
-            row.last_error = f"{type(exc).__name__}: {exc}"[:ERROR_MAX_CHARS]
-            row.next_attempt_at = now + retry_delay(row.attempts)
-            row.save(update_fields=["attempts", "last_error", "next_attempt_at"])
-            logger.exception(
-                "applying the IMM notification %s (task %s) failed, attempt %d; next at %s",
-                row.pk,
-                row.task_id,
-                row.attempts,
-                row.next_attempt_at.isoformat(),
-            )
-            return False
-    return True
+        # Every applier takes the image locks of its group in the same order (by TaskId: one
+        # task, one image), so two groups about the same images wait for each other rather
+        # than deadlock. Messages of one task keep their arrival order.
+        rows.sort(key=lambda row: (row.task_id, row.pk))
+        report = ApplyReport()
+        applied: list[NotificationInboxMessage] = []
+        for row in rows:
+            try:
+                with transaction.atomic():
+                    row.outcome = _apply(row)
+            except Exception as exc:
+                _failed(row, exc, now=now)
+                report.failed += 1
+            else:
+                row.applied_at = timezone.now()
+                applied.append(row)
+        if applied:
+            NotificationInboxMessage.objects.bulk_update(applied, ["applied_at", "outcome"])
+        report.applied = len(applied)
+    return report
 
 
-def _apply(row: NotificationInboxMessage) -> None:
+def _failed(row: NotificationInboxMessage, exc: Exception, *, now: datetime) -> None:
+    row.attempts += 1
+    row.last_error = f"{type(exc).__name__}: {exc}"[:ERROR_MAX_CHARS]
+    row.next_attempt_at = now + retry_delay(row.attempts)
+    row.save(update_fields=["attempts", "last_error", "next_attempt_at"])
+    logger.exception(
+        "applying the IMM notification %s (task %s) failed, attempt %d; next at %s",
+        row.pk,
+        row.task_id,
+        row.attempts,
+        row.next_attempt_at.isoformat(),
+    )
+
+
+def _apply(row: NotificationInboxMessage) -> str:
+    """Record one message (inside the caller's transaction); what record_result made of it."""
     # Parsed as strictly as the endpoint did; stored only if it parsed, so it parses again.
     message = pipeline.TaskMessage.parse(row.message)
     outcome = pipeline.record_result(message=message, source=row.source)
@@ -135,10 +156,8 @@ def _apply(row: NotificationInboxMessage) -> None:
         # Inside this transaction: with the database task backend the fetch is queued exactly
         # when the message is marked applied.
         pipeline.fetch_result.enqueue(message.task_id)
-    row.applied_at = timezone.now()
-    row.outcome = outcome.what
-    row.save(update_fields=["applied_at", "outcome"])
     logger.debug("IMM notification %s for %s: %s", row.pk, row.task_id, outcome.what)
+    return outcome.what
 
 
 def prune_applied(*, now: datetime | None = None) -> int:
