@@ -181,11 +181,11 @@ def notification_parameter() -> dict[str, Any] | None:
     return None
 
 
-def _set_status(image: Image, status: str) -> str:
+def _set_status(image: Image, status: str, *, also_saving: Sequence[str] = ()) -> str:
     before = image.status
     image.status = status
     image.status_changed_at = timezone.now()
-    image.save(update_fields=["status", "status_changed_at"])
+    image.save(update_fields=["status", "status_changed_at", *also_saving])
     return before
 
 
@@ -198,9 +198,11 @@ def _move(
     reason: str = "",
     detail: Mapping[str, Any] | None = None,
     context: audit.AuditContext = audit.SYSTEM_CONTEXT,
+    also_saving: Sequence[str] = (),
 ) -> None:
-    """Change the image's status and audit the transition (inside the caller's transaction)."""
-    before = _set_status(image, status)
+    """Change the image's status and audit the transition (inside the caller's transaction);
+    `also_saving` names other fields of the image the caller set, saved in the same UPDATE."""
+    before = _set_status(image, status, also_saving=also_saving)
     audit.record(
         action=action,
         actor=actor,
@@ -896,16 +898,19 @@ def record_result(*, message: TaskMessage, source: str) -> RecordOutcome:
     return RecordOutcome("recorded", result)
 
 
-def _lock_image_and_task(task_pk: int) -> tuple[Image, ModerationTask]:
+def _lock_image_and_task(task_pk: int, image_id: int | None = None) -> tuple[Image, ModerationTask]:
     """Lock a task's image, then the task, and read both afresh (inside a transaction).
 
     The one lock order for every path that changes a task and its image (submission, its
     failure, result recording, claiming kept results, expiry): image first, then task. Two paths
     taking them in opposite orders can each hold one and wait for the other, a deadlock that
     PostgreSQL breaks by failing one of them. The image id is read unlocked first: it never
-    changes.
+    changes (a caller that read it already passes it).
     """
-    image_id = ModerationTask.objects.filter(pk=task_pk).values_list("image_id", flat=True).get()
+    if image_id is None:
+        image_id = (
+            ModerationTask.objects.filter(pk=task_pk).values_list("image_id", flat=True).get()
+        )
     image = Image.objects.select_for_update().get(pk=image_id)
     task = ModerationTask.objects.select_for_update().get(pk=task_pk)
     return image, task
@@ -924,10 +929,10 @@ def _find_task(message: TaskMessage) -> tuple[Image, ModerationTask] | None:
     if message.submission_key:
         query |= Q(submission_key=message.submission_key, task_id__isnull=True)
     for _ in range(3):
-        found = ModerationTask.objects.filter(query).values_list("pk", flat=True).first()
+        found = ModerationTask.objects.filter(query).values_list("pk", "image_id").first()
         if found is None:
             break
-        image, task = _lock_image_and_task(found)
+        image, task = _lock_image_and_task(*found)
         # Read unlocked, it may have taken another TaskId meanwhile (an adopted submission).
         if _speaks_of(message, task):
             return image, task
@@ -1007,24 +1012,33 @@ def _apply(task: ModerationTask, result: ModerationResult, image: Image) -> None
     if task.task_id is None:  # the notification beat the create response: adopt it now
         task.task_id = result.imm_task_id
         task.submitted_at = task.submitted_at or timezone.now()
+    # The task's words applied before this one, in arrival order (one query serves both uses).
+    earlier = list(
+        ModerationResult.objects.filter(task=task, applied=True)
+        .exclude(pk=result.pk)
+        .order_by("received_at", "id")
+        .values_list("pk", "end_time", "categories")
+    )
     # A word without an EndTime cannot be shown to be newer than one with it: it never overrides
     # such a word (between two words without one, arrival order decides).
-    standing = ModerationResult.objects.filter(task=task, applied=True).exclude(pk=result.pk)
-    newer = (
-        standing.filter(end_time__gt=result.end_time)
-        if result.end_time
-        else standing.filter(end_time__isnull=False)
-    ).first()
+    newer = next(
+        (
+            pk
+            for pk, end_time, _ in earlier
+            if end_time is not None and (result.end_time is None or end_time > result.end_time)
+        ),
+        None,
+    )
     latest_task = image.moderation_tasks.order_by("-created_at", "-id").first()
     refused = ""
     if result.status in ("Succeeded", "Failed"):
         refused = imm_may_not_move(image, task, ending=result.status == "Failed")
     if newer is not None and not result.end_time:
         outcome = (
-            f"kept: it has no EndTime, so it cannot be newer than result {newer.pk}, which stands"
+            f"kept: it has no EndTime, so it cannot be newer than result {newer}, which stands"
         )
     elif newer is not None:
-        outcome = f"kept: older than result {newer.pk}, which stands (delivered out of order)"
+        outcome = f"kept: older than result {newer}, which stands (delivered out of order)"
     elif latest_task is not None and latest_task.pk != task.pk:
         outcome = "kept: the image was submitted again since; the newer task decides"
     elif result.status not in ("Succeeded", "Failed"):
@@ -1065,12 +1079,13 @@ def _apply(task: ModerationTask, result: ModerationResult, image: Image) -> None
         task.save()
         # A routing rule holds the image for a person whatever IMM says later: a manual review's
         # pass (no categories) does not release what the first verdict's categories flagged.
-        routed = route(
-            result.suggestion, result.categories, also_flagged=_flagged_before(task, result)
-        )
+        # Every category the task's earlier words named.
+        flagged_before = {c for _, _, categories in earlier for c in categories}
+        routed = route(result.suggestion, result.categories, also_flagged=flagged_before)
         target, reason = routed.status, routed.reason
-        _remember_verdict(image, result)
+        verdict_fields = _remember_verdict(image, result)
         if target == image.status:
+            image.save(update_fields=verdict_fields)
             # Already where this word sends it (IMM's second word on an image a rule holds): no
             # move, so the image keeps its place in the queue.
             result.outcome = (
@@ -1078,34 +1093,37 @@ def _apply(task: ModerationTask, result: ModerationResult, image: Image) -> None
             )
         else:
             before = image.status
-            _move(image, target, action="imm.routed", reason=reason, detail=verdict)
+            _move(
+                image,
+                target,
+                action="imm.routed",
+                reason=reason,
+                detail=verdict,
+                also_saving=verdict_fields,
+            )
             _announce_route(image, before=before, routed=routed, result=result)
             result.outcome = f"routed: {reason}"
     result.applied = True
     result.save(update_fields=["applied", "outcome"])
 
 
-def _remember_verdict(image: Image, result: ModerationResult) -> None:
-    """Copy the verdict onto the image (and its category rows) for lists and queue filters."""
+def _remember_verdict(image: Image, result: ModerationResult) -> list[str]:
+    """Copy the verdict onto the image (and its category rows) for lists and queue filters.
+
+    Writes the category rows; the image's fields it sets are returned for the caller to save
+    (with the status, when the verdict moves the image: one UPDATE).
+    """
+    # The rows are only ever written here, with imm_categories: none exist while it is empty.
+    if image.imm_categories:
+        ImageCategory.objects.filter(image=image).delete()
     image.imm_suggestion = result.suggestion
     image.imm_categories = list(result.categories)
     rates = [float(f.get("Rate") or 0) for f in result.block_frames if isinstance(f, dict)]
     image.imm_rate = max(rates) if rates else None
-    image.save(update_fields=["imm_suggestion", "imm_categories", "imm_rate"])
-    ImageCategory.objects.filter(image=image).delete()
     ImageCategory.objects.bulk_create(
         [ImageCategory(image=image, category=c) for c in sorted(set(result.categories))]
     )
-
-
-def _flagged_before(task: ModerationTask, result: ModerationResult) -> set[str]:
-    """Every category named by the task's results applied before this one."""
-    earlier = (
-        ModerationResult.objects.filter(task=task, applied=True)
-        .exclude(pk=result.pk)
-        .values_list("categories", flat=True)
-    )
-    return {category for categories in earlier for category in categories}
+    return ["imm_suggestion", "imm_categories", "imm_rate"]
 
 
 class Route(NamedTuple):
