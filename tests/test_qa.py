@@ -660,3 +660,24 @@ def test_two_reviewers_never_get_the_same_double_review_or_qa_item(make_image):
     assert len(checks) == len(set(checks)) == 6
     held = DoubleReview.objects.exclude(claimed_by=None).values_list("claimed_by", flat=True)
     assert len(list(held)) == len(set(held)) == 6
+
+
+@pytest.mark.django_db
+def test_the_accuracy_partial_renders_for_admins_only(admin_user, reviewer_user, make_image):
+    from django.template import engines
+    from django.test import RequestFactory
+
+    rate("gold", 100.0)
+    image = make_image(status=APPROVED)
+    services.mark_gold(image_id=image.pk, admin=admin_user, expected="approve")
+    blind = services.claim_blind(reviewer_user)
+    assert blind is not None
+    services.answer_blind(person=reviewer_user, image_id=image.pk, action="approve")
+    page = engines["django"].from_string("{% load qa_tags %}{% qa_accuracy %}")
+    request = RequestFactory().get("/dashboard/")
+    request.user = admin_user
+    shown = page.render({}, request)
+    assert "Reviewer accuracy" in shown
+    assert "1 of 1 (100%)" in shown
+    request.user = reviewer_user
+    assert "Reviewer accuracy" not in page.render({}, request)

@@ -365,6 +365,10 @@ def _claim_double(person: User, *, now: datetime) -> DoubleReview | None:
         .filter(Q(claimed_by__isnull=True) | Q(claim_expires_at__lte=now))
         .exclude(first_reviewer=person)
     )
+    # Most of the time none waits: an index-only look, without the transaction (and, on SQLite,
+    # the write lock) a claim takes.
+    if not waiting.exists():
+        return None
     for _ in range(5):
         try:
             with transaction.atomic():

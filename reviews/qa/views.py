@@ -48,14 +48,14 @@ def _greyscale(request: HtmxHttpRequest) -> bool:
 
 
 def _history_before_people(image: Image) -> list[AuditEntry]:
-    """The image's history as it stood while it waited for a person: the system's entries
-    before anyone settled it. A blind pane shows only this, so no earlier decision (nor who
-    made it) can be read from it."""
+    """The image's history as it stood while it waited for a person: the system's and the
+    uploader's entries before anyone settled it. A blind pane shows only this, so no earlier
+    decision (nor who made it, nor a reviewer who skipped it) can be read from it."""
     entries = []
     for entry in AuditEntry.objects.filter(image=image).order_by("id")[:200]:
         if entry.state_after in SETTLED_STATES and entry.state_before != entry.state_after:
             break
-        if entry.actor_id is None:
+        if entry.actor_id is None or entry.actor_id == image.uploaded_by_id:
             entries.append(entry)
     return entries
 
