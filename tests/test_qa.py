@@ -681,3 +681,18 @@ def test_the_accuracy_partial_renders_for_admins_only(admin_user, reviewer_user,
     assert "1 of 1 (100%)" in shown
     request.user = reviewer_user
     assert "Reviewer accuracy" not in page.render({}, request)
+
+
+@pytest.mark.django_db
+def test_start_reviewing_with_nothing_blind_due_costs_four_reads_and_no_lock(make_image):
+    """The hook on the claim path: with no double review waiting and gold not drawn, it reads
+    (held double, held gold, any double waiting, the gold rate) and takes no lock."""
+    from django.db import connection as db
+    from django.test.utils import CaptureQueriesContext
+
+    rex = user("rex1")
+    with CaptureQueriesContext(db) as queries:
+        assert services.claim_blind(rex) is None
+    sql = [q["sql"].upper() for q in queries.captured_queries]
+    assert len(sql) == 4, sql
+    assert not any("FOR UPDATE" in s or "SAVEPOINT" in s or s.startswith("BEGIN") for s in sql)
