@@ -6,3 +6,9 @@ from django.dispatch import Signal
 # or "original"). Sent before the bytes go out; a receiver that fails stops them (no unrecorded
 # exposure). reviews records each one as a Reveal.
 pixels_served = Signal()
+
+# IMM's verdict (or a routing rule) settled an image with no person involved: image (locked, its
+# status the new one), suggestion ("pass" or "block") and categories. Sent inside the result's
+# transaction, after the image moved; receivers must be quick and must not fail the result
+# (reviews.qa samples a share of these for people to check, with one INSERT).
+auto_settled = Signal()

@@ -206,6 +206,12 @@ def image_file(request: HttpRequest, pk: int, variant: str) -> HttpResponseBase:
     never cached, and each GET is recorded as a reveal for that person (signals.pixels_served).
     """
     image = get_object_or_404(Image.objects.visible_to(request.user), pk=pk)
+    return serve_image_file(request, image, variant)
+
+
+def serve_image_file(request: HttpRequest, image: Image, variant: str) -> HttpResponseBase:
+    """The bytes of `variant` of an image the caller has already let this person see (QA's
+    items are shown to the person holding them, through this same recording of reveals)."""
     if variant in _BLURRED:
         return _blurred(image, _BLURRED[variant])
     if variant == "original" and not request.user.has_perm("moderation.view_image"):

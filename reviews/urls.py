@@ -1,9 +1,10 @@
-from django.urls import path
+from django.urls import include, path
 
 from . import views
 
 urlpatterns = [
     path("", views.queue, name="review_queue"),
+    path("qa/", include("reviews.qa.urls")),
     path("next/", views.next_item, name="review_next"),
     path("escalated/", views.escalated, name="review_escalated"),
     path("bulk/", views.bulk, name="review_bulk"),

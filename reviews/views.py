@@ -24,6 +24,7 @@ from moderation.views import image_detail_context
 from . import queue as queue_reads
 from . import services
 from .models import Claim, Decision, ReviewerPreference
+from .qa import views as qa_views
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -192,6 +193,10 @@ def item(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 def next_item(request: HtmxHttpRequest) -> HttpResponse:
     """Start reviewing / Next: the reviewer's held item, or claim the oldest waiting one."""
     if request.method == "POST":
+        # QA's blind items (double reviews, gold) come through the same button.
+        served = qa_views.serve_blind(request)
+        if served is not None:
+            return served
         filters = _filters(request, request.POST)
         claim = services.claim_next(
             reviewer=request.user,
@@ -276,6 +281,9 @@ def _after(
     note: str,
     decision: services.Outcome | None = None,
 ) -> HttpResponse:
+    served = qa_views.serve_blind(request, note=note)
+    if served is not None:
+        return served
     filters = _filters(request, request.POST)
     claim = services.claim_next(
         reviewer=request.user,

@@ -48,6 +48,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django_tasks import task as background_task
 
+from moderation import signals
 from moderation.audit import log as audit
 from moderation.events import outbox
 from moderation.events.models import Event
@@ -1102,6 +1103,13 @@ def _apply(task: ModerationTask, result: ModerationResult, image: Image) -> None
                 also_saving=verdict_fields,
             )
             _announce_route(image, before=before, routed=routed, result=result)
+            if target in _SETTLED:
+                signals.auto_settled.send(
+                    sender=Image,
+                    image=image,
+                    suggestion=result.suggestion,
+                    categories=list(result.categories),
+                )
             result.outcome = f"routed: {reason}"
     result.applied = True
     result.save(update_fields=["applied", "outcome"])
