@@ -497,11 +497,25 @@ class RoutingRule(models.Model):
         return RuleCall("people", f"rate {rate:g} for {name} is {self.band_text}: a person decides")
 
     @property
+    def thresholds_text(self) -> str:
+        """The thresholds in words, e.g. "approve below 40; reject from 95"."""
+        return thresholds_text(self.approve_below, self.reject_from)
+
+    @property
     def band_text(self) -> str:
         """The people band in words, e.g. "from 40 to below 95"."""
         low = "from 0" if self.approve_below is None else f"from {self.approve_below:g}"
         high = "to 100" if self.reject_from is None else f"to below {self.reject_from:g}"
         return f"{low} {high}"
+
+
+def thresholds_text(approve_below: float | None, reject_from: float | None) -> str:
+    words = []
+    if approve_below is not None:
+        words.append(f"approve below {approve_below:g}")
+    if reject_from is not None:
+        words.append(f"reject from {reject_from:g}")
+    return "; ".join(words) or "no thresholds"
 
 
 class RuleCall(NamedTuple):

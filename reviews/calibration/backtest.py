@@ -18,7 +18,7 @@ from datetime import datetime
 
 from django.db.models import BooleanField, Case, CharField, Count, F, Q, Value, When
 
-from moderation.models import Image, ImageCategory
+from moderation.models import Image, ImageCategory, thresholds_text
 from moderation.routing import Thresholds
 
 OPEN = (Image.Status.AWAITING_REVIEW, Image.Status.ESCALATED)
@@ -45,8 +45,22 @@ class Backtest:
     open_auto_decided: int = 0
 
     @property
+    def thresholds_text(self) -> str:
+        return thresholds_text(*self.thresholds)
+
+    @property
+    def form_values(self) -> tuple[str, str]:
+        """The thresholds as the form that saves them sends them ("" for none)."""
+        low, high = self.thresholds
+        return _form_value(low), _form_value(high)
+
+    @property
     def differently(self) -> int:
         return self.would_approve_was_rejected + self.would_reject_was_approved
+
+
+def _form_value(value: float | None) -> str:
+    return "" if value is None else f"{value:g}"
 
 
 def run(*, category: str, thresholds: Thresholds, since: datetime) -> Backtest:
