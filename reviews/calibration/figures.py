@@ -105,12 +105,11 @@ class CategoryFigures:
 
 def people_decisions(*, since: datetime) -> QuerySet[Decision]:
     """The decisions counted: standing, settling an image, each image's latest in the range."""
+    # NOT EXISTS on the undo's unique index: undone_by__isnull would join every decision ever.
+    undone = Decision.objects.filter(undoes=OuterRef("pk"))
     in_range = Decision.objects.filter(
-        created_at__gte=since,
-        verdict__in=SETTLING,
-        status_after__in=SETTLED,
-        undone_by__isnull=True,
-    )
+        created_at__gte=since, verdict__in=SETTLING, status_after__in=SETTLED
+    ).filter(~Exists(undone))
     later = in_range.filter(image=OuterRef("image"), id__gt=OuterRef("id"))
     return in_range.filter(~Exists(later))
 
