@@ -1,7 +1,8 @@
 """Benchmark of the IMM calibration page at scale (DATABASE_URL must be PostgreSQL).
 
 1. Makes a database of its own (dropped and made again, like bench/pipeline.py's) and seeds
-   --images images with bench/common.py's seed (COPY), then gives every category row a rate,
+   --images images with bench/common.py's seed (COPY), then gives every category row a rate
+   and its image's suggestion,
    adds a category to a share of the approved images (as IMM's pass with a low rate of
    something would), and writes one person's decision for every --decide-every'th image with
    a category (INSERT ... SELECT: no ORM save per row), then VACUUM ANALYZE.
@@ -67,7 +68,7 @@ ADD_CATEGORIES = """
     FROM {image} WHERE status = 'approved' AND id % 5 = 0
 """
 ADD_RATES = """
-    UPDATE {category} c SET rate = CASE WHEN i.status = 'approved'
+    UPDATE {category} c SET suggestion = i.imm_suggestion, rate = CASE WHEN i.status = 'approved'
         THEN round((random() * 60)::numeric, 2) ELSE round((40 + random() * 60)::numeric, 2) END
     FROM {image} i WHERE i.id = c.image_id
 """

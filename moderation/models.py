@@ -572,6 +572,9 @@ class ImageCategory(models.Model):
     # The category's rate in that verdict (the highest over its frames, 0-100); empty when the
     # verdict gave none, and on rows written before rates were kept.
     rate = models.FloatField(null=True, blank=True)
+    # That verdict's suggestion (Image.imm_suggestion), here too so that calibration counts by
+    # category, rate and suggestion from this table alone, without reading the images table.
+    suggestion = models.CharField(max_length=16, blank=True)
 
     class Meta:
         constraints = [

@@ -47,7 +47,9 @@ def bare_image(
         uploaded_at=timezone.now() - timedelta(days=uploaded_days_ago)
     )
     for category, rate in (categories or {}).items():
-        ImageCategory.objects.create(image=image, category=category, rate=rate)
+        ImageCategory.objects.create(
+            image=image, category=category, rate=rate, suggestion=suggestion
+        )
     return image
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import threading
 import uuid
 from typing import Any
 
 import pytest
+from django.apps import apps as django_apps
 from django.db import IntegrityError, connection, transaction
 
 from moderation import routing
@@ -211,9 +213,8 @@ def test_a_result_over_the_reject_threshold_is_rejected_naming_the_rule(make_ima
     event = Event.objects.get(image=image)
     assert event.type == Event.Type.REJECTED
     assert event.data["decided_by"] == {"kind": "rule", "name": "routing rule for porn"}
-    assert list(ImageCategory.objects.filter(image=image).values_list("category", "rate")) == [
-        ("porn", 97.0)
-    ]
+    rows = ImageCategory.objects.filter(image=image).values_list("category", "rate", "suggestion")
+    assert list(rows) == [("porn", 97.0, "review")]
 
 
 def test_a_result_under_the_approve_threshold_is_approved(make_image):
@@ -264,6 +265,25 @@ def test_thresholds_set_later_do_not_touch_images_already_routed(make_image):
 
     image.refresh_from_db()
     assert image.status == REJECTED  # rules apply to results recorded from now on
+
+
+def test_the_migration_fills_suggestions_and_single_category_rates_of_older_rows(make_image):
+    one, two = make_image(), make_image()
+    Image.objects.filter(pk=one.pk).update(imm_suggestion="block", imm_rate=91.5)
+    Image.objects.filter(pk=two.pk).update(imm_suggestion="review", imm_rate=80.0)
+    ImageCategory.objects.create(image=one, category="porn")
+    ImageCategory.objects.create(image=two, category="sexy")
+    ImageCategory.objects.create(image=two, category="bloody")
+
+    backfill = importlib.import_module("moderation.migrations.0017_category_rates_backfill")
+    backfill.backfill(django_apps, None)
+
+    rows = ImageCategory.objects.order_by("image_id", "category")
+    assert list(rows.values_list("category", "suggestion", "rate")) == [
+        ("porn", "block", 91.5),
+        ("bloody", "review", None),  # two categories: the image's rate may be either's
+        ("sexy", "review", None),
+    ]
 
 
 # --- Saving thresholds ------------------------------------------------------------------------

@@ -1100,7 +1100,9 @@ def _remember_verdict(image: Image, result: ModerationResult) -> None:
     by_category = category_rates(result.block_frames)
     ImageCategory.objects.bulk_create(
         [
-            ImageCategory(image=image, category=c, rate=by_category.get(c))
+            ImageCategory(
+                image=image, category=c, rate=by_category.get(c), suggestion=result.suggestion
+            )
             for c in sorted(set(result.categories))
         ]
     )
