@@ -573,8 +573,10 @@ class ImageCategory(models.Model):
     # verdict gave none, and on rows written before rates were kept.
     rate = models.FloatField(null=True, blank=True)
     # That verdict's suggestion (Image.imm_suggestion), here too so that calibration counts by
-    # category, rate and suggestion from this table alone, without reading the images table.
-    suggestion = models.CharField(max_length=16, blank=True)
+    # category, rate and suggestion from this table alone, without reading the images table. A
+    # database default too: bulk loads that name only the image and category (bench/common.py's
+    # COPY) still work.
+    suggestion = models.CharField(max_length=16, blank=True, db_default="")
 
     class Meta:
         constraints = [
