@@ -11,7 +11,7 @@ include .env
 export
 endif
 
-.PHONY: install run serve test lint typecheck migrate clean bench bench-pipeline bench-api bench-webhooks soak
+.PHONY: install run serve test lint typecheck migrate clean bench bench-pipeline bench-api bench-webhooks bench-calibration soak
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -129,6 +129,16 @@ bench-api: install
 	    "(it is dropped), e.g. postgres://postgres@127.0.0.1:5432/moderation_bench_api" >&2; \
 	  exit 2;; esac
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/api.py $(BENCH_ARGS)
+
+# The IMM calibration page (agreement by rate band, the thresholds backtest) on 1,000,000 images
+# with their decisions, in a PostgreSQL database of its own that it drops and creates again.
+# BENCH_ARGS="--images 100000" for a quick run.
+bench-calibration: install
+	@case "$$DATABASE_URL" in postgres://*|postgresql://*) ;; *) \
+	  echo "make bench-calibration needs DATABASE_URL=postgres://... naming a database of its" \
+	    "own (it is dropped), e.g. postgres://postgres@127.0.0.1:5432/moderation_bench_calibration" >&2; \
+	  exit 2;; esac
+	$(BIN)/python bench/calibration.py $(BENCH_ARGS)
 
 # Webhook deliveries/s from manage.py deliver_webhooks to a local receiver, in a PostgreSQL
 # database of its own that it drops and creates again (20,000 events by default), checking none

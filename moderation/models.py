@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from django.conf import settings
 from django.db import models
@@ -182,6 +182,7 @@ class AuditEntry(models.Model):
         "image.retry_requested": "Retry requested",
         "routing.rule_added": "Routing rule added",
         "routing.rule_removed": "Routing rule removed",
+        "routing.thresholds_set": "Routing thresholds set",
         "review.approved": "Approved by a reviewer",
         "review.rejected": "Rejected by a reviewer",
         "review.escalated": "Escalated to an admin",
@@ -431,10 +432,22 @@ class NotificationInboxMessage(models.Model):
 
 
 class RoutingRule(models.Model):
-    """Send images with this category to human review, whatever IMM suggested."""
+    """What to do with images whose IMM result names this category.
+
+    Without thresholds: send them to a person, whatever IMM suggested. With thresholds, the
+    category's rate in the result (IMM's 0-100 confidence, the highest over the frames labelled
+    with it) decides: below `approve_below` approve, from `reject_from` up reject, a person in
+    between. Either threshold may be left out (that side then goes to a person too).
+    """
 
     category = models.CharField(max_length=limits.CATEGORY_MAX, unique=True)
     note = models.CharField(max_length=limits.RULE_NOTE_MAX, blank=True)
+    approve_below = models.FloatField(
+        null=True, blank=True, help_text="IMM rate (0-100) below which the image is approved."
+    )
+    reject_from = models.FloatField(
+        null=True, blank=True, help_text="IMM rate (0-100) from which the image is rejected."
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT
     )
@@ -442,9 +455,74 @@ class RoutingRule(models.Model):
 
     class Meta:
         ordering = ["category"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(approve_below__isnull=True)
+                | models.Q(approve_below__gte=0, approve_below__lte=100),
+                name="rule_approve_below_is_a_rate",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(reject_from__isnull=True)
+                | models.Q(reject_from__gte=0, reject_from__lte=100),
+                name="rule_reject_from_is_a_rate",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(approve_below__isnull=True)
+                | models.Q(reject_from__isnull=True)
+                | models.Q(approve_below__lte=models.F("reject_from")),
+                name="rule_approve_below_not_above_reject_from",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.category
+
+    @property
+    def has_thresholds(self) -> bool:
+        return self.approve_below is not None or self.reject_from is not None
+
+    def call(self, rate: float | None) -> RuleCall:
+        """What this rule's thresholds make of the category's rate (None: the result gave none)."""
+        name = self.category
+        if rate is None:
+            return RuleCall("people", f"no rate for {name} in the result: a person decides")
+        if self.reject_from is not None and rate >= self.reject_from:
+            return RuleCall(
+                "reject", f"rate {rate:g} >= {self.reject_from:g} for {name}: auto-reject"
+            )
+        if self.approve_below is not None and rate < self.approve_below:
+            return RuleCall(
+                "approve", f"rate {rate:g} < {self.approve_below:g} for {name}: auto-approve"
+            )
+        return RuleCall("people", f"rate {rate:g} for {name} is {self.band_text}: a person decides")
+
+    @property
+    def thresholds_text(self) -> str:
+        """The thresholds in words, e.g. "approve below 40; reject from 95"."""
+        return thresholds_text(self.approve_below, self.reject_from)
+
+    @property
+    def band_text(self) -> str:
+        """The people band in words, e.g. "from 40 to below 95"."""
+        low = "from 0" if self.approve_below is None else f"from {self.approve_below:g}"
+        high = "to 100" if self.reject_from is None else f"to below {self.reject_from:g}"
+        return f"{low} {high}"
+
+
+def thresholds_text(approve_below: float | None, reject_from: float | None) -> str:
+    words = []
+    if approve_below is not None:
+        words.append(f"approve below {approve_below:g}")
+    if reject_from is not None:
+        words.append(f"reject from {reject_from:g}")
+    return "; ".join(words) or "no thresholds"
+
+
+class RuleCall(NamedTuple):
+    """A routing rule's word on one category: approve, reject or people, and why."""
+
+    verdict: str
+    reason: str
 
 
 class ImmStatus(models.Model):
@@ -491,6 +569,14 @@ class ImageCategory(models.Model):
 
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="category_rows")
     category = models.CharField(max_length=64)
+    # The category's rate in that verdict (the highest over its frames, 0-100); empty when the
+    # verdict gave none, and on rows written before rates were kept.
+    rate = models.FloatField(null=True, blank=True)
+    # That verdict's suggestion (Image.imm_suggestion), here too so that calibration counts by
+    # category, rate and suggestion from this table alone, without reading the images table. A
+    # database default too: bulk loads that name only the image and category (bench/common.py's
+    # COPY) still work.
+    suggestion = models.CharField(max_length=16, blank=True, db_default="")
 
     class Meta:
         constraints = [

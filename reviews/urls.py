@@ -15,4 +15,5 @@ urlpatterns = [
     path("<int:pk>/reopen/", views.reopen, name="review_reopen"),
     path("<int:pk>/override/", views.override, name="review_override"),
     path("decisions/<int:pk>/undo/", views.undo, name="review_undo"),
+    path("calibration/", include("reviews.calibration.urls")),
 ]

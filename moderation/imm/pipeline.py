@@ -1018,14 +1018,14 @@ def _apply(task: ModerationTask, result: ModerationResult, image: Image) -> None
         ModerationResult.objects.filter(task=task, applied=True)
         .exclude(pk=result.pk)
         .order_by("received_at", "id")
-        .values_list("pk", "end_time", "categories")
+        .values_list("pk", "end_time", "categories", "block_frames")
     )
     # A word without an EndTime cannot be shown to be newer than one with it: it never overrides
     # such a word (between two words without one, arrival order decides).
     newer = next(
         (
             pk
-            for pk, end_time, _ in earlier
+            for pk, end_time, _, _ in earlier
             if end_time is not None and (result.end_time is None or end_time > result.end_time)
         ),
         None,
@@ -1080,9 +1080,13 @@ def _apply(task: ModerationTask, result: ModerationResult, image: Image) -> None
         task.save()
         # A routing rule holds the image for a person whatever IMM says later: a manual review's
         # pass (no categories) does not release what the first verdict's categories flagged.
-        # Every category the task's earlier words named.
-        flagged_before = {c for _, _, categories in earlier for c in categories}
-        routed = route(result.suggestion, result.categories, also_flagged=flagged_before)
+        flagged_before = _flagged_before(earlier)
+        routed = route(
+            result.suggestion,
+            result.categories,
+            also_flagged=flagged_before,
+            rates=_highest(flagged_before, category_rates(result.block_frames)),
+        )
         target, reason = routed.status, routed.reason
         verdict_fields = _remember_verdict(image, result)
         if target == image.status:
@@ -1128,10 +1132,53 @@ def _remember_verdict(image: Image, result: ModerationResult) -> list[str]:
     image.imm_categories = list(result.categories)
     rates = [float(f.get("Rate") or 0) for f in result.block_frames if isinstance(f, dict)]
     image.imm_rate = max(rates) if rates else None
+    by_category = category_rates(result.block_frames)
     ImageCategory.objects.bulk_create(
-        [ImageCategory(image=image, category=c) for c in sorted(set(result.categories))]
+        [
+            ImageCategory(
+                image=image, category=c, rate=by_category.get(c), suggestion=result.suggestion
+            )
+            for c in sorted(set(result.categories))
+        ]
     )
     return ["imm_suggestion", "imm_categories", "imm_rate"]
+
+
+def category_rates(block_frames: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+    """Each label's rate in a result: the highest Rate over the frames IMM labelled with it.
+
+    A category IMM lists without a frame of its own (a frame carries only its worst label) has
+    no rate here: a threshold cannot judge it, so a rule with thresholds sends it to a person.
+    """
+    rates: dict[str, float] = {}
+    for frame in block_frames:
+        label, rate = frame.get("Label"), frame.get("Rate")
+        if isinstance(label, str) and isinstance(rate, int | float) and not isinstance(rate, bool):
+            rates[label] = max(float(rate), rates.get(label, float(rate)))
+    return rates
+
+
+def _highest(
+    first: Mapping[str, float | None], second: Mapping[str, float | None]
+) -> dict[str, float | None]:
+    """Both mappings of category to rate, keeping the higher rate where both give one."""
+    merged = dict(first)
+    for category, rate in second.items():
+        known = merged.get(category)
+        merged[category] = known if rate is None else rate if known is None else max(known, rate)
+    return merged
+
+
+def _flagged_before(earlier: Iterable[tuple[Any, ...]]) -> dict[str, float | None]:
+    """Every category named by the task's results applied before this one (`earlier`: their
+    (pk, end_time, categories, block_frames)), with its highest rate in them (None when none gave
+    one): IMM's manual review may come back as a pass with no categories, and the first
+    verdict's categories still count (see route)."""
+    flagged: dict[str, float | None] = {}
+    for _, _, categories, block_frames in earlier:
+        rates = category_rates(block_frames)
+        flagged = _highest(flagged, {category: rates.get(category) for category in categories})
+    return flagged
 
 
 class Route(NamedTuple):
@@ -1142,29 +1189,64 @@ class Route(NamedTuple):
     rules: tuple[str, ...] = ()
 
 
-def route(suggestion: str, categories: list[str], *, also_flagged: Iterable[str] = ()) -> Route:
+def route(
+    suggestion: str,
+    categories: list[str],
+    *,
+    also_flagged: Iterable[str] = (),
+    rates: Mapping[str, float | None] | None = None,
+) -> Route:
     """The image status for a verdict, and why: routing rules first, then IMM's suggestion.
 
     `also_flagged` are categories an earlier verdict on the same task named: rules apply to them
-    too.
+    too. `rates` gives each category's rate (0-100, category_rates), which a rule's thresholds
+    compare (RoutingRule.call). When the rules disagree the safer word wins: any auto-reject
+    rejects (nothing is published, and no person has to look at it); otherwise any rule that
+    wants a person (no thresholds, a rate in the people band or no rate) sends it to people;
+    auto-approve only when every category named has a rule that approves it, since a category
+    without a rule leaves IMM's suggestion standing.
     """
-    rules = set(
-        RoutingRule.objects.filter(category__in={*categories, *also_flagged}).values_list(
-            "category", flat=True
+    named = {*categories, *also_flagged}
+    rules = list(
+        RoutingRule.objects.filter(category__in=named).only(
+            "category", "approve_below", "reject_from"
         )
     )
-    if rules and suggestion != "review":
-        listed = ", ".join(sorted(rules))
+    holds = sorted(rule.category for rule in rules if not rule.has_thresholds)
+    calls = {
+        rule.category: rule.call((rates or {}).get(rule.category))
+        for rule in rules
+        if rule.has_thresholds
+    }
+    by_verdict: dict[str, list[str]] = {"approve": [], "reject": [], "people": []}
+    for category in sorted(calls):
+        by_verdict[calls[category].verdict].append(category)
+    rejects, people, approves = by_verdict["reject"], by_verdict["people"], by_verdict["approve"]
+    if rejects:
+        return _by_rules(Image.Status.REJECTED, [calls[c].reason for c in rejects], rejects)
+    if people:
+        reasons = [calls[c].reason for c in people]
+        if holds:
+            reasons.append(f"routing rule for {', '.join(holds)}")
+        return _by_rules(Image.Status.AWAITING_REVIEW, reasons, sorted([*people, *holds]))
+    if holds and suggestion != "review":
+        listed = ", ".join(holds)
         return Route(
             Image.Status.AWAITING_REVIEW,
             f"IMM said {suggestion}; routing rule for {listed}",
-            tuple(sorted(rules)),
+            tuple(holds),
         )
+    if approves and not holds and set(approves) == named:
+        return _by_rules(Image.Status.APPROVED, [calls[c].reason for c in approves], approves)
     if suggestion in ROUTES:
         return Route(ROUTES[suggestion], f"IMM said {suggestion}")
     return Route(
         Image.Status.AWAITING_REVIEW, f"IMM said {suggestion or 'nothing'}: a person decides"
     )
+
+
+def _by_rules(status: str, reasons: list[str], categories: list[str]) -> Route:
+    return Route(status, "; ".join(reasons), tuple(categories))
 
 
 # The outcome events IMM's routing writes: a final outcome (approved, rejected), and a settled
@@ -1184,7 +1266,7 @@ def _announce_route(image: Image, *, before: str, routed: Route, result: Moderat
                 if routed.status == Image.Status.APPROVED
                 else Event.Type.REJECTED
             ),
-            decided_by=outbox.DecidedBy.imm(),
+            decided_by=_decided_by(routed),
             verdict=routed.status,
             reason=f"{routed.reason}: {categories}" if categories else routed.reason,
             previous_status=before,
@@ -1194,16 +1276,18 @@ def _announce_route(image: Image, *, before: str, routed: Route, result: Moderat
         outbox.emit_outcome(
             image=image,
             type=Event.Type.REOPENED,
-            decided_by=(
-                outbox.DecidedBy.rule("routing rule for " + ", ".join(routed.rules))
-                if routed.rules
-                else outbox.DecidedBy.imm()
-            ),
+            decided_by=_decided_by(routed),
             verdict="reopened",
             reason=routed.reason,
             previous_status=before,
             now=image.status_changed_at,
         )
+
+
+def _decided_by(routed: Route) -> outbox.DecidedBy:
+    if routed.rules:
+        return outbox.DecidedBy.rule("routing rule for " + ", ".join(routed.rules))
+    return outbox.DecidedBy.imm()
 
 
 def checked_frames(
