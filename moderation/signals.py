@@ -6,3 +6,8 @@ from django.dispatch import Signal
 # or "original"). Sent before the bytes go out; a receiver that fails stops them (no unrecorded
 # exposure). reviews records each one as a Reveal.
 pixels_served = Signal()
+
+# IMM's verdict routed an image (its status and categories are set): image. Sent in the
+# transaction that routed it, so what receivers write commits or rolls back with it. reviews
+# keeps each waiting image's due time (reviews.sla.due).
+review_routed = Signal()

@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import include, path
 
 from . import views
 
@@ -14,4 +14,6 @@ urlpatterns = [
     path("<int:pk>/reopen/", views.reopen, name="review_reopen"),
     path("<int:pk>/override/", views.override, name="review_override"),
     path("decisions/<int:pk>/undo/", views.undo, name="review_undo"),
+    path("sla/", include("reviews.sla.urls")),
+    path("exposure/", include("reviews.exposure.urls")),
 ]

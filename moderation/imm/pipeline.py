@@ -48,6 +48,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django_tasks import task as background_task
 
+from moderation import signals
 from moderation.audit import log as audit
 from moderation.events import outbox
 from moderation.events.models import Event
@@ -1069,6 +1070,7 @@ def _apply(task: ModerationTask, result: ModerationResult, image: Image) -> None
             result.suggestion, result.categories, also_flagged=_flagged_before(task, result)
         )
         target, reason = routed.status, routed.reason
+        was = image.status
         _remember_verdict(image, result)
         if target == image.status:
             # Already where this word sends it (IMM's second word on an image a rule holds): no
@@ -1081,6 +1083,9 @@ def _apply(task: ModerationTask, result: ModerationResult, image: Image) -> None
             _move(image, target, action="imm.routed", reason=reason, detail=verdict)
             _announce_route(image, before=before, routed=routed, result=result)
             result.outcome = f"routed: {reason}"
+        if Image.Status.AWAITING_REVIEW in (was, image.status):
+            # Entered, left or stayed in the review queue (its categories may have changed).
+            signals.review_routed.send(sender=Image, image=image)
     result.applied = True
     result.save(update_fields=["applied", "outcome"])
 
