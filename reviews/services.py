@@ -11,7 +11,7 @@ the next claim replaces it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -184,12 +184,15 @@ def claim_next(
     now: datetime | None = None,
     exclude: Iterable[int] = (),
     order: Sequence[str | OrderBy] = ("status_changed_at", "id"),
+    accept: Callable[[Image], bool] | None = None,
 ) -> Claim | None:
     """The reviewer's current item, or the first unclaimed waiting one in `order` (oldest
     first unless told), leased to them.
 
     `queryset` narrows the queue (the queue page's filters, a reviewer's limits); `exclude`
-    skips images (the one just skipped). Returns None when nothing is waiting.
+    skips images (the one just skipped); `accept`, if given, is asked in the claim's
+    transaction about the locked image and can refuse it (a reviewer's daily cap: the next one
+    is tried). Returns None when nothing is waiting.
     """
     now = now or timezone.now()
     excluded = set(exclude)
@@ -212,6 +215,9 @@ def claim_next(
                 )
                 if image is None:
                     break
+                if accept is not None and not accept(image):
+                    candidates = candidates.exclude(pk=image.pk)
+                    continue
                 # One claim per reviewer (a database constraint): taking a new item lets go of
                 # the reviewer's expired or skipped claim; an expired claim on this image is
                 # replaced. Never a live claim: while the reviewer holds one, the insert below

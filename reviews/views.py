@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
@@ -200,16 +200,15 @@ def _claim_next(request: HtmxHttpRequest, *, exclude: list[int] | None = None) -
     the order they chose (oldest or most urgent first)."""
     now = timezone.now()
     images = _filters(request, request.POST).apply(services.waiting(), now=now)
-    # Never a category the reviewer opted out of, or whose daily limit they reached.
-    images = exposure_limits.allowed(request.user.pk, images, now=now)
     if _preference(request.user).order_by_due:
-        return services.claim_next(
-            reviewer=request.user,
-            queryset=due_order.ordered(images),
-            order=due_order.ORDER,
-            exclude=exclude or (),
-        )
-    return services.claim_next(reviewer=request.user, queryset=images, exclude=exclude or ())
+        images = due_order.ordered(images)
+        order: dict[str, Any] = {"order": due_order.ORDER}
+    else:
+        order = {}
+    # Never a category the reviewer opted out of, or whose daily limit they reached.
+    return exposure_limits.claim_next(
+        reviewer=request.user, images=images, now=now, exclude=exclude or (), **order
+    )
 
 
 @permission_required(REVIEW, raise_exception=True)

@@ -6,10 +6,12 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING
 
 from django.db import IntegrityError, transaction
-from django.db.models import F, Sum
+from django.db.models import F
 from django.utils import timezone
 
-from .models import ExposureCount
+from .models import COLUMN, ExposureCount
+
+TOTAL = F("previews") + F("thumbnails") + F("originals")
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -25,28 +27,28 @@ def day_of(moment: datetime) -> date:
 def count(*, image: Image, user: User, variant: str, now: datetime | None = None) -> None:
     """Add one showing of `variant` of `image` to `user`'s counts for today, once per category.
 
-    An increment in the database (UPDATE ... SET count = count + 1), so two tabs revealing at
-    once both count; the first showing of the day inserts the row, and an insert that loses the
-    race to another tab's becomes an increment.
+    An increment in the database (UPDATE ... SET n = n + 1), so two tabs revealing at once both
+    count; the first showing of the day inserts the row, and an insert that loses the race to
+    another tab's becomes an increment.
     """
     day = day_of(now or timezone.now())
+    column = COLUMN[variant]
     for category in sorted(set(image.imm_categories or [])) or [""]:
-        key = {"reviewer": user, "day": day, "category": category, "variant": variant}
-        if ExposureCount.objects.filter(**key).update(count=F("count") + 1):
+        key = {"reviewer": user, "day": day, "category": category}
+        if ExposureCount.objects.filter(**key).update(**{column: F(column) + 1}):
             continue
         try:
             with transaction.atomic():
-                ExposureCount.objects.create(**key, count=1)
+                ExposureCount.objects.create(**key, **{column: 1})
         except IntegrityError:
-            ExposureCount.objects.filter(**key).update(count=F("count") + 1)
+            ExposureCount.objects.filter(**key).update(**{column: F(column) + 1})
 
 
 def today(user_id: int, *, now: datetime | None = None) -> dict[str, int]:
-    """Category -> images shown to the user today (every variant)."""
+    """Category -> clear images shown to the user today (every rendition)."""
     rows = (
         ExposureCount.objects.filter(reviewer_id=user_id, day=day_of(now or timezone.now()))
-        .values("category")
-        .annotate(n=Sum("count"))
+        .annotate(n=TOTAL)
         .values_list("category", "n")
     )
     return {category: n for category, n in rows}

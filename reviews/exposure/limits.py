@@ -3,16 +3,24 @@ daily cap they reached (reviews.exposure.models)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
 from moderation.models import Image, ImageCategory
+from reviews import services
 
 from . import counting
-from .models import ExposureCap, OptOut
+from .models import ExposureCap, ExposureCount, OptOut
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
+    from reviews.models import Claim
 
 
 @dataclass(frozen=True)
@@ -63,4 +71,56 @@ def allowed(
         return images
     return images.exclude(
         Exists(ImageCategory.objects.filter(image=OuterRef("pk"), category__in=blocked))
+    )
+
+
+def acceptor(user_id: int, *, now: datetime | None = None) -> Callable[[Image], bool]:
+    """A check for services.claim_next, run in its transaction on the image it is about to hand
+    out: False if a category of the image is at its cap for this reviewer today.
+
+    It settles the race `allowed` alone leaves open (two tabs of one reviewer: one reads the
+    counts, the other reveals and decides, then the first claims): the reviewer's count rows for
+    the image's capped categories are made if missing and locked (SELECT ... FOR UPDATE) before
+    they are read, so a reveal being counted in another tab waits for this claim, or was
+    counted before it. Only the reviewer's own rows, and only for capped categories.
+    """
+    table = caps()
+    day = counting.day_of(now or timezone.now())
+
+    def accept(image: Image) -> bool:
+        capped = {
+            c: table.get(c, table.get(""))
+            for c in set(image.imm_categories or [])
+            if c and table.get(c, table.get("")) is not None
+        }
+        if not capped:
+            return True
+        key = {"reviewer_id": user_id, "day": day}
+        ExposureCount.objects.bulk_create(
+            [ExposureCount(**key, category=c) for c in capped], ignore_conflicts=True
+        )
+        rows = (
+            ExposureCount.objects.select_for_update()
+            .filter(**key, category__in=capped)
+            .order_by("category")
+            .annotate(n=counting.TOTAL)
+            .values_list("category", "n")
+        )
+        return all(n < capped[c] for c, n in rows)
+
+    return accept
+
+
+def claim_next(
+    *, reviewer: User, images: QuerySet[Image], now: datetime | None = None, **options: Any
+) -> Claim | None:
+    """services.claim_next within the reviewer's limits: never a category they opted out of
+    or whose cap they reached today (checked again, locked, in the claim's transaction)."""
+    now = now or timezone.now()
+    return services.claim_next(
+        reviewer=reviewer,
+        queryset=allowed(reviewer.pk, images, now=now),
+        accept=acceptor(reviewer.pk, now=now),
+        now=now,
+        **options,
     )

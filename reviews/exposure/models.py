@@ -14,12 +14,13 @@ MAX_CAP = 10_000
 
 
 class ExposureCount(models.Model):
-    """How many times `reviewer` was shown clear pixels of `variant` of images in `category`
-    on `day` (the server's TIME_ZONE calendar day). Category "" counts images with none.
+    """How many times `reviewer` was shown clear pixels of images in `category` on `day` (the
+    server's TIME_ZONE calendar day), by rendition. Category "" counts images with none.
 
     Kept in the transaction that records each Reveal (reviews.exposure.counting), so the admins'
     page reads a few rows per reviewer and day instead of scanning reveals; each reviewer's rows
-    are their own, never a row all reviewers write.
+    are their own, never a row all reviewers write. A claim that a cap could refuse locks the
+    reviewer's row for the category (reviews.exposure.limits.accept).
     """
 
     reviewer = models.ForeignKey(
@@ -27,19 +28,28 @@ class ExposureCount(models.Model):
     )
     day = models.DateField()
     category = models.CharField(max_length=limits.CATEGORY_MAX, blank=True)
-    variant = models.CharField(max_length=10)
-    count = models.PositiveIntegerField(default=0)
+    previews = models.PositiveIntegerField(default=0)
+    thumbnails = models.PositiveIntegerField(default=0)
+    originals = models.PositiveIntegerField(default=0)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["reviewer", "day", "category", "variant"], name="one_exposure_count"
+                fields=["reviewer", "day", "category"], name="one_exposure_count"
             )
         ]
         indexes = [models.Index(fields=["day", "reviewer"], name="exposure_day")]
 
     def __str__(self) -> str:
-        return f"{self.reviewer_id} {self.day} {self.category or '-'} {self.variant}: {self.count}"
+        return f"{self.reviewer_id} {self.day} {self.category or '-'}: {self.total}"
+
+    @property
+    def total(self) -> int:
+        return self.previews + self.thumbnails + self.originals
+
+
+# The column each served rendition counts in.
+COLUMN = {"preview": "previews", "thumbnail": "thumbnails", "original": "originals"}
 
 
 class ExposureCap(models.Model):

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
-from django.db.models import Q, Sum
+from django.db.models import Sum
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
@@ -33,7 +33,6 @@ REVIEW = "moderation.review_image"
 RANGES = {"1": "Today", "7": "7 days", "30": "30 days"}
 # The page lists at most this many reviewer-day-category rows (30 days of a large team).
 ROW_LIMIT = 3000
-VARIANTS = ("preview", "thumbnail", "original")
 
 
 @permission_required(ADMIN, raise_exception=True)
@@ -71,14 +70,17 @@ def _page(
     today = counting.day_of(timezone.now())
     since = today - timedelta(days=int(days) - 1)
     counts = ExposureCount.objects.filter(day__gte=since)
-    per_variant = {v: Sum("count", filter=Q(variant=v)) for v in VARIANTS}
     rows = list(
-        counts.values("reviewer__username", "day", "category")
-        .annotate(**per_variant, total=Sum("count"))
+        counts.annotate(shown=counting.TOTAL)
+        .values(
+            "reviewer__username", "day", "category", "previews", "thumbnails", "originals", "shown"
+        )
         .order_by("-day", "reviewer__username", "category")[: ROW_LIMIT + 1]
     )
     totals = list(
-        counts.values("reviewer__username").annotate(total=Sum("count")).order_by("-total")[:200]
+        counts.values("reviewer__username")
+        .annotate(shown=Sum(counting.TOTAL))
+        .order_by("-shown", "reviewer__username")[:200]
     )
     caps = list(ExposureCap.objects.select_related("updated_by"))
     return TemplateResponse(
