@@ -34,9 +34,12 @@ def caps() -> dict[str, int]:
     return dict(ExposureCap.objects.values_list("category", "images"))
 
 
-def reached(user_id: int, *, now: datetime | None = None) -> list[Reached]:
-    """The categories whose cap the user has reached today, by name."""
-    table = caps()
+def reached(
+    user_id: int, *, now: datetime | None = None, table: dict[str, int] | None = None
+) -> list[Reached]:
+    """The categories whose cap the user has reached today, by name (`table`: the caps, if
+    already read)."""
+    table = caps() if table is None else table
     if not table:
         return []
     shown = counting.today(user_id, now=now)
@@ -58,14 +61,18 @@ def opted_out(user_id: int) -> list[str]:
 
 
 def allowed(
-    user_id: int, images: QuerySet[Image], *, now: datetime | None = None
+    user_id: int,
+    images: QuerySet[Image],
+    *,
+    now: datetime | None = None,
+    table: dict[str, int] | None = None,
 ) -> QuerySet[Image]:
     """`images` without those of a category the user opted out of or reached today's cap for.
 
     Two small reads (the user's counts for today with the caps, and their opt-outs); with
     nothing to leave out the queryset is unchanged, so the claim query stays as it was.
     """
-    blocked = {r.category for r in reached(user_id, now=now or timezone.now())}
+    blocked = {r.category for r in reached(user_id, now=now or timezone.now(), table=table)}
     blocked.update(opted_out(user_id))
     if not blocked:
         return images
@@ -74,7 +81,9 @@ def allowed(
     )
 
 
-def acceptor(user_id: int, *, now: datetime | None = None) -> Callable[[Image], bool]:
+def acceptor(
+    user_id: int, *, now: datetime | None = None, table: dict[str, int] | None = None
+) -> Callable[[Image], bool]:
     """A check for services.claim_next, run in its transaction on the image it is about to hand
     out: False if a category of the image is at its cap for this reviewer today.
 
@@ -84,7 +93,7 @@ def acceptor(user_id: int, *, now: datetime | None = None) -> Callable[[Image], 
     they are read, so a reveal being counted in another tab waits for this claim, or was
     counted before it. Only the reviewer's own rows, and only for capped categories.
     """
-    table = caps()
+    table = caps() if table is None else table
     day = counting.day_of(now or timezone.now())
 
     def accept(image: Image) -> bool:
@@ -96,16 +105,21 @@ def acceptor(user_id: int, *, now: datetime | None = None) -> Callable[[Image], 
         if not capped:
             return True
         key = {"reviewer_id": user_id, "day": day}
-        ExposureCount.objects.bulk_create(
-            [ExposureCount(**key, category=c) for c in capped], ignore_conflicts=True
-        )
-        rows = (
+        locked = (
             ExposureCount.objects.select_for_update()
             .filter(**key, category__in=capped)
             .order_by("category")
             .annotate(n=counting.TOTAL)
             .values_list("category", "n")
         )
+        rows = list(locked)
+        if len(rows) < len(capped):
+            # A category not shown yet today has no row to lock: make it (a count of 0), so a
+            # reveal counted in another tab meanwhile waits for this claim all the same.
+            ExposureCount.objects.bulk_create(
+                [ExposureCount(**key, category=c) for c in capped], ignore_conflicts=True
+            )
+            rows = list(locked)
         return all(n < capped[c] for c, n in rows)
 
     return accept
@@ -117,10 +131,11 @@ def claim_next(
     """services.claim_next within the reviewer's limits: never a category they opted out of
     or whose cap they reached today (checked again, locked, in the claim's transaction)."""
     now = now or timezone.now()
+    table = caps()  # read once for both checks
     return services.claim_next(
         reviewer=reviewer,
-        queryset=allowed(reviewer.pk, images, now=now),
-        accept=acceptor(reviewer.pk, now=now),
+        queryset=allowed(reviewer.pk, images, now=now, table=table),
+        accept=acceptor(reviewer.pk, now=now, table=table),
         now=now,
         **options,
     )

@@ -3,27 +3,26 @@
 Written where an image enters or leaves the queue, in the transaction that moves it: IMM's
 routing (moderation.signals.review_routed, sent by the pipeline), and the reviews services
 (decide, undo, reopen). When targets change, `recompute` rewrites every waiting image's row
-in batches. Reading the due order then is an index scan on (due_at, image), whatever the
+in one statement. Reading the due order then is an index scan on (due_at, image), whatever the
 queue's size; a row of an image that left the queue some other way is never shown (the queue
 joins on the image's status) and is removed by the next recompute.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import Case, DateTimeField, Exists, F, OuterRef, Value, When
 
-from moderation.models import Image
+from moderation.models import Image, ImageCategory
 
 from . import policy
 from .models import SlaDue
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
-
-BATCH = 2000
 
 
 def due_for(image: Image, targets: dict[str, int]) -> datetime | None:
@@ -59,26 +58,43 @@ def recompute() -> int:
     """Every waiting image's due time again, from the targets as they are now; returns how many.
 
     Called in the transaction that changes a target, so the queue never shows an old due time
-    beside a new target. Batches of BATCH images by primary key (a keyset, no OFFSET).
+    beside a new target. One INSERT ... SELECT in the database (an upsert, so a row an image
+    entering the queue meanwhile wrote is overwritten, not a conflict): the tightest category
+    target is the first that matches in a CASE over the targets, tightest first (a few targets,
+    each an index probe on the image's category rows), else the default (policy.minutes_for).
     """
     targets = policy.targets()
-    count = 0
-    last = 0
+    default = targets.get("")
+    since = F("status_changed_at")
+    whens = [
+        When(
+            Exists(ImageCategory.objects.filter(image=OuterRef("pk"), category=category)),
+            then=since + Value(timedelta(minutes=minutes)),
+        )
+        for category, minutes in sorted(
+            ((c, m) for c, m in targets.items() if c), key=lambda item: item[1]
+        )
+    ]
+    fallback = since + Value(timedelta(minutes=default)) if default is not None else None
+    rows = (
+        Image.objects.filter(status=Image.Status.AWAITING_REVIEW)
+        .annotate(due=Case(*whens, default=fallback, output_field=DateTimeField()))
+        .order_by()
+        .values_list("pk", "due")
+    )
+    select, params = rows.query.sql_with_params()
+    table = connection.ops.quote_name(SlaDue._meta.db_table)
     with transaction.atomic():
         # Rows of images that left the queue without passing through reviews (IMM's later word).
         SlaDue.objects.exclude(image__status=Image.Status.AWAITING_REVIEW).delete()
-        while True:
-            batch = list(
-                Image.objects.filter(status=Image.Status.AWAITING_REVIEW, pk__gt=last)
-                .order_by("pk")
-                .only("pk", "status_changed_at", "imm_categories", "status")[:BATCH]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                # Only our own SQL: the table name and the ORM-compiled SELECT (values are params).
+                f"INSERT INTO {table} (image_id, due_at) {select} "
+                "ON CONFLICT (image_id) DO UPDATE SET due_at = excluded.due_at",
+                params,
             )
-            if not batch:
-                break
-            _upsert(SlaDue(image_id=image.pk, due_at=due_for(image, targets)) for image in batch)
-            count += len(batch)
-            last = batch[-1].pk
-    return count
+            return cursor.rowcount
 
 
 def describe(due_at: datetime | None, now: datetime) -> tuple[str, bool]:
