@@ -472,6 +472,11 @@ class ReviewerRun:
     finished: float = 0.0  # perf_counter() when the loop ended (the same clock in every process)
 
 
+# "limits": reviewer_loop claims as Start reviewing does (reviews.exposure.limits.claim_next);
+# otherwise with services.claim_next alone. An environment variable, so spawned processes see it.
+CLAIM_PATH = "BENCH_CLAIM_PATH"
+
+
 def reviewer_loop(
     user_id: int,
     seconds: float,
@@ -485,6 +490,7 @@ def reviewer_loop(
     from django.db import connection
 
     from reviews import services
+    from reviews.exposure import limits as exposure_limits
     from reviews.models import Decision
 
     rng = random.Random(seed)  # noqa: S311 - benchmark data, not secrets
@@ -502,7 +508,13 @@ def reviewer_loop(
         while time.perf_counter() < deadline:
             started = time.perf_counter()
             # As the pane does after a decision: the next claim excludes the image just decided.
-            claim = services.claim_next(reviewer=user, exclude=last)
+            if os.environ.get(CLAIM_PATH) == "limits":
+                # As Start reviewing does: within the reviewer's exposure caps and opt-outs.
+                claim = exposure_limits.claim_next(
+                    reviewer=user, images=services.waiting(), exclude=last
+                )
+            else:
+                claim = services.claim_next(reviewer=user, exclude=last)
             claimed = time.perf_counter()
             if claim is None:
                 out.ran_dry = True

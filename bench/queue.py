@@ -105,6 +105,12 @@ def parse_args() -> argparse.Namespace:
         help="a third run, back to back with the reviewers spread over this many processes, as "
         "a web server's workers are (1 or less: no third run)",
     )
+    parser.add_argument(
+        "--compare-limits",
+        action="store_true",
+        help="claim runs twice each, side by side: with services.claim_next alone, then as Start "
+        "reviewing claims, within exposure caps (a default cap set, so every claim checks it)",
+    )
     parser.add_argument("--warmup", type=int, default=20, help="untimed requests per page first")
     parser.add_argument(
         "--deep-pages", type=int, default=1000, help="keyset pages to follow for the deep page"
@@ -326,6 +332,50 @@ def admin_category_url(client: Any, base: str) -> tuple[str, str]:
     )
 
 
+def sla_targets() -> float:
+    """A default target and a tighter one for porn, then every waiting image's due time (the
+    recompute an admin's change runs); its seconds."""
+    from reviews.sla import due
+    from reviews.sla.models import SlaTarget
+
+    SlaTarget.objects.update_or_create(category="", defaults={"minutes": 240})
+    SlaTarget.objects.update_or_create(category="porn", defaults={"minutes": 30})
+    started = time.perf_counter()
+    due.recompute()
+    seconds = time.perf_counter() - started
+    vacuum_analyze()
+    return seconds
+
+
+def compare_limits(who: People, args: argparse.Namespace, plan: list[tuple[float, int]]) -> None:
+    """Each claim run twice in a row, with services.claim_next alone and as Start reviewing
+    claims (within exposure limits, a default cap set so every claim checks and locks the
+    reviewer's count rows), and their claim times side by side."""
+    from bench.common import CLAIM_PATH
+    from reviews.exposure.models import ExposureCap
+
+    ExposureCap.objects.update_or_create(category="", defaults={"images": 10_000})
+    print("\nClaim path: services.claim_next alone vs within exposure limits (same run)")
+    for think, processes in plan:
+        for path in ("plain", "limits"):
+            os.environ[CLAIM_PATH] = path
+            vacuum_claims()
+            run = claims(
+                who, seconds=args.seconds, seed=args.seed, think=think, processes=processes
+            )
+            times = run.claim_times
+            summary = (
+                f"claim p50 {ms(pct(times, 50))} ms, p95 {ms(pct(times, 95))} ms, "
+                f"{run.decisions / run.elapsed:.0f} decisions/s, doubles {run.doubles_held}"
+                if times
+                else "no claims"
+            )
+            print(
+                f"  {pace(think)}, {where(processes)}, {path:<6}: {summary} ({load()})", flush=True
+            )
+    os.environ.pop(CLAIM_PATH, None)
+
+
 def pages(args: argparse.Namespace, who: People) -> tuple[list[tuple[PageRun, PageRun]], list]:
     from django.test import Client
 
@@ -335,6 +385,14 @@ def pages(args: argparse.Namespace, who: People) -> tuple[list[tuple[PageRun, Pa
     reviewer.force_login(who.reviewers[0])
     admin = Client(HTTP_HOST="localhost")
     admin.force_login(who.admin)
+    # A second reviewer who chose "Most urgent first" (the queue read in due order).
+    from reviews.models import ReviewerPreference
+
+    urgent_first = Client(HTTP_HOST="localhost")
+    urgent_first.force_login(who.reviewers[1 % len(who.reviewers)])
+    ReviewerPreference.objects.update_or_create(
+        user=who.reviewers[1 % len(who.reviewers)], defaults={"order_by_due": True}
+    )
     waiting = Image.objects.filter(status=Image.Status.AWAITING_REVIEW).count()
     cursor, followed = deep_cursor(min(args.deep_pages, max(1, waiting // 50 // 2)))
     changelist = "/admin/moderation/image/?status__exact=awaiting_review"
@@ -350,6 +408,9 @@ def pages(args: argparse.Namespace, who: People) -> tuple[list[tuple[PageRun, Pa
          admin_filtered),
         (f"deep page (row {followed * 50:,})", f"/reviews/?after={cursor}", reviewer, admin_deep),
         ("first page, as an admin", "/reviews/", admin, changelist),
+        ("first page, by due time", "/reviews/", urgent_first, changelist),
+        (f"category={FILTER_CATEGORY}, by due", f"/reviews/?category={FILTER_CATEGORY}",
+         urgent_first, admin_filtered),
     ]  # fmt: skip
     results = []
     for label, url, client, admin_url in scenarios:
@@ -507,6 +568,8 @@ def main() -> None:
     total = Image.objects.count()
     waiting = Image.objects.filter(status=Image.Status.AWAITING_REVIEW).count()
     print(f"Database: {total:,} images, {waiting:,} awaiting review")
+    sla_seconds = sla_targets()
+    print(f"Due times: every waiting image's SlaDue row written in {sla_seconds:.1f} s (recompute)")
 
     print(f"\nTiming pages ({args.requests} requests each after {args.warmup} warm-up) ...")
     results, notes = pages(args, who)
@@ -519,6 +582,9 @@ def main() -> None:
     plan.append((0.0, 1))
     if args.processes > 1:
         plan.append((0.0, args.processes))
+    if args.compare_limits:
+        compare_limits(who, args, plan)
+        return
     for think, processes in plan:
         print(
             f"\nClaiming and deciding with {args.threads} reviewers, {pace(think)}, "

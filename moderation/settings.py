@@ -365,6 +365,10 @@ IMM_EMULATOR_STATE = env_str("IMM_EMULATOR_STATE", str(BASE_DIR / ".imm-emulator
 # The review queue: how long a claim lasts without activity, and how long a decision can be undone.
 REVIEW_LEASE_SECONDS = env_int("REVIEW_LEASE_SECONDS", 300)
 REVIEW_UNDO_SECONDS = env_int("REVIEW_UNDO_SECONDS", 10)
+# Reviewer exposure (reviews.exposure): a calm break reminder after this many minutes of
+# continuous reviewing, where a pause of at least the gap ends a stretch.
+REVIEW_BREAK_AFTER_MINUTES = env_int("REVIEW_BREAK_AFTER_MINUTES", 50)
+REVIEW_BREAK_GAP_MINUTES = env_int("REVIEW_BREAK_GAP_MINUTES", 10)
 
 # The audit log's signing key, a C2SP signed-note signer key (PRIVATE+KEY+<name>+<key id>+<base64>,
 # made by `manage.py audit_keygen NAME`), or a file holding it. Its name is the log's origin in

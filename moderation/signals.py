@@ -12,3 +12,8 @@ pixels_served = Signal()
 # transaction, after the image moved; receivers must be quick and must not fail the result
 # (reviews.qa samples a share of these for people to check, with one INSERT).
 auto_settled = Signal()
+
+# IMM's verdict routed an image (its status and categories are set): image. Sent in the
+# transaction that routed it, so what receivers write commits or rolls back with it. reviews
+# keeps each waiting image's due time (reviews.sla.due).
+review_routed = Signal()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
 
 from moderation import limits
 from moderation.models import Image
@@ -128,8 +128,13 @@ class Reveal(models.Model):
 def record_reveal(
     sender: object, *, image: Image, user: User, variant: str, **kwargs: object
 ) -> None:
-    """Receiver of moderation.signals.pixels_served (connected in ReviewsConfig.ready)."""
-    Reveal.objects.create(image=image, reviewer=user, variant=variant)
+    """Receiver of moderation.signals.pixels_served (connected in ReviewsConfig.ready): the
+    Reveal and the person's exposure count (reviews.exposure), together or not at all."""
+    from .exposure import counting
+
+    with transaction.atomic():
+        Reveal.objects.create(image=image, reviewer=user, variant=variant)
+        counting.count(image=image, user=user, variant=variant)
 
 
 class ReviewerPreference(models.Model):
@@ -140,6 +145,9 @@ class ReviewerPreference(models.Model):
         related_name="review_preference",
     )
     greyscale = models.BooleanField(default=False)
+    # The queue page and Start reviewing take the most urgent item first (reviews.sla.order)
+    # instead of the oldest.
+    order_by_due = models.BooleanField(default=False)
 
     def __str__(self) -> str:
         return f"preferences of {self.user_id}"

@@ -25,6 +25,8 @@ from moderation.routing import SCENE_CATEGORIES
 
 from .models import Claim, Decision
 from .services import waiting
+from .sla import order as due_order
+from .sla.models import SlaDue
 
 PAGE_SIZE = 50
 COUNTS_TTL = 30
@@ -127,6 +129,7 @@ class Row:
     uploader: str  # "" when the system uploaded it
     holder: str  # the reviewer with a live claim on it, or ""
     has_thumbnail: bool  # False for an image over the decode budget (no preview was made)
+    due_at: datetime | None = None  # when it is due (reviews.sla), None with no target
 
 
 # The columns a Row is read from; page() reads them with the annotated holder last and builds
@@ -147,12 +150,18 @@ class Page:
     rows: list[Row]
     next_cursor: str | None
     first: bool
+    by_due: bool = False  # in due order (reviews.sla.order), not oldest first
 
 
-def page(filters: Filters, *, after: str = "", now: datetime | None = None) -> Page:
-    """One keyset page, oldest first: a fixed number of queries whatever the page or queue size."""
+def page(
+    filters: Filters, *, after: str = "", now: datetime | None = None, by_due: bool = False
+) -> Page:
+    """One keyset page, oldest first (or most urgent first, `by_due`): a fixed number of queries
+    whatever the page or queue size."""
     now = now or timezone.now()
     images = filters.apply(waiting(), now=now)
+    if by_due:
+        return _due_page(images, after=after, now=now)
     cursor = _parse_cursor(after) if after else None
     if cursor is not None:
         moment, pk = cursor
@@ -162,15 +171,35 @@ def page(filters: Filters, *, after: str = "", now: datetime | None = None) -> P
             Q(status_changed_at__gt=moment) | Q(status_changed_at=moment, pk__gt=pk)
         )
     # Who holds each row: a subquery on Claim's primary key (the image), one index probe a row.
+    rows, more = _rows(images, now=now)
+    return Page(rows, _cursor(rows[-1]) if more and rows else None, cursor is None)
+
+
+def _due_page(images: QuerySet[Image], *, after: str, now: datetime) -> Page:
+    narrowed = due_order.after(images, after) if after else None
+    rows, more = _rows(due_order.ordered(narrowed if narrowed is not None else images), now=now)
+    last = rows[-1] if more and rows else None
+    return Page(
+        rows,
+        due_order.cursor(last.due_at, last.pk) if last else None,
+        narrowed is None,
+        by_due=True,
+    )
+
+
+def _rows(images: QuerySet[Image], *, now: datetime) -> tuple[list[Row], bool]:
+    """The first PAGE_SIZE rows of `images` as Rows, and whether there are more."""
+    # Who holds each row: a subquery on Claim's primary key (the image), one index probe a row;
+    # its due time likewise, from SlaDue's primary key.
     holder = Claim.objects.filter(image=OuterRef("pk"), expires_at__gt=now).values(
         "reviewer__username"
     )
+    due = SlaDue.objects.filter(image=OuterRef("pk")).values("due_at")
     values = list(
-        images.annotate(holder=Subquery(holder)).values_list(*_ROW_COLUMNS, "holder")[
-            : PAGE_SIZE + 1
-        ]
+        images.annotate(holder=Subquery(holder), due=Subquery(due)).values_list(
+            *_ROW_COLUMNS, "holder", "due"
+        )[: PAGE_SIZE + 1]
     )
-    more = len(values) > PAGE_SIZE
     rows = [
         Row(
             pk,
@@ -181,10 +210,21 @@ def page(filters: Filters, *, after: str = "", now: datetime | None = None) -> P
             uploader or "",
             holder or "",
             bool(thumb),
+            due_at,
         )
-        for pk, changed, suggestion, rate, categories, uploader, thumb, holder in values[:PAGE_SIZE]
+        for (
+            pk,
+            changed,
+            suggestion,
+            rate,
+            categories,
+            uploader,
+            thumb,
+            holder,
+            due_at,
+        ) in values[:PAGE_SIZE]
     ]
-    return Page(rows, _cursor(rows[-1]) if more and rows else None, cursor is None)
+    return rows, len(values) > PAGE_SIZE
 
 
 @dataclass
@@ -219,7 +259,7 @@ def counts(filters: Filters, *, page: Page | None = None, now: datetime | None =
         cached = _count(filters, now=now, ages=ages)
         if ages is None:
             cache.set(key, cached, COUNTS_TTL)
-    if page is not None and page.first and page.rows and not filters.active:
+    if page is not None and page.first and page.rows and not filters.active and not page.by_due:
         # The first row of the unfiltered queue is the oldest waiting item (no query).
         cached = replace(cached, oldest=page.rows[0].status_changed_at)
     return cached

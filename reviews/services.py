@@ -11,14 +11,14 @@ the next claim replaces it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Exists, OrderBy, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from moderation import limits
@@ -28,6 +28,7 @@ from moderation.events.models import Event
 from moderation.models import Image
 
 from .models import Claim, Decision
+from .sla import due as sla_due
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser, User
@@ -182,11 +183,16 @@ def claim_next(
     queryset: QuerySet[Image] | None = None,
     now: datetime | None = None,
     exclude: Iterable[int] = (),
+    order: Sequence[str | OrderBy] = ("status_changed_at", "id"),
+    accept: Callable[[Image], bool] | None = None,
 ) -> Claim | None:
-    """The reviewer's current item, or the oldest unclaimed waiting one, leased to them.
+    """The reviewer's current item, or the first unclaimed waiting one in `order` (oldest
+    first unless told), leased to them.
 
-    `queryset` narrows the queue (the queue page's filters); `exclude` skips images (the one
-    just skipped). Returns None when nothing is waiting.
+    `queryset` narrows the queue (the queue page's filters, a reviewer's limits); `exclude`
+    skips images (the one just skipped); `accept`, if given, is asked in the claim's
+    transaction about the locked image and can refuse it (a reviewer's daily cap: the next one
+    is tried). Returns None when nothing is waiting.
     """
     now = now or timezone.now()
     excluded = set(exclude)
@@ -203,12 +209,15 @@ def claim_next(
         try:
             with transaction.atomic():
                 image = (
-                    candidates.order_by("status_changed_at", "id")
+                    candidates.order_by(*order)
                     .select_for_update(skip_locked=True, of=("self",))
                     .first()
                 )
                 if image is None:
                     break
+                if accept is not None and not accept(image):
+                    candidates = candidates.exclude(pk=image.pk)
+                    continue
                 # One claim per reviewer (a database constraint): taking a new item lets go of
                 # the reviewer's expired or skipped claim; an expired claim on this image is
                 # replaced. Never a live claim: while the reviewer holds one, the insert below
@@ -379,6 +388,7 @@ def decide(
         image.status_changed_at = now
         image.human_decided_at = now if after != Image.Status.ESCALATED else None
         image.save(update_fields=["status", "status_changed_at", "human_decided_at"])
+        sla_due.forget(image.pk)
         seconds = (
             (now - claim.claimed_at).total_seconds()
             if claim is not None and claim.reviewer_id == reviewer.pk
@@ -467,6 +477,7 @@ def undo(
         # Back to what it was: none (IMM's word may settle it again), or an admin's reopen.
         image.human_decided_at = original.human_decided_before
         image.save(update_fields=["status", "status_changed_at", "human_decided_at"])
+        sla_due.sync(image)
         decision = Decision.objects.create(
             image=image,
             reviewer=reviewer,
@@ -562,6 +573,7 @@ def reopen(
         image.status_changed_at = now
         image.human_decided_at = now
         image.save(update_fields=["status", "status_changed_at", "human_decided_at"])
+        sla_due.sync(image)
         # A lease left from before it was settled (IMM settled it while a reviewer held it)
         # would come back to life with the status: the reopened image waits for anyone.
         Claim.objects.filter(image=image).delete()

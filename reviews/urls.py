@@ -16,4 +16,6 @@ urlpatterns = [
     path("<int:pk>/override/", views.override, name="review_override"),
     path("decisions/<int:pk>/undo/", views.undo, name="review_undo"),
     path("calibration/", include("reviews.calibration.urls")),
+    path("sla/", include("reviews.sla.urls")),
+    path("exposure/", include("reviews.exposure.urls")),
 ]

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
@@ -23,8 +23,12 @@ from moderation.views import image_detail_context
 
 from . import queue as queue_reads
 from . import services
+from .exposure import limits as exposure_limits
+from .exposure import views as exposure_views
 from .models import Claim, Decision, ReviewerPreference
 from .qa import views as qa_views
+from .sla import due as sla_due
+from .sla import order as due_order
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -48,13 +52,21 @@ def _greyscale(user: User) -> bool:
     return ReviewerPreference.objects.filter(user=user, greyscale=True).exists()
 
 
+def _preference(user: User) -> ReviewerPreference:
+    """The user's preferences, or the defaults (unsaved) if they never set any."""
+    return ReviewerPreference.objects.filter(user=user).first() or ReviewerPreference(user=user)
+
+
 @permission_required(REVIEW, raise_exception=True)
 @require_safe
 def queue(request: HtmxHttpRequest) -> HttpResponse:
     """Items waiting for a person, oldest first, with filters, counts and the reviewer's figures."""
     filters = _filters(request, request.GET)
     now = timezone.now()
-    page = queue_reads.page(filters, after=request.GET.get("after", ""), now=now)
+    preference = _preference(request.user)
+    page = queue_reads.page(
+        filters, after=request.GET.get("after", ""), now=now, by_due=preference.order_by_due
+    )
     counts = queue_reads.counts(filters, page=page, now=now)
     uploaders = queue_reads.uploaders() if request.user.has_perm(ADMIN) else []
     context = {
@@ -64,7 +76,11 @@ def queue(request: HtmxHttpRequest) -> HttpResponse:
         "counts": counts,
         "figures": queue_reads.figures(request.user.pk, counts, now=now),
         "held": services.held_image_id(request.user, now=now),
-        "greyscale": _greyscale(request.user),
+        "greyscale": preference.greyscale,
+        "order_by_due": preference.order_by_due,
+        "capped": exposure_limits.reached(request.user.pk, now=now),
+        "opted_out": exposure_limits.opted_out(request.user.pk),
+        "break_due": exposure_views.break_due(request),
         "scenes": SCENE_CATEGORIES,
         "ages": {key: label for key, (label, _, _) in queue_reads.AGES.items()},
         "uploaders": uploaders,
@@ -108,6 +124,7 @@ def _pane_context(request: HtmxHttpRequest, image: Image | None, **extra: object
         "undo_seconds": services.undo_window().total_seconds(),
         "limits": limits,
         "nav": "queue",
+        "break_due": exposure_views.break_due(request),
         **extra,
     }
     if image is not None:
@@ -143,6 +160,7 @@ def _pane_context(request: HtmxHttpRequest, image: Image | None, **extra: object
                 .select_related("actor"),
                 "reject_reasons": _reject_reasons(image),
                 "escalation": _standing_escalation(image),
+                "due": sla_due.describe(sla_due.stored(image), timezone.now()),
             }
         )
         if image.status == Image.Status.ESCALATED:
@@ -178,6 +196,22 @@ def _render_pane(
     return _vary(response)
 
 
+def _claim_next(request: HtmxHttpRequest, *, exclude: list[int] | None = None) -> Claim | None:
+    """Start reviewing / Next: the next item for this reviewer, within the posted filters, in
+    the order they chose (oldest or most urgent first)."""
+    now = timezone.now()
+    images = _filters(request, request.POST).apply(services.waiting(), now=now)
+    if _preference(request.user).order_by_due:
+        images = due_order.ordered(images)
+        order: dict[str, Any] = {"order": due_order.ORDER}
+    else:
+        order = {}
+    # Never a category the reviewer opted out of, or whose daily limit they reached.
+    return exposure_limits.claim_next(
+        reviewer=request.user, images=images, now=now, exclude=exclude or (), **order
+    )
+
+
 @permission_required(REVIEW, raise_exception=True)
 @require_safe
 def item(request: HtmxHttpRequest, pk: int) -> HttpResponse:
@@ -197,11 +231,7 @@ def next_item(request: HtmxHttpRequest) -> HttpResponse:
         served = qa_views.serve_blind(request)
         if served is not None:
             return served
-        filters = _filters(request, request.POST)
-        claim = services.claim_next(
-            reviewer=request.user,
-            queryset=filters.apply(services.waiting(), now=timezone.now()),
-        )
+        claim = _claim_next(request)
         if claim is None:
             if not request.htmx:
                 messages.info(request, "Nothing is waiting for review. Well done.")
@@ -284,12 +314,7 @@ def _after(
     served = qa_views.serve_blind(request, note=note)
     if served is not None:
         return served
-    filters = _filters(request, request.POST)
-    claim = services.claim_next(
-        reviewer=request.user,
-        queryset=filters.apply(services.waiting(), now=timezone.now()),
-        exclude=exclude,
-    )
+    claim = _claim_next(request, exclude=exclude)
     if not request.htmx:
         messages.success(request, note)
         if claim is None:
@@ -358,7 +383,11 @@ def renew(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def preferences(request: HtmxHttpRequest) -> HttpResponse:
     ReviewerPreference.objects.update_or_create(
-        user=request.user, defaults={"greyscale": request.POST.get("greyscale") == "on"}
+        user=request.user,
+        defaults={
+            "greyscale": request.POST.get("greyscale") == "on",
+            "order_by_due": request.POST.get("order_by_due") == "on",
+        },
     )
     target = request.POST.get("next", "")
     # Local paths only: "//host/" and "/\\host/" start with a slash but leave the site.

@@ -288,12 +288,13 @@ def test_a_second_reviewer_never_gets_the_item_the_first_one_holds(
     rita.goto("/reviews/")
     expect(rita.get_by_role("button", name=f"Continue with image {other.pk}")).to_be_visible()
     headers = rita.locator("table.queue thead th")
-    expect(headers.nth(5)).to_have_text("Held by")
+    # The last column (after Waiting, Response and Uploaded by).
+    expect(headers.nth(6)).to_have_text("Held by")
     rows = rita.locator("table.queue tbody tr")
     expect(rows).to_have_count(3)
     for image, holder in ((held, "rex"), (other, "rita"), (last, "—")):
         row = rows.filter(has=rita.locator(f'a[href="/reviews/{image.pk}/"]'))
-        expect(row.locator("td").nth(5)).to_have_text(holder)
+        expect(row.locator("td").nth(6)).to_have_text(holder)
 
     # Opening rex's item says he has it and offers no decision.
     rita.goto(f"/reviews/{held.pk}/")

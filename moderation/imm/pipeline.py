@@ -1088,6 +1088,7 @@ def _apply(task: ModerationTask, result: ModerationResult, image: Image) -> None
             rates=_highest(flagged_before, category_rates(result.block_frames)),
         )
         target, reason = routed.status, routed.reason
+        was = image.status
         verdict_fields = _remember_verdict(image, result)
         if target == image.status:
             image.save(update_fields=verdict_fields)
@@ -1115,6 +1116,9 @@ def _apply(task: ModerationTask, result: ModerationResult, image: Image) -> None
                     categories=list(result.categories),
                 )
             result.outcome = f"routed: {reason}"
+        if Image.Status.AWAITING_REVIEW in (was, image.status):
+            # Entered, left or stayed in the review queue (its categories may have changed).
+            signals.review_routed.send(sender=Image, image=image)
     result.applied = True
     result.save(update_fields=["applied", "outcome"])
 

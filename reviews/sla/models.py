@@ -33,3 +33,23 @@ class SlaTarget(models.Model):
 
     def __str__(self) -> str:
         return f"{self.category or 'default'}: {self.minutes} min"
+
+
+class SlaDue(models.Model):
+    """When a waiting image is due: one row per image in the review queue, kept by reviews.sla.due.
+
+    A table of its own, indexed on the due time, so the queue can be read in due order a page
+    at a time (an index scan) instead of computing every waiting item's target per request.
+    due_at is empty when no target applies (no default and none for its categories).
+    """
+
+    image = models.OneToOneField(
+        "moderation.Image", on_delete=models.CASCADE, primary_key=True, related_name="sla_due"
+    )
+    due_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["due_at", "image"], name="sla_due_order")]
+
+    def __str__(self) -> str:
+        return f"image {self.image_id} due {self.due_at or 'never'}"

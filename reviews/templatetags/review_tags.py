@@ -12,6 +12,8 @@ from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.timesince import timesince
 
+from reviews.sla import due
+
 if TYPE_CHECKING:
     from reviews.queue import Row
 
@@ -117,8 +119,18 @@ def queue_rows(rows: Iterable[Row], *, now: datetime, greyscale: bool) -> SafeSt
             f'<td><span class="chips">{chips}</span></td>'
             f'<td><time datetime="{timezone.localtime(row.status_changed_at).isoformat()}">'
             f"{age(row.status_changed_at, now)}</time></td>"
+            f"{_due_cell(row.due_at, now)}"
             f"<td>{escape(row.uploader or 'system')}</td>"
             f"<td>{holder}</td>"
             "</tr>"
         )
     return mark_safe("".join(html))  # noqa: S308 - data escaped above, the rest is ours
+
+
+def _due_cell(due_at: datetime | None, now: datetime) -> str:
+    """The row's response-time cell: "due in 25 min", or "overdue by 2 h" marked (calmly)."""
+    text, overdue = due.describe(due_at, now)
+    if not text:
+        return '<td><span class="muted">no target</span></td>'
+    mark = ' class="overdue"' if overdue else ""
+    return f"<td><span{mark}>{escape(text)}</span></td>"

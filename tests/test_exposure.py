@@ -1,0 +1,469 @@
+"""Reviewer exposure: every showing of clear pixels counted per reviewer, day, category and
+variant; the admins' page and daily caps; opt-outs; the break reminder."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import time_machine
+from django.db import connection
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from moderation.accounts import create_user
+from moderation.models import AuditEntry, Image, ImageCategory
+from reviews import services
+from reviews.exposure import breaks, counting, limits
+from reviews.exposure.models import ExposureCap, ExposureCount, OptOut
+from reviews.models import Claim, Decision, Reveal
+
+from .conftest import PASSWORD, postgres_only
+
+WAITING = Image.Status.AWAITING_REVIEW
+
+
+def user(username: str, role: str = "reviewer") -> Any:
+    return create_user(username=username, role=role, password=PASSWORD, validate=False)
+
+
+def web(someone: Any) -> Client:
+    client = Client()
+    client.force_login(someone)
+    return client
+
+
+@pytest.fixture
+def queued(make_image) -> Callable[..., Image]:
+    def make(*categories: str, age: timedelta = timedelta(minutes=10)) -> Image:
+        image = make_image(status=WAITING)
+        Image.objects.filter(pk=image.pk).update(
+            status_changed_at=timezone.now() - age,
+            imm_suggestion="review",
+            imm_categories=list(categories),
+        )
+        ImageCategory.objects.bulk_create(
+            ImageCategory(image=image, category=c) for c in categories
+        )
+        image.refresh_from_db()
+        return image
+
+    return make
+
+
+def shown(reviewer: Any) -> dict[tuple[str, str], int]:
+    """(category, rendition) -> times shown, for the counts that are not zero."""
+    out = {}
+    for row in ExposureCount.objects.filter(reviewer=reviewer):
+        for variant, n in (
+            ("preview", row.previews),
+            ("thumbnail", row.thumbnails),
+            ("original", row.originals),
+        ):
+            if n:
+                out[(row.category, variant)] = n
+    return out
+
+
+# ------------------------------------------------------------------------------ counting
+
+
+@pytest.mark.django_db
+def test_each_clear_variant_served_is_counted_per_category_and_blurred_ones_are_not(
+    queued, admin_client, admin_user
+):
+    image = queued("porn", "sexy")
+    for variant in ("preview-blurred", "thumbnail-blurred"):
+        assert admin_client.get(reverse("image_file", args=[image.pk, variant])).status_code == 200
+    assert shown(admin_user) == {}
+    assert admin_client.head(reverse("image_file", args=[image.pk, "preview"])).status_code == 200
+    assert shown(admin_user) == {}  # a HEAD carries no pixels
+
+    for variant in ("preview", "preview", "thumbnail", "original"):
+        response = admin_client.get(reverse("image_file", args=[image.pk, variant]))
+        assert response.status_code == 200
+        b"".join(response.streaming_content)
+
+    assert shown(admin_user) == {
+        ("porn", "preview"): 2,
+        ("sexy", "preview"): 2,
+        ("porn", "thumbnail"): 1,
+        ("sexy", "thumbnail"): 1,
+        ("porn", "original"): 1,
+        ("sexy", "original"): 1,
+    }
+    assert Reveal.objects.filter(reviewer=admin_user).count() == 4
+    assert counting.today(admin_user.pk) == {"porn": 4, "sexy": 4}
+    assert ExposureCount.objects.first().day == timezone.localdate()
+
+
+@pytest.mark.django_db
+def test_a_reviewer_s_reveal_in_the_pane_counts_and_an_image_with_no_category_counts_as_none(
+    queued, reviewer_client, reviewer_user
+):
+    image = queued()
+    response = reviewer_client.get(reverse("image_file", args=[image.pk, "preview"]))
+    b"".join(response.streaming_content)
+    assert shown(reviewer_user) == {("", "preview"): 1}
+
+
+@pytest.mark.django_db
+def test_the_day_is_the_server_s_calendar_day(queued, reviewer_user, settings):
+    settings.TIME_ZONE = "Asia/Shanghai"
+    image = queued("porn")
+    # 23:30 UTC on 1 December is 07:30 on 2 December in Shanghai.
+    counting.count(
+        image=image,
+        user=reviewer_user,
+        variant="preview",
+        now=datetime(2026, 12, 1, 23, 30, tzinfo=UTC),
+    )
+    assert ExposureCount.objects.get().day.isoformat() == "2026-12-02"
+
+
+# ------------------------------------------------------------------------------ caps
+
+
+def reveal(image: Image, reviewer: Any) -> None:
+    counting.count(image=image, user=reviewer, variant="preview")
+
+
+@pytest.mark.django_db
+def test_at_the_cap_start_reviewing_hands_other_categories_and_the_queue_says_why(queued):
+    ExposureCap.objects.create(category="porn", images=2)
+    porn_old = queued("porn", age=timedelta(hours=2))
+    other = queued("bloody", age=timedelta(hours=1))
+    seen = [queued("porn"), queued("porn")]
+    reviewer = user("rex")
+    colleague = user("rio")
+    for image in seen:
+        reveal(image, reviewer)
+
+    client = web(reviewer)
+    client.post(reverse("review_next"))
+    assert Claim.objects.get(reviewer=reviewer).image_id == other.pk
+    # Others still get the category.
+    web(colleague).post(reverse("review_next"))
+    assert Claim.objects.get(reviewer=colleague).image_id == porn_old.pk
+
+    page = client.get(reverse("review_queue")).content.decode()
+    assert (
+        "You have reached today's limit for <strong>porn</strong> (2 images); "
+        "other categories continue." in page
+    )
+
+
+@pytest.mark.django_db
+def test_the_default_cap_applies_to_categories_without_their_own(queued):
+    ExposureCap.objects.create(category="", images=1)
+    ExposureCap.objects.create(category="sexy", images=5)
+    reviewer = user("rex")
+    reveal(queued("bloody"), reviewer)
+    reveal(queued("sexy"), reviewer)
+    assert limits.reached(reviewer.pk) == [limits.Reached("bloody", 1)]
+
+
+@pytest.mark.django_db
+def test_caps_start_again_the_next_day(queued):
+    ExposureCap.objects.create(category="porn", images=1)
+    reviewer = user("rex")
+    image = queued("porn")
+    with time_machine.travel(datetime(2026, 12, 1, 10, 0, tzinfo=UTC), tick=False):
+        reveal(image, reviewer)
+        assert limits.reached(reviewer.pk) == [limits.Reached("porn", 1)]
+    with time_machine.travel(datetime(2026, 12, 2, 10, 0, tzinfo=UTC), tick=False):
+        assert limits.reached(reviewer.pk) == []
+
+
+@pytest.mark.django_db
+def test_a_claim_that_read_the_counts_before_another_tab_s_reveal_still_respects_the_cap(queued):
+    """Tab B reads the reviewer's counts (one below the cap); tab A then claims, reveals and
+    decides a porn image; B's claim, with what it read, must not hand out porn: the cap is
+    checked again, locked, in the claim's own transaction."""
+    ExposureCap.objects.create(category="porn", images=2)
+    reviewer = user("rex")
+    reveal(queued("porn"), reviewer)
+    first, second = queued("porn", age=timedelta(hours=2)), queued("porn", age=timedelta(hours=1))
+    other = queued("bloody")
+    now = timezone.now()
+    stale = limits.allowed(reviewer.pk, services.waiting(), now=now)  # tab B: porn allowed
+
+    claim = limits.claim_next(reviewer=reviewer, images=services.waiting())  # tab A
+    assert claim is not None
+    assert claim.image_id == first.pk
+    reveal(first, reviewer)
+    services.decide(image_id=first.pk, reviewer=reviewer, verdict="approve")
+
+    claim = services.claim_next(
+        reviewer=reviewer, queryset=stale, accept=limits.acceptor(reviewer.pk, now=now)
+    )
+    assert claim is not None
+    assert claim.image_id == other.pk
+    assert Image.objects.get(pk=second.pk).status == WAITING
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_two_tabs_of_one_reviewer_at_cap_minus_one_get_one_more_item_of_that_category(make_image):
+    """Two connections of one reviewer claim, reveal and decide at once, in a loop, with one
+    image of porn left before the cap: only one more porn image reaches them."""
+    ExposureCap.objects.create(category="porn", images=3)
+    reviewer = user("rex")
+    images = []
+    for i, category in enumerate(["porn"] * 6 + ["bloody"] * 4):
+        image = make_image(status=WAITING)
+        Image.objects.filter(pk=image.pk).update(
+            imm_categories=[category],
+            status_changed_at=timezone.now() - timedelta(minutes=60 - i),
+        )
+        ImageCategory.objects.create(image=image, category=category)
+        image.refresh_from_db()
+        images.append(image)
+    for image in images[:2]:
+        counting.count(image=image, user=reviewer, variant="preview")
+    assert counting.today(reviewer.pk) == {"porn": 2}
+    Image.objects.filter(pk__in=[i.pk for i in images[:2]]).update(status=Image.Status.APPROVED)
+    barrier = threading.Barrier(2, timeout=30)
+    revealed: list[tuple[int, str]] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def tab() -> None:
+        try:
+            barrier.wait()
+            for _ in range(6):
+                claim = limits.claim_next(reviewer=reviewer, images=services.waiting())
+                if claim is None:
+                    return
+                image = Image.objects.get(pk=claim.image_id)
+                counting.count(image=image, user=reviewer, variant="preview")
+                with lock:
+                    revealed.append((image.pk, image.imm_categories[0]))
+                # The other tab may have decided it first.
+                with contextlib.suppress(services.ReviewError):
+                    services.decide(image_id=image.pk, reviewer=reviewer, verdict="approve")
+        except BaseException as exc:
+            errors.append(repr(exc))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=tab) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    porn_seen = {pk for pk, category in revealed if category == "porn"}
+    assert len(porn_seen) == 1
+    assert {pk for pk, category in revealed if category == "bloody"}  # others still handed
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_reveals_at_the_same_moment_are_all_counted(make_image):
+    """The first reveal of the day inserts the row: two at once must both count."""
+    reviewer = user("rex")
+    image = make_image(status=WAITING)
+    Image.objects.filter(pk=image.pk).update(imm_categories=["porn"])
+    image.refresh_from_db()
+    barrier = threading.Barrier(4, timeout=30)
+    errors: list[str] = []
+
+    def show() -> None:
+        try:
+            barrier.wait()
+            counting.count(image=image, user=reviewer, variant="preview")
+        except BaseException as exc:
+            errors.append(repr(exc))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=show) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert ExposureCount.objects.get(reviewer=reviewer).previews == 4
+
+
+# ------------------------------------------------------------------------------ opt-outs
+
+
+@pytest.mark.django_db
+def test_opted_out_categories_are_never_handed_out_and_the_change_is_audited(queued):
+    porn = queued("porn", age=timedelta(hours=2))
+    mixed = queued("bloody", "sexy", age=timedelta(hours=1))
+    fine = queued("ad")
+    reviewer = user("rex")
+    client = web(reviewer)
+
+    page = client.get(reverse("exposure_mine"))
+    assert page.status_code == 200
+    assert 'name="opt_out" value="porn"' in page.content.decode()
+    response = client.post(reverse("exposure_mine"), {"opt_out": ["porn", "sexy"]})
+    assert response.status_code == 302
+    assert set(OptOut.objects.values_list("category", flat=True)) == {"porn", "sexy"}
+    entry = AuditEntry.objects.get(action="exposure.opt_outs_changed")
+    assert (entry.actor_id, entry.state_after) == (reviewer.pk, "porn, sexy")
+
+    client.post(reverse("review_next"))
+    assert Claim.objects.get(reviewer=reviewer).image_id == fine.pk
+    services.decide(image_id=fine.pk, reviewer=reviewer, verdict="approve")
+    assert (
+        services.claim_next(
+            reviewer=reviewer, queryset=limits.allowed(reviewer.pk, services.waiting())
+        )
+        is None
+    )
+    assert set(services.waiting().values_list("pk", flat=True)) == {porn.pk, mixed.pk}
+    assert (
+        "You have opted out of porn, sexy" in client.get(reverse("review_queue")).content.decode()
+    )
+
+    client.post(reverse("exposure_mine"), {"opt_out": ["sexy"]})
+    assert list(OptOut.objects.values_list("category", flat=True)) == ["sexy"]
+    assert AuditEntry.objects.filter(action="exposure.opt_outs_changed").count() == 2
+
+
+@pytest.mark.django_db
+def test_a_bad_opt_out_is_refused_with_a_400(reviewer_client, reviewer_user):
+    response = reviewer_client.post(reverse("exposure_mine"), {"opt_out": ["two words"]})
+    assert response.status_code == 400
+    assert "one word" in response.content.decode()
+    assert not OptOut.objects.exists()
+
+
+# ------------------------------------------------------------------------------ admin page
+
+
+@pytest.mark.django_db
+def test_only_admins_see_exposure_and_set_caps(client, reviewer_client):
+    url = reverse("exposure")
+    assert client.get(url).status_code == 302
+    assert reviewer_client.get(url).status_code == 403
+    assert reviewer_client.post(url, {"category": "", "images": "5"}).status_code == 403
+    assert not ExposureCap.objects.exists()
+
+
+@pytest.mark.django_db
+def test_the_admin_page_shows_exposure_per_reviewer_day_and_category(
+    queued, admin_client, admin_user
+):
+    rex, rio = user("rex"), user("rio")
+    porn, bloody = queued("porn"), queued("bloody")
+    with time_machine.travel(timezone.now() - timedelta(days=3), tick=False):
+        reveal(porn, rio)
+    reveal(porn, rex)
+    reveal(porn, rex)
+    counting.count(image=bloody, user=rex, variant="thumbnail")
+
+    week = admin_client.get(reverse("exposure"), {"days": "7"}).content.decode()
+    today = admin_client.get(reverse("exposure"), {"days": "1"}).content.decode()
+
+    day = timezone.localdate().isoformat()
+    assert f"<td>{day}</td><td>rex</td><td>porn</td>" in week
+    assert "<td>2</td><td>0</td><td>0</td><td><strong>2</strong></td>" in week
+    assert "<td>rio</td><td>porn</td>" in week
+    assert "<td>rio</td>" not in today
+    assert "<tr><td>rex</td><td>3</td></tr>" in today
+    assert admin_client.get(reverse("exposure"), {"days": "365"}).status_code == 400
+
+
+@pytest.mark.django_db
+def test_an_admin_sets_and_removes_caps_each_audited(admin_client, admin_user):
+    url = reverse("exposure")
+    assert admin_client.post(url, {"category": "", "images": "300"}).status_code == 302
+    assert admin_client.post(url, {"category": "porn", "images": "200"}).status_code == 302
+    assert admin_client.post(url, {"category": "porn", "images": "150"}).status_code == 302
+    assert admin_client.post(url, {"remove": ""}).status_code == 302
+    assert dict(ExposureCap.objects.values_list("category", "images")) == {"porn": 150}
+    actions = list(
+        AuditEntry.objects.filter(action__startswith="exposure.cap")
+        .order_by("id")
+        .values_list("action", "state_before", "state_after")
+    )
+    assert actions == [
+        ("exposure.cap_set", "", "300"),
+        ("exposure.cap_set", "", "200"),
+        ("exposure.cap_set", "200", "150"),
+        ("exposure.cap_removed", "300", ""),
+    ]
+    bad_forms = [
+        {"category": "", "images": "0"},
+        {"category": "", "images": "x"},
+        {"category": "a b", "images": "5"},
+        {"category": "", "images": "10001"},
+    ]
+    for bad in bad_forms:
+        response = admin_client.post(url, bad)
+        assert response.status_code == 400
+    assert admin_client.post(url, {"remove": "nothing"}).status_code == 404
+    assert ExposureCap.objects.count() == 1
+
+
+# ------------------------------------------------------------------------------ breaks
+
+
+def decisions_every(reviewer: Any, image: Image, *, start: datetime, minutes: list[int]) -> None:
+    for m in minutes:
+        Decision.objects.create(
+            image=image,
+            reviewer=reviewer,
+            verdict=Decision.Verdict.APPROVE,
+            status_before=WAITING,
+            status_after=Image.Status.APPROVED,
+            created_at=start + timedelta(minutes=m),
+        )
+
+
+NOON = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.django_db
+def test_the_break_reminder_comes_after_the_stretch_and_not_after_a_pause(queued, settings):
+    settings.REVIEW_BREAK_AFTER_MINUTES = 50
+    settings.REVIEW_BREAK_GAP_MINUTES = 10
+    reviewer = user("rex")
+    image = queued("porn")
+    decisions_every(reviewer, image, start=NOON, minutes=list(range(0, 56, 5)))
+    assert breaks.due(reviewer.pk, now=NOON + timedelta(minutes=56))
+    assert not breaks.due(reviewer.pk, now=NOON + timedelta(minutes=45))  # not long enough
+    assert not breaks.due(reviewer.pk, now=NOON + timedelta(minutes=70))  # pausing now
+    # Dismissed at minute 40: due again only 50 minutes after that.
+    dismissed = NOON + timedelta(minutes=40)
+    assert not breaks.due(reviewer.pk, now=NOON + timedelta(minutes=56), dismissed_at=dismissed)
+
+    other = user("rio")
+    # A 12-minute pause at minute 20 starts a new stretch.
+    decisions_every(other, image, start=NOON, minutes=[0, 5, 10, 15, 20, 32, 37, 42, 47, 52, 57])
+    assert not breaks.due(other.pk, now=NOON + timedelta(minutes=58))
+
+
+@pytest.mark.django_db
+def test_the_queue_and_pane_show_the_reminder_and_dismissing_it_hides_it(queued, settings):
+    settings.REVIEW_BREAK_AFTER_MINUTES = 50
+    reviewer = user("rex")
+    image = queued("porn")
+    now = timezone.now()
+    decisions_every(
+        reviewer, image, start=now - timedelta(minutes=55), minutes=list(range(0, 56, 5))
+    )
+    client = web(reviewer)
+
+    page = client.get(reverse("review_queue")).content.decode()
+    assert "Time for a short break?" in page
+    services.claim_next(reviewer=reviewer)
+    pane = client.get(reverse("review_item", args=[image.pk])).content.decode()
+    assert "Time for a short break?" in pane
+
+    response = client.post(reverse("exposure_break"), headers={"HX-Request": "true"})
+    assert (response.status_code, response.content) == (200, b"")
+    assert "Time for a short break?" not in client.get(reverse("review_queue")).content.decode()
+    response = client.post(reverse("exposure_break"), {"next": "//evil.example/"})
+    assert response["Location"] == reverse("review_queue")
