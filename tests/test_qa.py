@@ -22,7 +22,7 @@ from moderation.accounts import create_user
 from moderation.events.models import Event
 from moderation.imm import pipeline
 from moderation.imm.client import ImmClient
-from moderation.models import AuditEntry, Image
+from moderation.models import AuditEntry, Image, ImageCategory
 from moderation.signals import auto_settled
 from reviews import services as reviews
 from reviews.models import Decision
@@ -696,3 +696,30 @@ def test_start_reviewing_with_nothing_blind_due_costs_four_reads_and_no_lock(mak
     sql = [q["sql"].upper() for q in queries.captured_queries]
     assert len(sql) == 4, sql
     assert not any("FOR UPDATE" in s or "SAVEPOINT" in s or s.startswith("BEGIN") for s in sql)
+
+
+@pytest.mark.django_db
+def test_blind_items_obey_the_reviewers_opt_outs_and_daily_limits(blind_setup, gold_image):
+    """A double review or a gold item of a category the reviewer opted out of, or whose daily
+    limit they reached, is not handed to them (others still get it)."""
+    from reviews.exposure.models import ExposureCap, ExposureCount, OptOut
+
+    for image in (blind_setup["image"], gold_image):
+        ImageCategory.objects.create(image=image, category="porn")
+    second = blind_setup["second"]
+    OptOut.objects.create(reviewer=second, category="porn")
+    rate("gold", 100.0)
+    assert services.claim_blind(second) is None
+
+    capped = user("cappedperson")
+    ExposureCap.objects.create(category="porn", images=1)
+    ExposureCount.objects.create(
+        reviewer=capped, day=timezone.localdate(), category="porn", previews=1
+    )
+    assert services.claim_blind(capped) is None
+
+    other = user("otherperson")
+    blind = services.claim_blind(other)
+    assert blind is not None
+    assert blind.double is not None
+    assert blind.image.pk == blind_setup["image"].pk

@@ -10,17 +10,18 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from moderation.audit import log as audit
 from moderation.events import outbox
 from moderation.events.models import Event
-from moderation.models import Image
+from moderation.models import Image, ImageCategory
 from reviews import services as reviews
+from reviews.exposure import limits as exposure_limits
 from reviews.models import Decision
 
 from .models import DoubleReview, GoldAnswer, GoldItem, ImmCheck, Rate
@@ -28,6 +29,7 @@ from .sampling import percent
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
+    from django.db.models import QuerySet
 
 VERDICT_STATUS = {"approve": Image.Status.APPROVED, "reject": Image.Status.REJECTED}
 STATUS_VERDICT = {status: verdict for verdict, status in VERDICT_STATUS.items()}
@@ -359,6 +361,18 @@ def claim_blind(
     return None
 
 
+def _within_limits(items: QuerySet[Any], person: User, *, now: datetime) -> QuerySet[Any]:
+    """`items` (with an `image`) without those of a category the person opted out of or whose
+    daily limit they reached: blind items obey the same exposure limits as the queue (one read,
+    paid only when an item is there to hand out)."""
+    _, blocked = exposure_limits.standing(person.pk, now=now)
+    if not blocked:
+        return items
+    return items.exclude(
+        Exists(ImageCategory.objects.filter(image=OuterRef("image"), category__in=blocked))
+    )
+
+
 def _claim_double(person: User, *, now: datetime) -> DoubleReview | None:
     waiting = (
         DoubleReview.objects.filter(state=DoubleReview.State.WAITING)
@@ -369,6 +383,7 @@ def _claim_double(person: User, *, now: datetime) -> DoubleReview | None:
     # the write lock) a claim takes.
     if not waiting.exists():
         return None
+    waiting = _within_limits(waiting, person, now=now)
     for _ in range(5):
         try:
             with transaction.atomic():
@@ -393,8 +408,9 @@ def _claim_double(person: User, *, now: datetime) -> DoubleReview | None:
 
 def _serve_gold(person: User, *, now: datetime) -> Blind | None:
     gold = (
-        GoldItem.objects.filter(active=True)
-        .exclude(answers__reviewer=person)
+        _within_limits(
+            GoldItem.objects.filter(active=True).exclude(answers__reviewer=person), person, now=now
+        )
         .select_related("image")
         .order_by("marked_at", "id")
         .first()
