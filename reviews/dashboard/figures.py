@@ -1,0 +1,401 @@
+"""What the dashboard shows, read from the rollup tables (and two indexed single-row lookups).
+
+Each chart is a `Chart`: its labels and series for Chart.js, and the same numbers as table rows
+for the page's table and the CSV download.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db.models import Sum
+from django.utils import timezone
+
+from moderation.models import Image
+
+from . import histogram
+from .models import ALL, HourlyFigures, QueueHour, ReviewerDay, ReviewerHour, RollupState
+from .rollups import HOUR, floor_hour
+
+
+@dataclass(frozen=True)
+class Range:
+    key: str
+    label: str
+    span: timedelta
+    step: timedelta
+
+
+RANGES = {
+    r.key: r
+    for r in (
+        Range("24h", "Last 24 hours", timedelta(hours=24), HOUR),
+        Range("7d", "Last 7 days", timedelta(days=7), timedelta(hours=6)),
+        Range("30d", "Last 30 days", timedelta(days=30), timedelta(days=1)),
+    )
+}
+DEFAULT_RANGE = "24h"
+# Lines on the queue chart: the categories with most items waiting (the table has them too).
+QUEUE_CATEGORIES = 6
+# Reviewers listed (most decisions first); a team is far smaller.
+REVIEWERS_MAX = 500
+# Categories in the agreement chart.
+AGREEMENT_MAX = 100
+
+
+class BadRange(ValueError):
+    pass
+
+
+def parse_range(value: str | None) -> Range:
+    if value is None or value == "":
+        return RANGES[DEFAULT_RANGE]
+    if value not in RANGES:
+        raise BadRange(f"Unknown range {value[:20]!r}: choose one of {', '.join(RANGES)}.")
+    return RANGES[value]
+
+
+@dataclass
+class Series:
+    label: str
+    values: list[float | None]
+
+
+@dataclass
+class Chart:
+    name: str
+    title: str
+    kind: str  # "line" or "bar", as Chart.js names them
+    labels: list[str]
+    series: list[Series]
+    # The table under the chart and the CSV: a header and rows of plain values.
+    columns: list[str]
+    rows: list[list[Any]]
+    note: str = ""
+    unit: str = ""
+
+    @property
+    def json_id(self) -> str:
+        return f"chart-data-{self.name}"
+
+    def data(self) -> dict[str, Any]:
+        """What static/js/dashboard.js draws (through json_script)."""
+        return {
+            "kind": self.kind,
+            "labels": self.labels,
+            "unit": self.unit,
+            "series": [{"label": s.label, "values": s.values} for s in self.series],
+        }
+
+
+@dataclass
+class Window:
+    range: Range
+    start: datetime
+    end: datetime
+    buckets: list[datetime] = field(default_factory=list)
+
+    def index(self, hour: datetime) -> int:
+        return int((hour - self.start) / self.range.step)
+
+    def label(self, moment: datetime) -> str:
+        local = timezone.localtime(moment)
+        if self.range.step >= timedelta(days=1):
+            return local.strftime("%d %b")
+        return local.strftime("%d %b %H:%M")
+
+
+def window(chosen: Range, *, now: datetime | None = None) -> Window:
+    """The range's buckets, ending with the hour now in progress."""
+    end = floor_hour(now or timezone.now()) + HOUR
+    start = end - chosen.span
+    count = int(chosen.span / chosen.step)
+    return Window(chosen, start, end, [start + i * chosen.step for i in range(count)])
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return round(100 * part / whole, 1) if whole else None
+
+
+def flow_charts(win: Window) -> dict[str, Chart]:
+    """Arrivals against decisions, SLA breaches and the escalation rate, per bucket."""
+    size = len(win.buckets)
+    sums: dict[str, list[int]] = defaultdict(lambda: [0] * size)
+    rows = HourlyFigures.objects.filter(
+        category=ALL, hour__gte=win.start, hour__lt=win.end
+    ).values_list("hour", "received", "entered_queue", "decided", "escalated", "decided_late")
+    for hour, received, entered, decided, escalated, late in rows:
+        i = win.index(hour)
+        sums["received"][i] += received
+        sums["entered"][i] += entered
+        sums["decided"][i] += decided
+        sums["escalated"][i] += escalated
+        sums["late"][i] += late
+    overdue = _queue_series(win, [ALL], "overdue")[ALL]
+    labels = [win.label(b) for b in win.buckets]
+    flow = Chart(
+        name="flow",
+        title="Arrivals and decisions",
+        kind="line",
+        labels=labels,
+        series=[
+            Series("Images received", list(sums["received"])),
+            Series("Entered the review queue", list(sums["entered"])),
+            Series("Decided by people", list(sums["decided"])),
+        ],
+        columns=["From", "Images received", "Entered the review queue", "Decided by people"],
+        rows=[
+            [labels[i], sums["received"][i], sums["entered"][i], sums["decided"][i]]
+            for i in range(size)
+        ],
+        unit="items",
+    )
+    sla = Chart(
+        name="sla",
+        title="SLA breaches",
+        kind="bar",
+        labels=labels,
+        series=[
+            Series("Decided after their due time", list(sums["late"])),
+            Series("Waiting past their due time (at the end)", list(overdue)),
+        ],
+        columns=["From", "Decided after their due time", "Waiting past their due time"],
+        rows=[[labels[i], sums["late"][i], overdue[i]] for i in range(size)],
+        note="An item is due its category's response-time target after it entered the queue "
+        "(the tightest of its categories', else the default). Waiting counts are the queue as "
+        "the last rollup pass of the period saw it; empty where no pass ran.",
+        unit="items",
+    )
+    rates = [_rate(sums["escalated"][i], sums["decided"][i]) for i in range(size)]
+    escalations = Chart(
+        name="escalations",
+        title="Escalation rate",
+        kind="line",
+        labels=labels,
+        series=[Series("Escalated, % of people's decisions", list(rates))],
+        columns=["From", "Decisions", "Escalated", "Escalated %"],
+        rows=[[labels[i], sums["decided"][i], sums["escalated"][i], rates[i]] for i in range(size)],
+        note="Empty where no one decided anything.",
+        unit="%",
+    )
+    return {"flow": flow, "sla": sla, "escalations": escalations}
+
+
+def _queue_series(win: Window, categories: list[str], column: str) -> dict[str, list[int | None]]:
+    """For each category, `column` as the last snapshot in each bucket saw it (None: none)."""
+    size = len(win.buckets)
+    series: dict[str, list[int | None]] = {c: [None] * size for c in categories}
+    rows = (
+        QueueHour.objects.filter(category__in=categories, hour__gte=win.start, hour__lt=win.end)
+        .order_by("hour")
+        .values_list("hour", "category", column)
+    )
+    for hour, category, value in rows:
+        series[category][win.index(hour)] = value  # later hours in a bucket win
+    return series
+
+
+def queue_chart(win: Window, now_rows: list[QueueHour]) -> Chart:
+    """Queue depth over time: every item, and the categories with most items waiting now."""
+    biggest = [row.category for row in now_rows if row.category != ALL][:QUEUE_CATEGORIES]
+    categories = [ALL, *biggest]
+    series = _queue_series(win, categories, "waiting")
+    labels = [win.label(b) for b in win.buckets]
+    names = ["All items" if c == ALL else c for c in categories]
+    return Chart(
+        name="queue",
+        title="Queue depth by category",
+        kind="line",
+        labels=labels,
+        series=[Series(name, list(series[c])) for name, c in zip(names, categories, strict=True)],
+        columns=["At the end of", *names],
+        rows=[[labels[i], *(series[c][i] for c in categories)] for i in range(len(labels))],
+        note="Items waiting for a reviewer at the last rollup pass of each period; an item with "
+        f"several categories counts in each. The {len(biggest)} categories with most items "
+        "waiting now are shown.",
+        unit="items",
+    )
+
+
+def reviewers_chart(win: Window) -> Chart:
+    """Decisions per reviewer and their median seconds per item over the range."""
+    totals: dict[int, dict[str, Any]] = {}
+
+    def add(reviewer_id: int, decided: int, escalated: int, seconds: dict[str, int]) -> None:
+        person = totals.setdefault(reviewer_id, {"decided": 0, "escalated": 0, "seconds": {}})
+        person["decided"] += decided
+        person["escalated"] += escalated
+        histogram.add(person["seconds"], seconds)
+
+    # Whole UTC days from the day rows, the hours at either edge from the hour rows.
+    first_day = _next_midnight(win.start)
+    last_day = _midnight(win.end)
+    if first_day < last_day:
+        for row in ReviewerDay.objects.filter(
+            day__gte=first_day.date(), day__lt=last_day.date()
+        ).values_list("reviewer_id", "decided", "escalated", "seconds"):
+            add(*row)
+        edges = [(win.start, first_day), (last_day, win.end)]
+    else:
+        edges = [(win.start, win.end)]
+    for low, high in edges:
+        if low < high:
+            for row in ReviewerHour.objects.filter(hour__gte=low, hour__lt=high).values_list(
+                "reviewer_id", "decided", "escalated", "seconds"
+            ):
+                add(*row)
+    ranked = sorted(totals.items(), key=lambda item: (-item[1]["decided"], item[0]))
+    ranked = ranked[:REVIEWERS_MAX]
+    names = dict(
+        get_user_model()
+        .objects.filter(pk__in=[reviewer_id for reviewer_id, _ in ranked])
+        .values_list("pk", "username")
+    )
+    rows = [
+        [
+            names.get(reviewer_id, f"#{reviewer_id}"),
+            person["decided"],
+            person["escalated"],
+            histogram.median(person["seconds"]),
+        ]
+        for reviewer_id, person in ranked
+    ]
+    return Chart(
+        name="reviewers",
+        title="Decisions per reviewer",
+        kind="bar",
+        labels=[row[0] for row in rows],
+        series=[Series("Decisions", [row[1] for row in rows])],
+        columns=["Reviewer", "Decisions", "Escalated", "Median seconds per item"],
+        rows=rows,
+        note="Approve, reject and escalate. Seconds run from claiming the item to deciding it, "
+        "to the second under 2 minutes, to 10 s under 10 minutes, to the minute beyond.",
+        unit="decisions",
+    )
+
+
+def agreement_chart(win: Window) -> Chart:
+    """How often a person's approve or reject matched IMM's suggestion, per category."""
+    sums = (
+        HourlyFigures.objects.filter(hour__gte=win.start, hour__lt=win.end)
+        .exclude(category=ALL)
+        .values("category")
+        .annotate(
+            agreed_sum=Sum("agreed"), disagreed_sum=Sum("disagreed"), unsure_sum=Sum("imm_unsure")
+        )
+        .order_by("category")
+    )
+    rows = []
+    for row in sums[:AGREEMENT_MAX]:
+        agreed, disagreed = row["agreed_sum"] or 0, row["disagreed_sum"] or 0
+        unsure = row["unsure_sum"] or 0
+        if agreed or disagreed or unsure:
+            rows.append(
+                [row["category"], agreed, disagreed, _rate(agreed, agreed + disagreed), unsure]
+            )
+    return Chart(
+        name="agreement",
+        title="IMM and people agreeing, by category",
+        kind="bar",
+        labels=[row[0] for row in rows],
+        series=[Series("Agreement %", [row[3] for row in rows])],
+        columns=["Category", "Agreed", "Disagreed", "Agreement %", "IMM said review"],
+        rows=rows,
+        note="A person's approve agrees with IMM's pass and a reject with its block. Items IMM "
+        "suggested review for gave no verdict to agree with: they are counted apart, not in the "
+        "rate. Escalations are not counted.",
+        unit="%",
+    )
+
+
+def _midnight(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _next_midnight(moment: datetime) -> datetime:
+    midnight = _midnight(moment)
+    return midnight if midnight == moment else midnight + timedelta(days=1)
+
+
+@dataclass
+class Headline:
+    waiting: int | None
+    overdue: int | None
+    escalated: int | None
+    oldest_since: datetime | None
+    snapshot_at: datetime | None
+    last_pass_at: datetime | None
+    decided: int
+    escalation_rate: float | None
+    late: int
+
+
+def headline(now_rows: list[QueueHour], charts: dict[str, Chart]) -> Headline:
+    total = next((row for row in now_rows if row.category == ALL), None)
+    # One indexed lookup (status, status_changed_at): the oldest item is live, not a pass old.
+    oldest = (
+        Image.objects.filter(status=Image.Status.AWAITING_REVIEW)
+        .order_by("status_changed_at")
+        .values_list("status_changed_at", flat=True)
+        .first()
+    )
+    state = RollupState.objects.filter(pk=1).first()
+    decided = sum(row[1] for row in charts["escalations"].rows)
+    escalated = sum(row[2] for row in charts["escalations"].rows)
+    late = sum(row[1] for row in charts["sla"].rows)
+    return Headline(
+        waiting=total.waiting if total else None,
+        overdue=total.overdue if total else None,
+        escalated=total.escalated if total else None,
+        oldest_since=oldest,
+        snapshot_at=total.taken_at if total else None,
+        last_pass_at=state.last_pass_at if state else None,
+        decided=decided,
+        escalation_rate=_rate(escalated, decided),
+        late=late,
+    )
+
+
+def latest_queue() -> list[QueueHour]:
+    """The newest snapshot's rows, the whole queue first, then most items waiting first."""
+    newest = QueueHour.objects.filter(category=ALL).order_by("-hour").first()
+    if newest is None:
+        return []
+    rows = list(QueueHour.objects.filter(hour=newest.hour))
+    return sorted(rows, key=lambda r: (r.category != ALL, -r.waiting, r.category))
+
+
+def dashboard(chosen: Range, *, now: datetime | None = None) -> dict[str, Any]:
+    win = window(chosen, now=now)
+    now_rows = latest_queue()
+    charts = flow_charts(win)
+    charts["queue"] = queue_chart(win, now_rows)
+    charts["reviewers"] = reviewers_chart(win)
+    charts["agreement"] = agreement_chart(win)
+    return {
+        "window": win,
+        "charts": charts,
+        "headline": headline(now_rows, charts),
+        "queue_now": now_rows,
+    }
+
+
+def chart(name: str, chosen: Range) -> Chart | None:
+    """One chart, for its CSV."""
+    win = window(chosen)
+    if name in ("flow", "sla", "escalations"):
+        return flow_charts(win)[name]
+    if name == "queue":
+        return queue_chart(win, latest_queue())
+    if name == "reviewers":
+        return reviewers_chart(win)
+    if name == "agreement":
+        return agreement_chart(win)
+    return None
+
+
+CHART_NAMES = ("queue", "flow", "sla", "escalations", "reviewers", "agreement")
