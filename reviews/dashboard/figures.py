@@ -12,8 +12,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db.models import Sum
+from django.db.models import Q, Sum
 from django.utils import timezone
+from django.utils.html import format_html_join
 
 from moderation.models import Image
 
@@ -79,6 +80,24 @@ class Chart:
     unit: str = ""
 
     @property
+    def table_body(self) -> str:
+        """The rows as <tr>s: the first value heads its row, an empty value shows as a dash.
+        Built here, not in the template: a month's tables are hundreds of cells."""
+        return format_html_join(
+            "",
+            '<tr><th scope="row">{}</th>{}</tr>',
+            (
+                (
+                    row[0],
+                    format_html_join(
+                        "", "<td>{}</td>", (("—" if value is None else value,) for value in row[1:])
+                    ),
+                )
+                for row in self.rows
+            ),
+        )
+
+    @property
     def json_id(self) -> str:
         return f"chart-data-{self.name}"
 
@@ -121,7 +140,7 @@ def _rate(part: int, whole: int) -> float | None:
     return round(100 * part / whole, 1) if whole else None
 
 
-def flow_charts(win: Window) -> dict[str, Chart]:
+def flow_charts(win: Window, snapshots: Snapshots) -> dict[str, Chart]:
     """Arrivals against decisions, SLA breaches and the escalation rate, per bucket."""
     size = len(win.buckets)
     sums: dict[str, list[int]] = defaultdict(lambda: [0] * size)
@@ -135,7 +154,7 @@ def flow_charts(win: Window) -> dict[str, Chart]:
         sums["decided"][i] += decided
         sums["escalated"][i] += escalated
         sums["late"][i] += late
-    overdue = _queue_series(win, [ALL], "overdue")[ALL]
+    overdue = snapshots.overdue[ALL]
     labels = [win.label(b) for b in win.buckets]
     flow = Chart(
         name="flow",
@@ -167,7 +186,7 @@ def flow_charts(win: Window) -> dict[str, Chart]:
         rows=[[labels[i], sums["late"][i], overdue[i]] for i in range(size)],
         note="An item is due its category's response-time target after it entered the queue "
         "(the tightest of its categories', else the default). Waiting counts are the queue as "
-        "the last rollup pass of the period saw it; empty where no pass ran.",
+        "the last rollup pass in the period's last hour saw it; empty where none ran.",
         unit="items",
     )
     rates = [_rate(sums["escalated"][i], sums["decided"][i]) for i in range(size)]
@@ -185,25 +204,36 @@ def flow_charts(win: Window) -> dict[str, Chart]:
     return {"flow": flow, "sla": sla, "escalations": escalations}
 
 
-def _queue_series(win: Window, categories: list[str], column: str) -> dict[str, list[int | None]]:
-    """For each category, `column` as the last snapshot in each bucket saw it (None: none)."""
-    size = len(win.buckets)
-    series: dict[str, list[int | None]] = {c: [None] * size for c in categories}
-    rows = (
-        QueueHour.objects.filter(category__in=categories, hour__gte=win.start, hour__lt=win.end)
-        .order_by("hour")
-        .values_list("hour", "category", column)
-    )
-    for hour, category, value in rows:
-        series[category][win.index(hour)] = value  # later hours in a bucket win
-    return series
+@dataclass
+class Snapshots:
+    """The queue as the pass in the last hour of each bucket saw it, per category (None: no
+    pass then). Only those hours are read: a month is 30 rows per category, not 720."""
+
+    categories: list[str]
+    waiting: dict[str, list[int | None]]
+    overdue: dict[str, list[int | None]]
 
 
-def queue_chart(win: Window, now_rows: list[QueueHour]) -> Chart:
-    """Queue depth over time: every item, and the categories with most items waiting now."""
+def queue_snapshots(win: Window, now_rows: list[QueueHour]) -> Snapshots:
+    """The whole queue and the QUEUE_CATEGORIES categories with most items waiting now."""
     biggest = [row.category for row in now_rows if row.category != ALL][:QUEUE_CATEGORIES]
     categories = [ALL, *biggest]
-    series = _queue_series(win, categories, "waiting")
+    size = len(win.buckets)
+    waiting: dict[str, list[int | None]] = {c: [None] * size for c in categories}
+    overdue: dict[str, list[int | None]] = {c: [None] * size for c in categories}
+    last_hours = [bucket + win.range.step - HOUR for bucket in win.buckets]
+    rows = QueueHour.objects.filter(category__in=categories, hour__in=last_hours).values_list(
+        "hour", "category", "waiting", "overdue"
+    )
+    for hour, category, waiting_then, overdue_then in rows:
+        waiting[category][win.index(hour)] = waiting_then
+        overdue[category][win.index(hour)] = overdue_then
+    return Snapshots(categories, waiting, overdue)
+
+
+def queue_chart(win: Window, snapshots: Snapshots) -> Chart:
+    """Queue depth over time: every item, and the categories with most items waiting now."""
+    categories, series = snapshots.categories, snapshots.waiting
     labels = [win.label(b) for b in win.buckets]
     names = ["All items" if c == ALL else c for c in categories]
     return Chart(
@@ -214,9 +244,9 @@ def queue_chart(win: Window, now_rows: list[QueueHour]) -> Chart:
         series=[Series(name, list(series[c])) for name, c in zip(names, categories, strict=True)],
         columns=["At the end of", *names],
         rows=[[labels[i], *(series[c][i] for c in categories)] for i in range(len(labels))],
-        note="Items waiting for a reviewer at the last rollup pass of each period; an item with "
-        f"several categories counts in each. The {len(biggest)} categories with most items "
-        "waiting now are shown.",
+        note="Items waiting for a reviewer at the last rollup pass in each period's last hour; "
+        "empty where none ran. An item with several categories counts in each. The "
+        f"{len(categories) - 1} categories with most items waiting now are shown.",
         unit="items",
     )
 
@@ -242,12 +272,15 @@ def reviewers_chart(win: Window) -> Chart:
         edges = [(win.start, first_day), (last_day, win.end)]
     else:
         edges = [(win.start, win.end)]
+    in_edges = Q()
     for low, high in edges:
         if low < high:
-            for row in ReviewerHour.objects.filter(hour__gte=low, hour__lt=high).values_list(
-                "reviewer_id", "decided", "escalated", "seconds"
-            ):
-                add(*row)
+            in_edges |= Q(hour__gte=low, hour__lt=high)
+    if in_edges:
+        for row in ReviewerHour.objects.filter(in_edges).values_list(
+            "reviewer_id", "decided", "escalated", "seconds"
+        ):
+            add(*row)
     ranked = sorted(totals.items(), key=lambda item: (-item[1]["decided"], item[0]))
     ranked = ranked[:REVIEWERS_MAX]
     names = dict(
@@ -372,8 +405,9 @@ def latest_queue() -> list[QueueHour]:
 def dashboard(chosen: Range, *, now: datetime | None = None) -> dict[str, Any]:
     win = window(chosen, now=now)
     now_rows = latest_queue()
-    charts = flow_charts(win)
-    charts["queue"] = queue_chart(win, now_rows)
+    snapshots = queue_snapshots(win, now_rows)
+    charts = flow_charts(win, snapshots)
+    charts["queue"] = queue_chart(win, snapshots)
     charts["reviewers"] = reviewers_chart(win)
     charts["agreement"] = agreement_chart(win)
     return {
@@ -388,9 +422,9 @@ def chart(name: str, chosen: Range) -> Chart | None:
     """One chart, for its CSV."""
     win = window(chosen)
     if name in ("flow", "sla", "escalations"):
-        return flow_charts(win)[name]
+        return flow_charts(win, queue_snapshots(win, []))[name]
     if name == "queue":
-        return queue_chart(win, latest_queue())
+        return queue_chart(win, queue_snapshots(win, latest_queue()))
     if name == "reviewers":
         return reviewers_chart(win)
     if name == "agreement":
