@@ -13,7 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from reviews.dashboard import figures, rollups
-from reviews.dashboard.models import HourlyFigures
+from reviews.dashboard.models import HourlyFigures, RollupState
 
 from .dashboard_data import Seeder, direct_figures, hour_of
 
@@ -129,13 +129,18 @@ def test_the_page_reads_a_bounded_number_of_queries(
             assert admin_client.get(reverse("dashboard"), {"range": key}).status_code == 200
 
 
-def test_a_range_reads_whole_days_and_edge_hours_for_reviewers(rolled):
-    """The 7 and 30 day ranges add day rows and the hours at their edges: the same totals as the
-    hour rows alone."""
-    for key in ("7d", "30d"):
+def test_the_reviewer_totals_the_pass_stored_match_those_added_up_from_hours_and_days(rolled):
+    """Each range's totals are stored by the pass; added up from day rows and the hours at the
+    edges, they are the same, and they match a direct count of the decisions."""
+    state = RollupState.objects.get()
+    assert state.ranges_end == figures.window(figures.RANGES["24h"], now=rolled).end
+    for key in figures.RANGES:
         win = figures.window(figures.RANGES[key], now=rolled)
-        chart = figures.reviewers_chart(win)
+        stored = figures.reviewers_chart(win, ranges_end=state.ranges_end)
+        added_up = figures.reviewers_chart(win)
+        assert stored.rows == added_up.rows
+        assert stored.rows
         direct = direct_figures(win.start, win.end)
-        assert sum(row[1] for row in chart.rows) == sum(
+        assert sum(row[1] for row in stored.rows) == sum(
             c.get("decided", 0) for (h, cat), c in direct.items() if cat == ""
         )

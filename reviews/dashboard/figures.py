@@ -7,43 +7,22 @@ for the page's table and the CSV download.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db.models import Q, Sum
-from django.utils import timezone
+from django.db.models import Sum
 from django.utils.html import format_html_join
 
 from moderation.models import Image
 
-from . import histogram
-from .models import ALL, HourlyFigures, QueueHour, ReviewerDay, ReviewerHour, RollupState
-from .rollups import HOUR, floor_hour
+from . import reviewers
+from .models import ALL, HourlyFigures, QueueHour, RollupState
+from .periods import DEFAULT_RANGE, HOUR, RANGES, Range, Window, window
 
-
-@dataclass(frozen=True)
-class Range:
-    key: str
-    label: str
-    span: timedelta
-    step: timedelta
-
-
-RANGES = {
-    r.key: r
-    for r in (
-        Range("24h", "Last 24 hours", timedelta(hours=24), HOUR),
-        Range("7d", "Last 7 days", timedelta(days=7), timedelta(hours=6)),
-        Range("30d", "Last 30 days", timedelta(days=30), timedelta(days=1)),
-    )
-}
-DEFAULT_RANGE = "24h"
 # Lines on the queue chart: the categories with most items waiting (the table has them too).
 QUEUE_CATEGORIES = 6
-# Reviewers listed (most decisions first); a team is far smaller.
-REVIEWERS_MAX = 500
 # Categories in the agreement chart.
 AGREEMENT_MAX = 100
 
@@ -109,31 +88,6 @@ class Chart:
             "unit": self.unit,
             "series": [{"label": s.label, "values": s.values} for s in self.series],
         }
-
-
-@dataclass
-class Window:
-    range: Range
-    start: datetime
-    end: datetime
-    buckets: list[datetime] = field(default_factory=list)
-
-    def index(self, hour: datetime) -> int:
-        return int((hour - self.start) / self.range.step)
-
-    def label(self, moment: datetime) -> str:
-        local = timezone.localtime(moment)
-        if self.range.step >= timedelta(days=1):
-            return local.strftime("%d %b")
-        return local.strftime("%d %b %H:%M")
-
-
-def window(chosen: Range, *, now: datetime | None = None) -> Window:
-    """The range's buckets, ending with the hour now in progress."""
-    end = floor_hour(now or timezone.now()) + HOUR
-    start = end - chosen.span
-    count = int(chosen.span / chosen.step)
-    return Window(chosen, start, end, [start + i * chosen.step for i in range(count)])
 
 
 def _rate(part: int, whole: int) -> float | None:
@@ -251,58 +205,29 @@ def queue_chart(win: Window, snapshots: Snapshots) -> Chart:
     )
 
 
-def reviewers_chart(win: Window) -> Chart:
+def reviewers_chart(win: Window, *, ranges_end: datetime | None = None) -> Chart:
     """Decisions per reviewer and their median seconds per item over the range."""
-    totals: dict[int, dict[str, Any]] = {}
-
-    def add(reviewer_id: int, decided: int, escalated: int, seconds: dict[str, int]) -> None:
-        person = totals.setdefault(reviewer_id, {"decided": 0, "escalated": 0, "seconds": {}})
-        person["decided"] += decided
-        person["escalated"] += escalated
-        histogram.add(person["seconds"], seconds)
-
-    # Whole UTC days from the day rows, the hours at either edge from the hour rows.
-    first_day = _next_midnight(win.start)
-    last_day = _midnight(win.end)
-    if first_day < last_day:
-        for row in ReviewerDay.objects.filter(
-            day__gte=first_day.date(), day__lt=last_day.date()
-        ).values_list("reviewer_id", "decided", "escalated", "seconds"):
-            add(*row)
-        edges = [(win.start, first_day), (last_day, win.end)]
-    else:
-        edges = [(win.start, win.end)]
-    in_edges = Q()
-    for low, high in edges:
-        if low < high:
-            in_edges |= Q(hour__gte=low, hour__lt=high)
-    if in_edges:
-        for row in ReviewerHour.objects.filter(in_edges).values_list(
-            "reviewer_id", "decided", "escalated", "seconds"
-        ):
-            add(*row)
-    ranked = sorted(totals.items(), key=lambda item: (-item[1]["decided"], item[0]))
-    ranked = ranked[:REVIEWERS_MAX]
+    totals = reviewers.for_window(win, ranges_end=ranges_end)
     names = dict(
         get_user_model()
-        .objects.filter(pk__in=[reviewer_id for reviewer_id, _ in ranked])
+        .objects.filter(pk__in=[total.reviewer_id for total in totals])
         .values_list("pk", "username")
     )
     rows = [
         [
-            names.get(reviewer_id, f"#{reviewer_id}"),
-            person["decided"],
-            person["escalated"],
-            histogram.median(person["seconds"]),
+            names.get(total.reviewer_id, f"#{total.reviewer_id}"),
+            total.decided,
+            total.escalated,
+            total.median_seconds,
         ]
-        for reviewer_id, person in ranked
+        for total in totals
     ]
     return Chart(
         name="reviewers",
         title="Decisions per reviewer",
         kind="bar",
-        labels=[row[0] for row in rows],
-        series=[Series("Decisions", [row[1] for row in rows])],
+        labels=[names.get(total.reviewer_id, f"#{total.reviewer_id}") for total in totals],
+        series=[Series("Decisions", [total.decided for total in totals])],
         columns=["Reviewer", "Decisions", "Escalated", "Median seconds per item"],
         rows=rows,
         note="Approve, reject and escalate. Seconds run from claiming the item to deciding it, "
@@ -345,15 +270,6 @@ def agreement_chart(win: Window) -> Chart:
     )
 
 
-def _midnight(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-
-
-def _next_midnight(moment: datetime) -> datetime:
-    midnight = _midnight(moment)
-    return midnight if midnight == moment else midnight + timedelta(days=1)
-
-
 @dataclass
 class Headline:
     waiting: int | None
@@ -367,7 +283,9 @@ class Headline:
     late: int
 
 
-def headline(now_rows: list[QueueHour], charts: dict[str, Chart]) -> Headline:
+def headline(
+    now_rows: list[QueueHour], charts: dict[str, Chart], state: RollupState | None
+) -> Headline:
     total = next((row for row in now_rows if row.category == ALL), None)
     # One indexed lookup (status, status_changed_at): the oldest item is live, not a pass old.
     oldest = (
@@ -376,7 +294,6 @@ def headline(now_rows: list[QueueHour], charts: dict[str, Chart]) -> Headline:
         .values_list("status_changed_at", flat=True)
         .first()
     )
-    state = RollupState.objects.filter(pk=1).first()
     decided = sum(row[1] for row in charts["escalations"].rows)
     escalated = sum(row[2] for row in charts["escalations"].rows)
     late = sum(row[1] for row in charts["sla"].rows)
@@ -404,16 +321,17 @@ def latest_queue() -> list[QueueHour]:
 
 def dashboard(chosen: Range, *, now: datetime | None = None) -> dict[str, Any]:
     win = window(chosen, now=now)
+    state = RollupState.objects.filter(pk=1).first()
     now_rows = latest_queue()
     snapshots = queue_snapshots(win, now_rows)
     charts = flow_charts(win, snapshots)
     charts["queue"] = queue_chart(win, snapshots)
-    charts["reviewers"] = reviewers_chart(win)
+    charts["reviewers"] = reviewers_chart(win, ranges_end=state.ranges_end if state else None)
     charts["agreement"] = agreement_chart(win)
     return {
         "window": win,
         "charts": charts,
-        "headline": headline(now_rows, charts),
+        "headline": headline(now_rows, charts, state),
         "queue_now": now_rows,
     }
 
@@ -426,7 +344,8 @@ def chart(name: str, chosen: Range) -> Chart | None:
     if name == "queue":
         return queue_chart(win, queue_snapshots(win, latest_queue()))
     if name == "reviewers":
-        return reviewers_chart(win)
+        state = RollupState.objects.filter(pk=1).first()
+        return reviewers_chart(win, ranges_end=state.ranges_end if state else None)
     if name == "agreement":
         return agreement_chart(win)
     return None

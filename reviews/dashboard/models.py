@@ -24,6 +24,8 @@ class RollupState(models.Model):
     last_pass_at = models.DateTimeField(null=True, blank=True)
     last_pass_seconds = models.FloatField(default=0)
     last_pass_hours = models.PositiveIntegerField(default=0)
+    # The end of the windows the ReviewerRange rows were added up for (the hour after the pass's).
+    ranges_end = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"rollups settled until {self.settled_until}"
@@ -98,6 +100,29 @@ class ReviewerDay(models.Model):
 
     def __str__(self) -> str:
         return f"{self.day} reviewer {self.reviewer_id}"
+
+
+class ReviewerRange(models.Model):
+    """One reviewer's figures over one of the page's ranges, added up by the pass (a month is
+    hundreds of hour and day rows per reviewer: too many to add up on every page view)."""
+
+    range_key = models.CharField(max_length=8)
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    decided = models.PositiveIntegerField(default=0)
+    escalated = models.PositiveIntegerField(default=0)
+    median_seconds = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["range_key", "reviewer"], name="dashboard_range_reviewer"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.range_key} reviewer {self.reviewer_id}"
 
 
 class QueueHour(models.Model):

@@ -33,12 +33,12 @@ from moderation.models import AuditEntry, Image
 from reviews.models import Decision
 from reviews.sla import policy
 
-from . import histogram
+from . import histogram, periods, reviewers
 from .models import ALL, HourlyFigures, QueueHour, ReviewerDay, ReviewerHour, RollupState
+from .periods import HOUR, floor_hour
 
 logger = logging.getLogger("reviews.dashboard")
 
-HOUR = timedelta(hours=1)
 # The longest range the page shows, and a day more: older hours are never read.
 KEPT = timedelta(days=31)
 # Clock skew between hosts, and a timestamp taken just before its transaction's first statement.
@@ -54,10 +54,6 @@ PEOPLE_VERDICTS = (
     Decision.Verdict.ESCALATE,
 )
 AGREES: dict[str, str] = {Decision.Verdict.APPROVE: "pass", Decision.Verdict.REJECT: "block"}
-
-
-def floor_hour(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def categories_of(image_categories: Any) -> list[str]:
@@ -132,7 +128,10 @@ def run_pass(*, now: datetime | None = None) -> PassReport:
             settled_until=settled,
             waiting=waiting,
         )
+        windows = [periods.window(r, now=now) for r in periods.RANGES.values()]
+        reviewers.store(windows)
         RollupState.objects.filter(pk=1).update(
+            ranges_end=windows[0].end,
             settled_until=settled,
             last_pass_at=now,
             last_pass_seconds=report.seconds,
