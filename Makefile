@@ -34,11 +34,11 @@ AUDIT_KEY_ENV = $(if $(AUDIT_SIGNING_KEY)$(AUDIT_SIGNING_KEY_FILE),,AUDIT_SIGNIN
 WEBHOOK_KEY_FILE := $(CURDIR)/.webhook-secret-key
 WEBHOOK_KEY_ENV = $(if $(WEBHOOK_SECRET_KEY)$(WEBHOOK_SECRET_KEY_FILE),,WEBHOOK_SECRET_KEY_FILE=$(WEBHOOK_KEY_FILE))
 
-# Web server, task worker, IMM submitter, IMM poller, audit sequencer, webhook deliverer and
-# (unless IMM_ENDPOINT points at a real IMM) the IMM emulator, in one terminal; one Ctrl-C stops
-# them all. The first run on an empty database also seeds a dozen generated sample images
+# Web server, task worker, IMM submitter, IMM poller, audit sequencer, webhook deliverer, the
+# dashboard's rollups and (unless IMM_ENDPOINT points at a real IMM) the IMM emulator, in one
+# terminal; one Ctrl-C stops them all. The first run on an empty database also seeds a dozen generated sample images
 # (DEMO_SEED=0 turns that off).
-PROCESSES := $(if $(IMM_ENDPOINT),web worker submitter poller sequencer webhooks,)
+PROCESSES := $(if $(IMM_ENDPOINT),web worker submitter poller sequencer webhooks rollups,)
 run: migrate
 	@if [ -z "$$AUDIT_SIGNING_KEY$$AUDIT_SIGNING_KEY_FILE" ] && [ ! -s "$(AUDIT_DEV_KEY)" ]; then \
 	  echo "Making a development audit signing key in $(AUDIT_DEV_KEY)"; \
@@ -57,14 +57,14 @@ run: migrate
 
 # The production-like set in one terminal, with DEBUG=0; one Ctrl-C stops them all: gunicorn
 # (WEB_CONCURRENCY workers, default 4; more options in GUNICORN_CMD_ARGS), TASK_WORKERS task
-# workers (default 1), the IMM poller, the audit sequencer, the webhook deliverer and, unless
-# IMM_ENDPOINT is set, the IMM emulator. Static files are collected and served by WhiteNoise.
+# workers (default 1), the IMM poller, the audit sequencer, the webhook deliverer, the dashboard's
+# rollups and, unless IMM_ENDPOINT is set, the IMM emulator. Static files are collected and served by WhiteNoise.
 # SECRET_KEY, AUDIT_SIGNING_KEY (the sequencer signs checkpoints with it), IMM_NOTIFY_TOKEN (which the emulator's notifications
 # carry) and WEBHOOK_SECRET_KEY (webhook secrets are derived from it) come from the environment or
 # a *_FILE, or are generated once into the gitignored files .secret-key, .audit-signing-key,
 # .imm-notify-token and .webhook-secret-key.
 TASK_WORKERS ?= 1
-SERVE_PROCESSES ?= web worker submitter poller inbox sequencer webhooks $(if $(IMM_ENDPOINT),,imm)
+SERVE_PROCESSES ?= web worker submitter poller inbox sequencer webhooks rollups $(if $(IMM_ENDPOINT),,imm)
 serve: install
 	@set -e; umask 077; \
 	if [ -z "$$SECRET_KEY$$SECRET_KEY_FILE" ]; then \

@@ -15,7 +15,9 @@
    workers would be. Each reports time per claim+decide and double assignments.
    The claims table is vacuumed before each run (a claim inserts a row, a decision deletes it),
    as autovacuum would do on a server that has it on.
-4. Sequences the audit entries that resulted (the sequencer's batches), then verifies the whole
+4. Times the team dashboard: a month of decisions and queue snapshots, a rollup pass, the page
+   for each range (bench/dashboard.py).
+5. Sequences the audit entries that resulted (the sequencer's batches), then verifies the whole
    log (verify_audit's code) and times both.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/moderation_bench .venv/bin/python bench/queue.py
@@ -54,6 +56,7 @@ os.environ["DEBUG"] = "0"
 os.environ.setdefault("SECRET_KEY", "bench-only-not-a-secret")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 
+from bench import dashboard  # noqa: E402 - after the path and the environment are set
 from bench.common import (  # noqa: E402 - after the path and the environment are set
     CATEGORIES,
     WAITING_SPREAD,
@@ -597,6 +600,9 @@ def main() -> None:
         )
         report_claims(runs[-1])
 
+    print(f"\nThe team dashboard: history, rollup passes, the page ... ({load()})", flush=True)
+    dashboard_targets = dashboard.run(args, who.admin, measure_page, vacuum_analyze)
+
     entries, sequence_seconds, verify_seconds, problem = verify_audit()
     print()
     print(
@@ -647,6 +653,7 @@ def main() -> None:
     doubles = sum(run.doubles_held for run in runs) + runs[-1].doubles_decided
     targets.append(("no double assignments", doubles == 0, f"{doubles}"))
     targets.append(("audit log valid", not problem, f"{entries:,} entries"))
+    targets.extend(dashboard_targets)
     print("\nTargets")
     for label, ok, detail in targets:
         print(f"  {label:<46} {verdict(ok):<7} {detail}")

@@ -33,6 +33,7 @@ urlpatterns = [
     path("imm/routing/", views.routing_rules, name="routing_rules"),
     path("imm/resume/", views.imm_resume, name="imm_resume"),
     path("reviews/", include("reviews.urls")),
+    path("dashboard/", include("reviews.dashboard.urls")),
     path("api/v1/", platform_api.urls),
     platform_api.catch_all,
     path("api-keys/", api_views.keys_page, name="api_keys"),

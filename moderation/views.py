@@ -58,6 +58,9 @@ class PasswordChangeView(auth_views.PasswordChangeView):
 
 @require_safe
 def home(request: HttpRequest) -> HttpResponse:
+    # Admins land on the team dashboard (reviews.dashboard); reviewers on their queue.
+    if request.user.has_perm("moderation.change_image"):
+        return redirect("dashboard")
     if request.user.has_perm("moderation.view_image"):
         return redirect("image_list")
     if request.user.has_perm("moderation.review_image"):

@@ -143,6 +143,7 @@ def test_the_serve_procfile_runs_gunicorn_the_worker_poller_sequencer_and_emulat
         "inbox",
         "sequencer",
         "webhooks",
+        "rollups",
         "imm",
     ]
     assert processes["web"].startswith("gunicorn moderation.wsgi ")
@@ -150,13 +151,14 @@ def test_the_serve_procfile_runs_gunicorn_the_worker_poller_sequencer_and_emulat
     assert processes["sequencer"] == "python manage.py audit_sequencer"
     assert processes["inbox"] == "python manage.py imm_poller --inbox-only"
     assert processes["webhooks"] == "python manage.py deliver_webhooks"
+    assert processes["rollups"] == "python manage.py oversight_rollups"
 
 
 @pytest.mark.parametrize(
     ("endpoint", "started"),
     [
-        ("", "web worker submitter poller inbox sequencer webhooks imm"),
-        ("https://imm.example", "web worker submitter poller inbox sequencer webhooks"),
+        ("", "web worker submitter poller inbox sequencer webhooks rollups imm"),
+        ("https://imm.example", "web worker submitter poller inbox sequencer webhooks rollups"),
     ],
 )
 def test_make_serve_starts_the_emulator_only_without_an_imm_endpoint(endpoint, started):

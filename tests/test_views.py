@@ -122,7 +122,7 @@ def test_anonymous_visitors_are_sent_to_the_login_page(images):
 
 
 def test_home_sends_each_role_to_its_start_page(admin_client, reviewer_client):
-    assert admin_client.get("/")["Location"] == reverse("image_list")
+    assert admin_client.get("/")["Location"] == reverse("dashboard")
     assert reviewer_client.get("/")["Location"] == reverse("review_queue")
 
 
