@@ -199,6 +199,21 @@ class AuditEntry(models.Model):
         "webhook.endpoint_auto_disabled": "Webhook endpoint disabled after failing",
         "webhook.secret_rotated": "Webhook secret rotated",
         "webhook.delivery_resent": "Webhook delivery resent",
+        "sla.target_set": "Response-time target set",
+        "sla.target_removed": "Response-time target removed",
+        "exposure.cap_set": "Daily exposure limit set",
+        "exposure.cap_removed": "Daily exposure limit removed",
+        "exposure.opt_outs_changed": "Category opt-outs changed",
+        "qa.rate_set": "QA sampling rate set",
+        "qa.imm_confirmed": "IMM verdict confirmed in QA",
+        "qa.imm_overturned": "IMM verdict overturned in QA",
+        "qa.imm_check_closed": "QA check closed (a person had decided)",
+        "qa.double_answered": "Double review answered",
+        "qa.double_skipped": "Double review skipped",
+        "qa.adjudicated": "Disagreement ruled on by an admin",
+        "qa.gold_marked": "Marked as a gold item",
+        "qa.gold_retired": "Gold item retired",
+        "qa.gold_answered": "Gold item answered",
     }
 
     seq = models.PositiveBigIntegerField(

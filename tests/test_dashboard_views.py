@@ -144,3 +144,26 @@ def test_the_reviewer_totals_the_pass_stored_match_those_added_up_from_hours_and
         assert sum(row[1] for row in stored.rows) == sum(
             c.get("decided", 0) for (h, cat), c in direct.items() if cat == ""
         )
+
+
+def test_the_dashboard_shows_reviewer_accuracy_and_todays_exposure(
+    admin_client, reviewer_user, rolled
+):
+    from reviews.exposure.models import ExposureCap, ExposureCount
+
+    ExposureCap.objects.create(category="porn", images=5)
+    ExposureCount.objects.create(
+        reviewer=reviewer_user, day=timezone.localdate(), category="porn", previews=4, originals=1
+    )
+    ExposureCount.objects.create(
+        reviewer=reviewer_user, day=timezone.localdate() - timedelta(days=1), category="gore"
+    )
+    html = admin_client.get(reverse("dashboard")).content.decode()
+    assert "Reviewer accuracy" in html
+    assert "Exposure today" in html
+    row = html[html.index('id="exposure-today-title"') :]
+    assert f'<th scope="row">{reviewer_user.username}</th>' in row
+    assert "<td>porn</td>" in row
+    assert "<td>5</td>" in row
+    assert "(reached)" in row
+    assert "gore" not in row  # yesterday's
