@@ -647,6 +647,7 @@ def claims(who: People, *, seconds: float, seed: int, think: float, processes: i
     from reviews.models import Decision
 
     before = Decision.objects.count()
+    last_before = Decision.objects.order_by("-id").values_list("id", flat=True).first() or 0
     audit_before = AuditEntry.objects.count()
     jobs = [(user.pk, seed + i) for i, user in enumerate(who.reviewers)]
     waits: Counter[str] = Counter()
@@ -698,8 +699,10 @@ def claims(who: People, *, seconds: float, seed: int, think: float, processes: i
             a[0] != b[0] and a[1] < b[2] and b[1] < a[2] for a in spans for b in spans
         ):
             doubles_held += 1
+    # Images this run decided twice (a seeded history may hold older decisions of its own).
     doubles_decided = (
-        Decision.objects.exclude(verdict=Decision.Verdict.UNDO)
+        Decision.objects.filter(pk__gt=last_before)
+        .exclude(verdict=Decision.Verdict.UNDO)
         .values("image_id")
         .annotate(n=Count("id"))
         .filter(n__gt=1)

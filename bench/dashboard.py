@@ -51,13 +51,14 @@ def seed_history(images: int, reviewer_ids: list[int], rng: random.Random) -> st
 
     lines = []
     with transaction.atomic(), connection.cursor() as cursor, cursor.cursor.copy(sql) as copy:
-        for _ in range(count):
+        # Distinct images: one history decision each, as a settled image has.
+        for image_id in rng.sample(range(1, images + 1), count):
             decided = now - rng.random() * month
             waited = rng.expovariate(1 / 1800)  # half an hour on average: some past due
             verdict, after = rng.choices(outcomes, weights=[60, 32, 8])[0]
             seconds = min(rng.lognormvariate(3.0, 0.7), 3000)
             lines.append(
-                f"{rng.randint(1, images)}\t{rng.choice(reviewer_ids)}\t{verdict}\t"
+                f"{image_id}\t{rng.choice(reviewer_ids)}\t{verdict}\t"
                 f"{HISTORY_REASON}\tawaiting_review\t{after}\t{stamp(decided - waited)}\t"
                 f"{seconds:.1f}\t{stamp(decided)}\n"
             )
