@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
@@ -22,7 +22,9 @@ from moderation.models import AuditEntry, Image
 from moderation.routing import SCENE_CATEGORIES
 from moderation.views import serve_image_file
 from reviews import services as reviews
-from reviews.models import ReviewerPreference
+from reviews.exposure import limits as exposure_limits
+from reviews.models import Claim, ReviewerPreference
+from reviews.sla import order as due_order
 
 from . import accuracy, services
 from .models import DoubleReview, GoldItem, ImmCheck, Rate
@@ -156,7 +158,7 @@ def blind(request: HtmxHttpRequest) -> HttpResponse:
     served = serve_blind(request, note=note)
     if served is not None:
         return served
-    claim = reviews.claim_next(reviewer=request.user, exclude=[image_id])
+    claim = _claim_ordinary(request, exclude=image_id)
     messages.success(request, note)
     target = reverse("review_item", args=[claim.image_id]) if claim else reverse("review_queue")
     if request.htmx:
@@ -164,6 +166,18 @@ def blind(request: HtmxHttpRequest) -> HttpResponse:
 
         return _vary(HttpResponseClientRedirect(target))
     return redirect(target)
+
+
+def _claim_ordinary(request: HtmxHttpRequest, *, exclude: int) -> Claim | None:
+    """The next queue item after a blind answer, as Start reviewing hands it out: within the
+    reviewer's opt-outs and daily limits, in the order they chose."""
+    images = reviews.waiting()
+    order: dict[str, Any] = {}
+    if ReviewerPreference.objects.filter(user=request.user, order_by_due=True).exists():
+        images, order = due_order.ordered(images), {"order": due_order.ORDER}
+    return exposure_limits.claim_next(
+        reviewer=request.user, images=images, exclude=[exclude], **order
+    )
 
 
 @permission_required(REVIEW, raise_exception=True)

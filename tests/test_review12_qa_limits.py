@@ -1,0 +1,94 @@
+"""Review of issue 12: QA's ways of handing out work obey the reviewer's exposure limits, blind
+items go only to people who cannot look the answer up, and a routing rule's automatic verdict
+is sampled for QA like IMM's own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from moderation.models import Image, ImageCategory
+from reviews.exposure.models import ExposureCap, ExposureCount, OptOut
+from reviews.models import Claim
+from reviews.qa import services
+from reviews.qa.models import ImmCheck, Rate
+
+from .test_qa import client_of, decided, rate, user
+
+WAITING, APPROVED, REJECTED = (
+    Image.Status.AWAITING_REVIEW,
+    Image.Status.APPROVED,
+    Image.Status.REJECTED,
+)
+
+
+def categorised(make_image, status: str, *categories: str) -> Image:
+    image = make_image(status=status)
+    Image.objects.filter(pk=image.pk).update(
+        imm_suggestion="review", imm_categories=list(categories)
+    )
+    ImageCategory.objects.bulk_create(ImageCategory(image=image, category=c) for c in categories)
+    image.refresh_from_db()
+    return image
+
+
+def double_review_for(make_image) -> tuple[Any, Image]:
+    """A decision by `firstperson` sampled for a double review; (first, its image)."""
+    rate("double", 100.0)
+    first = user("firstperson")
+    decision = decided(make_image, first, "approve")
+    Rate.objects.filter(kind="double").delete()
+    return first, decision.image
+
+
+@pytest.mark.django_db
+def test_the_item_after_a_blind_answer_is_within_the_reviewer_s_opt_outs(make_image):
+    """After a blind answer the next ordinary item came from the whole queue: a category the
+    reviewer opted out of was handed to them."""
+    _, blind_image = double_review_for(make_image)
+    porn = categorised(make_image, WAITING, "porn")
+    second = user("secondperson")
+    OptOut.objects.create(reviewer=second, category="porn")
+    client = client_of(second)
+
+    served = client.post(reverse("review_next"))
+    assert served.status_code == 302
+    assert served["Location"] == reverse("qa_blind")
+    answered = client.post(reverse("qa_blind"), {"image": blind_image.pk, "action": "approve"})
+
+    assert answered.status_code == 302
+    assert not Claim.objects.filter(reviewer=second, image=porn).exists()
+    assert answered["Location"] == reverse("review_queue")
+
+
+@pytest.mark.django_db
+def test_the_item_after_a_blind_answer_is_within_the_reviewer_s_daily_limits(make_image):
+    _, blind_image = double_review_for(make_image)
+    porn = categorised(make_image, WAITING, "porn")
+    fine = categorised(make_image, WAITING, "ad")
+    second = user("secondperson")
+    ExposureCap.objects.create(category="porn", images=1)
+    ExposureCount.objects.create(
+        reviewer=second, day=timezone.localdate(), category="porn", previews=1
+    )
+    client = client_of(second)
+
+    assert services.claim_blind(second) is not None
+    answered = client.post(reverse("qa_blind"), {"image": blind_image.pk, "action": "approve"})
+
+    assert answered.status_code == 302
+    assert not Claim.objects.filter(reviewer=second, image=porn).exists()
+    assert Claim.objects.get(reviewer=second).image_id == fine.pk
+
+
+def open_check(image: Image, suggestion: str = "block") -> ImmCheck:
+    return ImmCheck.objects.create(
+        image=image,
+        suggestion=suggestion,
+        categories=list(image.imm_categories),
+        settled_as=image.status,
+        sampled_at=timezone.now(),
+    )
