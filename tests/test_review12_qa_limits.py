@@ -92,3 +92,30 @@ def open_check(image: Image, suggestion: str = "block") -> ImmCheck:
         settled_as=image.status,
         sampled_at=timezone.now(),
     )
+
+
+@pytest.mark.django_db
+def test_start_qa_never_hands_a_check_of_an_opted_out_or_capped_category(make_image):
+    """QA of IMM's verdicts is the same pixels reaching a person: the opt-outs and the daily
+    limits hold there too (they held for Start reviewing and blind items only)."""
+    porn = open_check(categorised(make_image, REJECTED, "porn"))
+    ad = open_check(categorised(make_image, REJECTED, "ad"))
+    opted = user("optedperson")
+    OptOut.objects.create(reviewer=opted, category="porn")
+    capped = user("cappedperson")
+    ExposureCap.objects.create(category="porn", images=1)
+    ExposureCount.objects.create(
+        reviewer=capped, day=timezone.localdate(), category="porn", previews=1
+    )
+
+    got = services.claim_check(opted)
+    assert got is not None
+    assert got.pk == ad.pk
+    assert services.claim_check(capped) is None
+
+    # Over HTTP: Start QA gives the porn check to no one who may not see it, and to others.
+    response = client_of(capped).post(reverse("qa_imm_next"))
+    assert response["Location"] == reverse("qa_imm_queue")
+    other = services.claim_check(user("otherperson"))
+    assert other is not None
+    assert other.pk == porn.pk

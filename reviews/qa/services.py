@@ -175,13 +175,19 @@ def claim_check(person: User, *, now: datetime | None = None) -> ImmCheck | None
     held = held_check(person, now=now)
     if held is not None:
         return held
+    # The same pixels reach the person as in the review queue: the same limits apply.
+    candidates = _within_limits(
+        ImmCheck.objects.filter(open_checks()).filter(
+            Q(claimed_by__isnull=True) | Q(claim_expires_at__lte=now)
+        ),
+        person,
+        now=now,
+    )
     for _ in range(5):
         try:
             with transaction.atomic():
                 check = (
-                    ImmCheck.objects.filter(open_checks())
-                    .filter(Q(claimed_by__isnull=True) | Q(claim_expires_at__lte=now))
-                    .order_by("sampled_at", "id")
+                    candidates.order_by("sampled_at", "id")
                     .select_for_update(skip_locked=True)
                     .first()
                 )
