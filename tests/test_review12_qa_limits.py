@@ -14,7 +14,7 @@ from moderation.models import Image, ImageCategory
 from reviews.exposure.models import ExposureCap, ExposureCount, OptOut
 from reviews.models import Claim
 from reviews.qa import services
-from reviews.qa.models import ImmCheck, Rate
+from reviews.qa.models import GoldItem, ImmCheck, Rate
 
 from .test_qa import client_of, decided, rate, user
 
@@ -119,3 +119,30 @@ def test_start_qa_never_hands_a_check_of_an_opted_out_or_capped_category(make_im
     other = services.claim_check(user("otherperson"))
     assert other is not None
     assert other.pk == porn.pk
+
+
+@pytest.mark.django_db
+def test_admins_are_never_served_blind_items(make_image, admin_user):
+    """An admin can open the image page, the audit log and the gold list: a double review or a
+    gold item is not blind for them, so Start reviewing gives them the ordinary queue."""
+    reviewer = user("firstreviewer")
+    rate("double", 100.0)
+    decided(make_image, reviewer, "reject")
+    Rate.objects.filter(kind="double").delete()
+    gold_image = make_image(status=APPROVED)
+    GoldItem.objects.create(
+        image=gold_image, expected="approve", marked_by=admin_user, marked_at=timezone.now()
+    )
+    rate("gold", 100.0)
+    waiting = make_image(status=WAITING)
+    admin = client_of(admin_user)
+
+    response = admin.post(reverse("review_next"))
+
+    assert response.status_code == 302
+    assert response["Location"] == reverse("review_item", args=[waiting.pk])
+    assert Claim.objects.get(reviewer=admin_user).image_id == waiting.pk
+    fragment = admin.post(reverse("review_next"), headers={"HX-Request": "true"})
+    assert reverse("qa_blind_renew") not in fragment.content.decode()
+    # A reviewer still gets them.
+    assert services.claim_blind(user("secondreviewer")) is not None
