@@ -10,12 +10,13 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from moderation.models import Image, ImageCategory
+from moderation.models import Image, ImageCategory, RoutingRule
 from reviews.exposure.models import ExposureCap, ExposureCount, OptOut
 from reviews.models import Claim
 from reviews.qa import services
 from reviews.qa.models import GoldItem, ImmCheck, Rate
 
+from .test_calibration_routing import deliver, running_image
 from .test_qa import client_of, decided, rate, user
 
 WAITING, APPROVED, REJECTED = (
@@ -146,3 +147,24 @@ def test_admins_are_never_served_blind_items(make_image, admin_user):
     assert reverse("qa_blind_renew") not in fragment.content.decode()
     # A reviewer still gets them.
     assert services.claim_blind(user("secondreviewer")) is not None
+
+
+@pytest.mark.django_db
+def test_a_routing_rule_s_automatic_verdict_is_sampled_for_qa(make_image):
+    """A threshold settles an image IMM sent to people ("review"): an automatic verdict all the
+    same, sampled at the rate for the outcome (pass for approved, block for rejected). It was
+    never sampled: the sampler only knew IMM's pass and block."""
+    RoutingRule.objects.create(category="porn", approve_below=40, reject_from=95)
+    rate("block", 100.0)
+    rate("pass", 100.0)
+    rejected, rejected_task = running_image(make_image)
+    approved, approved_task = running_image(make_image)
+
+    deliver(rejected_task, "review", {"porn": 97})
+    deliver(approved_task, "review", {"porn": 10})
+
+    rejected.refresh_from_db()
+    approved.refresh_from_db()
+    assert (rejected.status, approved.status) == (REJECTED, APPROVED)
+    assert ImmCheck.objects.get(image=rejected).settled_as == REJECTED
+    assert ImmCheck.objects.get(image=approved).settled_as == APPROVED
