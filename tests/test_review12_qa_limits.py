@@ -10,11 +10,13 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from moderation.models import Image, ImageCategory, RoutingRule
+from moderation.events.models import Event
+from moderation.models import AuditEntry, Image, ImageCategory, RoutingRule
+from reviews import services as reviews
 from reviews.exposure.models import ExposureCap, ExposureCount, OptOut
 from reviews.models import Claim
 from reviews.qa import services
-from reviews.qa.models import GoldItem, ImmCheck, Rate
+from reviews.qa.models import DoubleReview, GoldItem, ImmCheck, Rate
 
 from .test_calibration_routing import deliver, running_image
 from .test_qa import client_of, decided, rate, user
@@ -168,3 +170,37 @@ def test_a_routing_rule_s_automatic_verdict_is_sampled_for_qa(make_image):
     assert (rejected.status, approved.status) == (REJECTED, APPROVED)
     assert ImmCheck.objects.get(image=rejected).settled_as == REJECTED
     assert ImmCheck.objects.get(image=approved).settled_as == APPROVED
+
+
+@pytest.mark.django_db
+def test_a_ruling_never_flips_a_decision_made_after_the_disagreement(make_image, admin_user):
+    """A disputed double review stays on the list after the image is decided again (here an
+    admin's override); the ruling flipped that newer decision unawares, which an override
+    itself refuses to do (its `expected`). The ruling now scores the reviewers and the newer
+    decision stands."""
+    rate("double", 100.0)
+    first, second = user("firstperson"), user("secondperson")
+    decision = decided(make_image, first, "reject")
+    Rate.objects.filter(kind="double").delete()
+    blind = services.claim_blind(second)
+    assert blind is not None
+    services.answer_blind(person=second, image_id=blind.image.pk, action="approve")
+    double = DoubleReview.objects.get(decision=decision)
+    assert double.state == DoubleReview.State.DISPUTED
+    reviews.override(
+        image_id=decision.image_id, admin=admin_user, to=APPROVED, reason="looked again"
+    )
+
+    response = client_of(admin_user).post(
+        reverse("qa_adjudicate", args=[double.pk]), {"ruling": "reject"}, follow=True
+    )
+
+    assert response.status_code == 200
+    assert Image.objects.get(pk=decision.image_id).status == APPROVED
+    assert "decided again" in response.content.decode()
+    double.refresh_from_db()
+    assert (double.state, double.ruling) == (DoubleReview.State.RULED, "reject")
+    entry = AuditEntry.objects.get(action="qa.adjudicated")
+    assert (entry.state_before, entry.state_after) == (APPROVED, APPROVED)
+    # One outcome event for the change: the override's.
+    assert Event.objects.filter(image_id=decision.image_id, type=Event.Type.OVERRIDDEN).count() == 1

@@ -589,7 +589,14 @@ def rule(
         double.save()
         to = VERDICT_STATUS[ruling]
         detail = {"double": double.pk, "ruling": ruling}
-        if image.status in reviews.SETTLED and image.status != to:
+        # A person decided the image again since the disputed decision (an override, a reopen
+        # and a new decision, a QA overturn): that newer decision stands, as an override by an
+        # admin who saw an older page changes nothing. The ruling still scores both reviewers.
+        newer = Decision.objects.filter(image=image, pk__gt=double.decision_id).exists()
+        double.image = image
+        if newer:
+            detail["decided_again_since"] = True
+        if image.status in reviews.SETTLED and image.status != to and not newer:
             _change_outcome(
                 image=image,
                 to=to,

@@ -377,7 +377,13 @@ def adjudicate(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         )
     except reviews.ReviewError as error:
         return _adjudication(request, status=error.status, error=error.message)
-    messages.success(request, f"Ruled {double.ruling} on image {double.image_id}.")
+    message = f"Ruled {double.ruling} on image {double.image_id}."
+    if double.image.status != services.VERDICT_STATUS[double.ruling]:
+        message += (
+            f" It stays {double.image.get_status_display().lower()}: it was decided again "
+            "after the disagreement, and that decision stands."
+        )
+    messages.success(request, message)
     return redirect("qa_adjudication")
 
 
