@@ -204,3 +204,26 @@ def test_a_ruling_never_flips_a_decision_made_after_the_disagreement(make_image,
     assert (entry.state_before, entry.state_after) == (APPROVED, APPROVED)
     # One outcome event for the change: the override's.
     assert Event.objects.filter(image_id=decision.image_id, type=Event.Type.OVERRIDDEN).count() == 1
+
+
+@pytest.mark.django_db
+def test_skipping_a_blind_item_does_not_hand_the_same_item_straight_back(make_image):
+    """Skip on a double review let go of it, and the next item served was that same double
+    review (the oldest waiting): the reviewer could not skip it."""
+    _, blind_image = double_review_for(make_image)
+    waiting = make_image(status=WAITING)
+    second = user("secondperson")
+    client = client_of(second)
+    assert client.post(reverse("review_next"))["Location"] == reverse("qa_blind")
+
+    skipped = client.post(
+        reverse("qa_blind"),
+        {"image": blind_image.pk, "action": "skip"},
+        headers={"HX-Request": "true"},
+    )
+
+    assert skipped.status_code == 200
+    assert f'data-image="{blind_image.pk}"' not in skipped.content.decode()
+    assert skipped["HX-Redirect"] == reverse("review_item", args=[waiting.pk])
+    double = DoubleReview.objects.get(image=blind_image)
+    assert (double.state, double.claimed_by) == (DoubleReview.State.WAITING, None)

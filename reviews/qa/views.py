@@ -157,7 +157,9 @@ def blind(request: HtmxHttpRequest) -> HttpResponse:
             status=error.status,
             error=error.message,
         )
-    served = serve_blind(request, note=note)
+    # After a skip the next item is an ordinary one: a blind item served now would be the one
+    # just skipped (the oldest waiting), straight back.
+    served = None if request.POST.get("action") == "skip" else serve_blind(request, note=note)
     if served is not None:
         return served
     claim = _claim_ordinary(request, exclude=image_id)
