@@ -23,6 +23,11 @@ from reviews.models import Decision
 from .models import DoubleReview, ImmCheck, Rate
 
 SAMPLED_VERDICTS = (Decision.Verdict.APPROVE, Decision.Verdict.REJECT)
+# The rate that samples an automatic outcome IMM itself left to people (a threshold settled it).
+OUTCOME_KIND: dict[str, str] = {
+    Image.Status.APPROVED: Rate.Kind.PASS,
+    Image.Status.REJECTED: Rate.Kind.BLOCK,
+}
 
 
 def share(kind: str, key: int) -> float:
@@ -49,10 +54,19 @@ def percent(kind: str) -> float:
 def sample_auto_settled(
     sender: object, *, image: Image, suggestion: str, categories: list[str], **kwargs: Any
 ) -> None:
-    """Receiver of moderation.signals.auto_settled: maybe one ImmCheck for this image."""
-    if suggestion not in (Rate.Kind.PASS, Rate.Kind.BLOCK):
+    """Receiver of moderation.signals.auto_settled: maybe one ImmCheck for this image.
+
+    A routing rule's threshold also settles images IMM said "review" for: those are sampled at
+    the rate of the outcome (pass for approved, block for rejected), as IMM's own would be.
+    """
+    kind = (
+        suggestion
+        if suggestion in (Rate.Kind.PASS, Rate.Kind.BLOCK)
+        else OUTCOME_KIND.get(image.status)
+    )
+    if kind is None:
         return
-    if share(suggestion, image.pk) >= imm_percent(suggestion, categories) / 100:
+    if share(kind, image.pk) >= imm_percent(kind, categories) / 100:
         return
     ImmCheck.objects.bulk_create(
         [

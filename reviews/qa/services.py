@@ -175,13 +175,19 @@ def claim_check(person: User, *, now: datetime | None = None) -> ImmCheck | None
     held = held_check(person, now=now)
     if held is not None:
         return held
+    # The same pixels reach the person as in the review queue: the same limits apply.
+    candidates = _within_limits(
+        ImmCheck.objects.filter(open_checks()).filter(
+            Q(claimed_by__isnull=True) | Q(claim_expires_at__lte=now)
+        ),
+        person,
+        now=now,
+    )
     for _ in range(5):
         try:
             with transaction.atomic():
                 check = (
-                    ImmCheck.objects.filter(open_checks())
-                    .filter(Q(claimed_by__isnull=True) | Q(claim_expires_at__lte=now))
-                    .order_by("sampled_at", "id")
+                    candidates.order_by("sampled_at", "id")
                     .select_for_update(skip_locked=True)
                     .first()
                 )
@@ -583,7 +589,14 @@ def rule(
         double.save()
         to = VERDICT_STATUS[ruling]
         detail = {"double": double.pk, "ruling": ruling}
-        if image.status in reviews.SETTLED and image.status != to:
+        # A person decided the image again since the disputed decision (an override, a reopen
+        # and a new decision, a QA overturn): that newer decision stands, as an override by an
+        # admin who saw an older page changes nothing. The ruling still scores both reviewers.
+        newer = Decision.objects.filter(image=image, pk__gt=double.decision_id).exists()
+        double.image = image
+        if newer:
+            detail["decided_again_since"] = True
+        if image.status in reviews.SETTLED and image.status != to and not newer:
             _change_outcome(
                 image=image,
                 to=to,

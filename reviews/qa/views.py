@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
@@ -22,7 +22,9 @@ from moderation.models import AuditEntry, Image
 from moderation.routing import SCENE_CATEGORIES
 from moderation.views import serve_image_file
 from reviews import services as reviews
-from reviews.models import ReviewerPreference
+from reviews.exposure import limits as exposure_limits
+from reviews.models import Claim, ReviewerPreference
+from reviews.sla import order as due_order
 
 from . import accuracy, services
 from .models import DoubleReview, GoldItem, ImmCheck, Rate
@@ -70,7 +72,9 @@ def serve_blind(request: HtmxHttpRequest, *, note: str = "") -> HttpResponse | N
     """The hook in reviews.views (Start reviewing, and the next item after a decision): a blind
     item's pane when one is due for this reviewer, else None (the ordinary queue). An ordinary
     item the reviewer holds comes first."""
-    if reviews.held_image_id(request.user) is not None:
+    # An admin can read the image page, the audit log and the gold list: nothing is blind to
+    # them, so their answer would check nothing. They get the ordinary queue.
+    if request.user.has_perm(ADMIN) or reviews.held_image_id(request.user) is not None:
         return None
     blind = services.claim_blind(request.user)
     if blind is None:
@@ -153,10 +157,12 @@ def blind(request: HtmxHttpRequest) -> HttpResponse:
             status=error.status,
             error=error.message,
         )
-    served = serve_blind(request, note=note)
+    # After a skip the next item is an ordinary one: a blind item served now would be the one
+    # just skipped (the oldest waiting), straight back.
+    served = None if request.POST.get("action") == "skip" else serve_blind(request, note=note)
     if served is not None:
         return served
-    claim = reviews.claim_next(reviewer=request.user, exclude=[image_id])
+    claim = _claim_ordinary(request, exclude=image_id)
     messages.success(request, note)
     target = reverse("review_item", args=[claim.image_id]) if claim else reverse("review_queue")
     if request.htmx:
@@ -164,6 +170,18 @@ def blind(request: HtmxHttpRequest) -> HttpResponse:
 
         return _vary(HttpResponseClientRedirect(target))
     return redirect(target)
+
+
+def _claim_ordinary(request: HtmxHttpRequest, *, exclude: int) -> Claim | None:
+    """The next queue item after a blind answer, as Start reviewing hands it out: within the
+    reviewer's opt-outs and daily limits, in the order they chose."""
+    images = reviews.waiting()
+    order: dict[str, Any] = {}
+    if ReviewerPreference.objects.filter(user=request.user, order_by_due=True).exists():
+        images, order = due_order.ordered(images), {"order": due_order.ORDER}
+    return exposure_limits.claim_next(
+        reviewer=request.user, images=images, exclude=[exclude], **order
+    )
 
 
 @permission_required(REVIEW, raise_exception=True)
@@ -361,7 +379,13 @@ def adjudicate(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         )
     except reviews.ReviewError as error:
         return _adjudication(request, status=error.status, error=error.message)
-    messages.success(request, f"Ruled {double.ruling} on image {double.image_id}.")
+    message = f"Ruled {double.ruling} on image {double.image_id}."
+    if double.image.status != services.VERDICT_STATUS[double.ruling]:
+        message += (
+            f" It stays {double.image.get_status_display().lower()}: it was decided again "
+            "after the disagreement, and that decision stands."
+        )
+    messages.success(request, message)
     return redirect("qa_adjudication")
 
 
