@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from moderation import limits
 from moderation.audit import log as audit
@@ -41,23 +41,31 @@ def set_cap(*, category: str, images: str, actor: User, context: audit.AuditCont
     if category:
         category = clean_category(category)
     value = clean_images(images)
-    with transaction.atomic():
-        cap = ExposureCap.objects.select_for_update().filter(category=category).first()
-        before = "" if cap is None else str(cap.images)
-        cap = cap or ExposureCap(category=category)
-        cap.images = value
-        cap.updated_by = actor
-        cap.save()
-        audit.record(
-            action="exposure.cap_set",
-            actor=actor,
-            state_before=before,
-            state_after=str(value),
-            reason=f"{category or 'default'}: {value} images a day",
-            detail={"category": category, "images": value},
-            context=context,
-        )
-    return cap
+    # Two admins adding the same new cap at once: the second insert fails on the unique
+    # category, and its second try finds the row and changes it.
+    for attempt in range(2):
+        try:
+            with transaction.atomic():
+                cap = ExposureCap.objects.select_for_update().filter(category=category).first()
+                before = "" if cap is None else str(cap.images)
+                cap = cap or ExposureCap(category=category)
+                cap.images = value
+                cap.updated_by = actor
+                cap.save()
+                audit.record(
+                    action="exposure.cap_set",
+                    actor=actor,
+                    state_before=before,
+                    state_after=str(value),
+                    reason=f"{category or 'default'}: {value} images a day",
+                    detail={"category": category, "images": value},
+                    context=context,
+                )
+            return cap
+        except IntegrityError:
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
 
 
 def remove_cap(*, category: str, actor: User, context: audit.AuditContext) -> int | None:

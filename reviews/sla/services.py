@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from moderation import limits
 from moderation.audit import log as audit
@@ -47,25 +47,33 @@ def set_target(
     if category:
         category = clean_category(category)
     value = clean_minutes(minutes)
-    with transaction.atomic():
-        target = SlaTarget.objects.select_for_update().filter(category=category).first()
-        before = "" if target is None else str(target.minutes)
-        if target is None:
-            target = SlaTarget(category=category)
-        target.minutes = value
-        target.updated_by = actor
-        target.save()
-        audit.record(
-            action="sla.target_set",
-            actor=actor,
-            state_before=before,
-            state_after=str(value),
-            reason=f"{category or 'default'}: {value} min",
-            detail={"category": category, "minutes": value},
-            context=context,
-        )
-        due.recompute()
-    return target
+    # Two admins adding the same new target at once: the second insert fails on the unique
+    # category, and its second try finds the row and changes it.
+    for attempt in range(2):
+        try:
+            with transaction.atomic():
+                target = SlaTarget.objects.select_for_update().filter(category=category).first()
+                before = "" if target is None else str(target.minutes)
+                if target is None:
+                    target = SlaTarget(category=category)
+                target.minutes = value
+                target.updated_by = actor
+                target.save()
+                audit.record(
+                    action="sla.target_set",
+                    actor=actor,
+                    state_before=before,
+                    state_after=str(value),
+                    reason=f"{category or 'default'}: {value} min",
+                    detail={"category": category, "minutes": value},
+                    context=context,
+                )
+                due.recompute()
+            return target
+        except IntegrityError:
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
 
 
 def remove_target(*, category: str, actor: User, context: audit.AuditContext) -> int | None:
