@@ -24,6 +24,16 @@ ELLIPSIS = "…"
 WHOLE_NUMBER_MAX = 2**63 - 1
 
 
+def is_category(text: str) -> bool:
+    """One category label, as IMM writes them: a single word of 1 to CATEGORY_MAX characters."""
+    return 0 < len(text) <= CATEGORY_MAX and not any(c.isspace() for c in text)
+
+
+def category_refused(example: str) -> str:
+    """What a person is told when a category they typed is not one (`example`: a label to show)."""
+    return f"A category is one word of at most {CATEGORY_MAX} characters, e.g. {example}."
+
+
 class TooLong(ValueError):
     """Text over its limit, with a message that says which text and by how much."""
 

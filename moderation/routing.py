@@ -36,10 +36,8 @@ def add_rule(
     """Add a rule (audited). ValueError with a plain reason when the category is unusable or the
     note too long (limits.TooLong, a ValueError: the note is refused whole, never cut)."""
     category = category.strip()
-    if not category or len(category) > limits.CATEGORY_MAX or any(c.isspace() for c in category):
-        raise ValueError(
-            f"A category is one word of at most {limits.CATEGORY_MAX} characters, e.g. sexy."
-        )
+    if not limits.is_category(category):
+        raise ValueError(limits.category_refused("sexy"))
     note = limits.check(note.strip(), limit=limits.RULE_NOTE_MAX, what="note")
     try:
         with transaction.atomic():

@@ -11,7 +11,7 @@ the next claim replaces it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -640,43 +640,71 @@ def override(
                 f"Image {image.pk} is already {image.get_status_display().lower()}. "
                 "Nothing was changed."
             )
-        before, settled_at, decided_before = (
-            image.status,
-            image.status_changed_at,
-            image.human_decided_at,
-        )
-        image.status = to
-        image.status_changed_at = now
-        image.human_decided_at = now
-        image.save(update_fields=["status", "status_changed_at", "human_decided_at"])
-        decision = Decision.objects.create(
+        decision = change_outcome(
             image=image,
-            reviewer=admin,
-            verdict=Decision.Verdict.OVERRIDE,
+            to=to,
+            person=admin,
             reason=reason,
-            status_before=before,
-            status_after=to,
-            status_changed_before=settled_at,
-            human_decided_before=decided_before,
-            created_at=now,
-        )
-        audit.record(
             action=AUDIT_ACTION[Decision.Verdict.OVERRIDE],
-            actor=admin,
-            image=image,
-            state_before=before,
-            state_after=to,
-            reason=reason,
-            detail=_imm_detail(image, decision=decision.pk),
             context=context,
-        )
-        outbox.emit_outcome(
-            image=image,
-            type=Event.Type.OVERRIDDEN,
-            decided_by=outbox.DecidedBy.person(admin),
-            verdict=to,
-            reason=reason,
-            previous_status=before,
             now=now,
+            detail=_imm_detail(image),
         )
     return Outcome(decision, image)
+
+
+def change_outcome(
+    *,
+    image: Image,
+    to: str,
+    person: User,
+    reason: str,
+    action: str,
+    context: audit.AuditContext,
+    now: datetime,
+    detail: Mapping[str, Any],
+) -> Decision:
+    """Set a locked, settled image to `to` as a person's decision (IMM never overwrites it): a
+    Decision (override), the audit entry `action` (its detail and the decision's id) and the
+    image.overridden event, in the caller's transaction. An admin's override and QA's overturns
+    and rulings all change an outcome this way."""
+    before, settled_at, decided_before = (
+        image.status,
+        image.status_changed_at,
+        image.human_decided_at,
+    )
+    image.status = to
+    image.status_changed_at = now
+    image.human_decided_at = now
+    image.save(update_fields=["status", "status_changed_at", "human_decided_at"])
+    decision = Decision.objects.create(
+        image=image,
+        reviewer=person,
+        verdict=Decision.Verdict.OVERRIDE,
+        reason=reason,
+        status_before=before,
+        status_after=to,
+        status_changed_before=settled_at,
+        human_decided_before=decided_before,
+        created_at=now,
+    )
+    audit.record(
+        action=action,
+        actor=person,
+        image=image,
+        state_before=before,
+        state_after=to,
+        reason=reason,
+        detail={**detail, "decision": decision.pk},
+        context=context,
+    )
+    outbox.emit_outcome(
+        image=image,
+        type=Event.Type.OVERRIDDEN,
+        decided_by=outbox.DecidedBy.person(person),
+        verdict=to,
+        reason=reason,
+        previous_status=before,
+        now=now,
+    )
+    return decision

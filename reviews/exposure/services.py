@@ -22,10 +22,8 @@ class Invalid(ValueError):
 
 def clean_category(raw: str) -> str:
     category = raw.strip()
-    if not category or len(category) > limits.CATEGORY_MAX or any(c.isspace() for c in category):
-        raise Invalid(
-            f"A category is one word of at most {limits.CATEGORY_MAX} characters, e.g. porn."
-        )
+    if not limits.is_category(category):
+        raise Invalid(limits.category_refused("porn"))
     return category
 
 

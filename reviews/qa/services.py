@@ -16,9 +16,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
+from moderation import limits
 from moderation.audit import log as audit
-from moderation.events import outbox
-from moderation.events.models import Event
 from moderation.models import Image, ImageCategory
 from reviews import services as reviews
 from reviews.exposure import limits as exposure_limits
@@ -66,8 +65,8 @@ def set_rate(
     category = category.strip()
     if category and kind not in (Rate.Kind.PASS, Rate.Kind.BLOCK):
         raise Invalid("Only IMM's pass and block rates are set per category.")
-    if len(category) > 64 or any(c.isspace() for c in category):
-        raise Invalid("A category is one word of at most 64 characters, e.g. porn.")
+    if category and not limits.is_category(category):
+        raise Invalid(limits.category_refused("porn"))
     text = percent_text.strip()
     value: float | None = None
     if text:
@@ -95,63 +94,6 @@ def set_rate(
             context=context,
         )
     return rate
-
-
-# ---- changing an image's outcome (an overturn, a ruling) -----------------------------------
-
-
-def _change_outcome(
-    *,
-    image: Image,
-    to: str,
-    person: User,
-    reason: str,
-    action: str,
-    context: audit.AuditContext,
-    now: datetime,
-    detail: dict[str, object],
-) -> None:
-    """Set a locked, settled image to `to` as a person's decision (never overwritten by IMM):
-    a Decision (override), the audit entry and the image.overridden event."""
-    before, settled_at, decided_before = (
-        image.status,
-        image.status_changed_at,
-        image.human_decided_at,
-    )
-    image.status = to
-    image.status_changed_at = now
-    image.human_decided_at = now
-    image.save(update_fields=["status", "status_changed_at", "human_decided_at"])
-    decision = Decision.objects.create(
-        image=image,
-        reviewer=person,
-        verdict=Decision.Verdict.OVERRIDE,
-        reason=reason,
-        status_before=before,
-        status_after=to,
-        status_changed_before=settled_at,
-        human_decided_before=decided_before,
-        created_at=now,
-    )
-    audit.record(
-        action=action,
-        actor=person,
-        image=image,
-        state_before=before,
-        state_after=to,
-        reason=reason,
-        detail={**detail, "decision": decision.pk},
-        context=context,
-    )
-    outbox.emit_outcome(
-        image=image,
-        type=Event.Type.OVERRIDDEN,
-        decided_by=outbox.DecidedBy.person(person),
-        verdict=to,
-        reason=reason,
-        previous_status=before,
-        now=now,
-    )
 
 
 # ---- QA of IMM's verdicts -------------------------------------------------------------------
@@ -287,7 +229,7 @@ def answer_check(
                 else Image.Status.APPROVED
             )
             check.state = ImmCheck.State.OVERTURNED
-            _change_outcome(
+            reviews.change_outcome(
                 image=image,
                 to=to,
                 person=person,
@@ -597,7 +539,7 @@ def rule(
         if newer:
             detail["decided_again_since"] = True
         if image.status in reviews.SETTLED and image.status != to and not newer:
-            _change_outcome(
+            reviews.change_outcome(
                 image=image,
                 to=to,
                 person=admin,
