@@ -121,6 +121,9 @@ def test_a_blind_item_comes_through_start_reviewing_and_is_answered_by_keyboard(
     page = signed_in("rex")
     page.goto("/reviews/")
     page.get_by_role("button", name="Start reviewing").first.click()
+    # Start reviewing is a plain form: the blind pane comes as a new page, and a key pressed
+    # before its scripts ran would be lost (as the review browser tests wait, wait for load).
+    page.wait_for_url(re.compile(r"/reviews/qa/item/$"), wait_until="load")
     pane = page.locator("#pane")
     expect(pane).to_have_attribute("data-image", str(waiting.pk))
     expect(pane.locator("figure.sensitive img")).to_have_css("filter", BLURRED)
