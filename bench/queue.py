@@ -351,21 +351,26 @@ def sla_targets() -> float:
 
 
 def compare_limits(who: People, args: argparse.Namespace, plan: list[tuple[float, int]]) -> None:
-    """Each claim run twice in a row, with services.claim_next alone and as Start reviewing
-    claims (within exposure limits, a default cap set so every claim checks and locks the
-    reviewer's count rows), and their claim times side by side."""
+    """Each claim run with services.claim_next alone ("plain") and as Start reviewing claims
+    ("limits": within exposure limits, a default cap set so every claim checks it), in the
+    order plain, limits, limits, plain, so that a drift of the machine during the runs falls on
+    both; each path's claim times pooled over its two runs, side by side."""
     from bench.common import CLAIM_PATH
     from reviews.exposure.models import ExposureCap
 
     ExposureCap.objects.update_or_create(category="", defaults={"images": 10_000})
     print("\nClaim path: services.claim_next alone vs within exposure limits (same run)")
     for think, processes in plan:
-        for path in ("plain", "limits"):
+        pooled: dict[str, list[float]] = {"plain": [], "limits": []}
+        rates: dict[str, list[float]] = {"plain": [], "limits": []}
+        for path in ("plain", "limits", "limits", "plain"):
             os.environ[CLAIM_PATH] = path
             vacuum_claims()
             run = claims(
                 who, seconds=args.seconds, seed=args.seed, think=think, processes=processes
             )
+            pooled[path].extend(run.claim_times)
+            rates[path].append(run.decisions / run.elapsed)
             times = run.claim_times
             summary = (
                 f"claim p50 {ms(pct(times, 50))} ms, p95 {ms(pct(times, 95))} ms, "
@@ -376,6 +381,15 @@ def compare_limits(who: People, args: argparse.Namespace, plan: list[tuple[float
             print(
                 f"  {pace(think)}, {where(processes)}, {path:<6}: {summary} ({load()})", flush=True
             )
+        line = [f"  {pace(think)}, {where(processes)}, both runs pooled:"]
+        for path in ("plain", "limits"):
+            times = pooled[path]
+            if times:
+                line.append(
+                    f"{path} p50 {ms(pct(times, 50))} / p95 {ms(pct(times, 95))} ms, "
+                    f"{sum(rates[path]) / len(rates[path]):.0f} decisions/s;"
+                )
+        print(" ".join(line), flush=True)
     os.environ.pop(CLAIM_PATH, None)
 
 

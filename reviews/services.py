@@ -184,15 +184,17 @@ def claim_next(
     now: datetime | None = None,
     exclude: Iterable[int] = (),
     order: Sequence[str | OrderBy] = ("status_changed_at", "id"),
-    accept: Callable[[Image], bool] | None = None,
+    check: Callable[[Image], None] | None = None,
 ) -> Claim | None:
     """The reviewer's current item, or the first unclaimed waiting one in `order` (oldest
     first unless told), leased to them.
 
     `queryset` narrows the queue (the queue page's filters, a reviewer's limits); `exclude`
-    skips images (the one just skipped); `accept`, if given, is asked in the claim's
-    transaction about the locked image and can refuse it (a reviewer's daily cap: the next one
-    is tried). Returns None when nothing is waiting.
+    skips images (the one just skipped); `check`, if given, is called in the claim's
+    transaction once the claim is made (its last read, so it sees whatever the claim's insert
+    waited for) and undoes it by raising: the exception rolls the claim back and reaches the
+    caller (a reviewer's daily caps, reviews.exposure.limits). Returns None when nothing is
+    waiting.
     """
     now = now or timezone.now()
     excluded = set(exclude)
@@ -215,9 +217,6 @@ def claim_next(
                 )
                 if image is None:
                     break
-                if accept is not None and not accept(image):
-                    candidates = candidates.exclude(pk=image.pk)
-                    continue
                 # One claim per reviewer (a database constraint): taking a new item lets go of
                 # the reviewer's expired or skipped claim; an expired claim on this image is
                 # replaced. Never a live claim: while the reviewer holds one, the insert below
@@ -228,9 +227,12 @@ def claim_next(
                     | Q(reviewer=reviewer, image_id__in=excluded)
                     | Q(image=image, expires_at__lte=now)
                 ).delete()
-                return Claim.objects.create(
+                claim = Claim.objects.create(
                     image=image, reviewer=reviewer, claimed_at=now, expires_at=now + lease()
                 )
+                if check is not None:
+                    check(image)
+                return claim
         except IntegrityError:
             # The reviewer holds a live claim, or another reviewer took this image after our
             # snapshot was taken (the retry picks another).

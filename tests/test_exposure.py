@@ -181,30 +181,74 @@ def test_caps_start_again_the_next_day(queued):
 
 
 @pytest.mark.django_db
-def test_a_claim_that_read_the_counts_before_another_tab_s_reveal_still_respects_the_cap(queued):
-    """Tab B reads the reviewer's counts (one below the cap); tab A then claims, reveals and
-    decides a porn image; B's claim, with what it read, must not hand out porn: the cap is
-    checked again, locked, in the claim's own transaction."""
+def test_a_claim_made_with_limits_seen_before_another_tab_s_reveal_still_respects_the_cap(
+    queued,
+):
+    """This process last saw the reviewer one below the porn cap; another tab (another worker)
+    then reveals and decides a porn image. The next claim starts from what was last seen and
+    picks porn, but its own read of the limits, the last step of its transaction, finds the cap
+    reached: the claim is undone and another category handed out."""
     ExposureCap.objects.create(category="porn", images=2)
     reviewer = user("rex")
     reveal(queued("porn"), reviewer)
     first, second = queued("porn", age=timedelta(hours=2)), queued("porn", age=timedelta(hours=1))
     other = queued("bloody")
-    now = timezone.now()
-    stale = limits.allowed(reviewer.pk, services.waiting(), now=now)  # tab B: porn allowed
 
-    claim = limits.claim_next(reviewer=reviewer, images=services.waiting())  # tab A
+    claim = limits.claim_next(reviewer=reviewer, images=services.waiting())
     assert claim is not None
     assert claim.image_id == first.pk
-    reveal(first, reviewer)
+    counting.count(image=first, user=reviewer, variant="preview")  # in the other worker
     services.decide(image_id=first.pk, reviewer=reviewer, verdict="approve")
+    assert limits._last_blocked[(reviewer.pk, counting.day_of(timezone.now()))] == frozenset()
 
-    claim = services.claim_next(
-        reviewer=reviewer, queryset=stale, accept=limits.acceptor(reviewer.pk, now=now)
-    )
+    claim = limits.claim_next(reviewer=reviewer, images=services.waiting(), exclude=[first.pk])
     assert claim is not None
     assert claim.image_id == other.pk
+    assert list(Claim.objects.filter(reviewer=reviewer).values_list("image_id", flat=True)) == [
+        other.pk
+    ]
     assert Image.objects.get(pk=second.pk).status == WAITING
+    assert limits._last_blocked[(reviewer.pk, counting.day_of(timezone.now()))] == {"porn"}
+
+
+def opted_out_then_back(reviewer: Any, *, first: Image) -> None:
+    """The reviewer opts out of porn, is handed `first` and decides it, then withdraws the
+    opt-out in another worker: this process last saw porn blocked."""
+    OptOut.objects.create(reviewer=reviewer, category="porn")
+    claim = limits.claim_next(reviewer=reviewer, images=services.waiting())
+    assert claim is not None
+    assert claim.image_id == first.pk
+    services.decide(image_id=first.pk, reviewer=reviewer, verdict="approve")
+    OptOut.objects.filter(reviewer=reviewer).delete()
+    assert limits._last_blocked[(reviewer.pk, counting.day_of(timezone.now()))] == {"porn"}
+
+
+@pytest.mark.django_db
+def test_a_limit_let_go_since_it_was_last_seen_puts_the_oldest_item_first_again(queued):
+    """The claim, started without porn, hands out a newer item; its own read finds porn allowed
+    again, so it is redone and the older porn item comes first, as the queue's order says."""
+    porn = queued("porn", age=timedelta(hours=3))
+    first = queued("ad", age=timedelta(hours=2))
+    queued("ad", age=timedelta(hours=1))
+    reviewer = user("rex")
+    opted_out_then_back(reviewer, first=first)
+
+    claim = limits.claim_next(reviewer=reviewer, images=services.waiting(), exclude=[first.pk])
+    assert claim is not None
+    assert claim.image_id == porn.pk
+    assert Claim.objects.filter(reviewer=reviewer).count() == 1
+
+
+@pytest.mark.django_db
+def test_when_the_limits_last_seen_leave_nothing_the_claim_reads_them_again(queued):
+    porn = queued("porn", age=timedelta(hours=3))
+    first = queued("ad", age=timedelta(hours=2))
+    reviewer = user("rex")
+    opted_out_then_back(reviewer, first=first)
+
+    claim = limits.claim_next(reviewer=reviewer, images=services.waiting(), exclude=[first.pk])
+    assert claim is not None
+    assert claim.image_id == porn.pk
 
 
 @postgres_only
