@@ -29,6 +29,11 @@ class Claim(models.Model):
     )
     claimed_at = models.DateTimeField()
     expires_at = models.DateTimeField(db_index=True)
+    # Set by Start reviewing: the day (the server's TIME_ZONE calendar day) whose exposure limits
+    # the database holds this claim to. A trigger refuses the insert when the reviewer opted out
+    # of a category of the image or reached that day's cap for one (reviews.exposure
+    # migration 0002); empty, no limits apply (an undo hands back the image already seen).
+    limits_day = models.DateField(null=True, blank=True)
 
     class Meta:
         # One item at a time per reviewer, settled by the database (a double click on "Next"

@@ -11,9 +11,9 @@ the next claim replaces it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
@@ -67,6 +67,16 @@ def undo_window() -> timedelta:
 
 def is_admin(user: User | AnonymousUser) -> bool:
     return user.has_perm("moderation.change_image")
+
+
+# How the database's refusal of a claim over the reviewer's exposure limits begins (the trigger
+# in reviews.exposure's migration 0002).
+OVER_LIMIT = "exposure limit"
+
+
+class OverLimit(Exception):
+    """claim_next with `limits_day`: the database refused the image it picked, of a category the
+    reviewer opted out of or reached that day's cap for; nothing was claimed."""
 
 
 class ReviewError(Exception):
@@ -184,17 +194,16 @@ def claim_next(
     now: datetime | None = None,
     exclude: Iterable[int] = (),
     order: Sequence[str | OrderBy] = ("status_changed_at", "id"),
-    check: Callable[[Image], None] | None = None,
+    limits_day: date | None = None,
 ) -> Claim | None:
     """The reviewer's current item, or the first unclaimed waiting one in `order` (oldest
     first unless told), leased to them.
 
     `queryset` narrows the queue (the queue page's filters, a reviewer's limits); `exclude`
-    skips images (the one just skipped); `check`, if given, is called in the claim's
-    transaction once the claim is made (its last read, so it sees whatever the claim's insert
-    waited for) and undoes it by raising: the exception rolls the claim back and reaches the
-    caller (a reviewer's daily caps, reviews.exposure.limits). Returns None when nothing is
-    waiting.
+    skips images (the one just skipped); `limits_day`, if given, holds the claim to the
+    reviewer's exposure limits of that day in the database (Claim.limits_day): an image of a
+    category they opted out of or reached the cap of is refused with OverLimit, nothing
+    claimed (reviews.exposure.limits). Returns None when nothing is waiting.
     """
     now = now or timezone.now()
     excluded = set(exclude)
@@ -227,13 +236,16 @@ def claim_next(
                     | Q(reviewer=reviewer, image_id__in=excluded)
                     | Q(image=image, expires_at__lte=now)
                 ).delete()
-                claim = Claim.objects.create(
-                    image=image, reviewer=reviewer, claimed_at=now, expires_at=now + lease()
+                return Claim.objects.create(
+                    image=image,
+                    reviewer=reviewer,
+                    claimed_at=now,
+                    expires_at=now + lease(),
+                    limits_day=limits_day,
                 )
-                if check is not None:
-                    check(image)
-                return claim
-        except IntegrityError:
+        except IntegrityError as error:
+            if limits_day is not None and OVER_LIMIT in str(error):
+                raise OverLimit(str(error)) from error
             # The reviewer holds a live claim, or another reviewer took this image after our
             # snapshot was taken (the retry picks another).
             held = _renew_held(reviewer, now=now, excluded=excluded)

@@ -69,6 +69,7 @@ def queue(request: HtmxHttpRequest) -> HttpResponse:
     )
     counts = queue_reads.counts(filters, page=page, now=now)
     uploaders = queue_reads.uploaders() if request.user.has_perm(ADMIN) else []
+    limits_now = exposure_limits.standing(request.user.pk, now=now)
     context = {
         "nav": "queue",
         "filters": filters,
@@ -78,8 +79,8 @@ def queue(request: HtmxHttpRequest) -> HttpResponse:
         "held": services.held_image_id(request.user, now=now),
         "greyscale": preference.greyscale,
         "order_by_due": preference.order_by_due,
-        "capped": exposure_limits.reached(request.user.pk, now=now),
-        "opted_out": exposure_limits.opted_out(request.user.pk),
+        "capped": limits_now.reached,
+        "opted_out": sorted(limits_now.opted_out),
         "break_due": exposure_views.break_due(request),
         "scenes": SCENE_CATEGORIES,
         "ages": {key: label for key, (label, _, _) in queue_reads.AGES.items()},

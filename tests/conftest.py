@@ -28,7 +28,11 @@ def _fresh_cache():
     # The review queue caches its counts; each test starts from nothing.
     from django.core.cache import cache
 
+    from reviews.exposure import limits
+
     cache.clear()
+    # Nor what a process last saw of a reviewer's exposure limits (user ids are reused).
+    limits.forget()
 
 
 @pytest.fixture

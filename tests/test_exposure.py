@@ -4,6 +4,7 @@ variant; the admins' page and daily caps; opt-outs; the break reminder."""
 from __future__ import annotations
 
 import contextlib
+import random
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -199,7 +200,7 @@ def test_a_claim_made_with_limits_seen_before_another_tab_s_reveal_still_respect
     assert claim.image_id == first.pk
     counting.count(image=first, user=reviewer, variant="preview")  # in the other worker
     services.decide(image_id=first.pk, reviewer=reviewer, verdict="approve")
-    assert limits._last_blocked[(reviewer.pk, counting.day_of(timezone.now()))] == frozenset()
+    assert last_seen(reviewer) == frozenset()
 
     claim = limits.claim_next(reviewer=reviewer, images=services.waiting(), exclude=[first.pk])
     assert claim is not None
@@ -208,47 +209,157 @@ def test_a_claim_made_with_limits_seen_before_another_tab_s_reveal_still_respect
         other.pk
     ]
     assert Image.objects.get(pk=second.pk).status == WAITING
-    assert limits._last_blocked[(reviewer.pk, counting.day_of(timezone.now()))] == {"porn"}
+    assert last_seen(reviewer) == {"porn"}
 
 
-def opted_out_then_back(reviewer: Any, *, first: Image) -> None:
+def last_seen(reviewer: Any) -> frozenset[str]:
+    """The categories this process last saw the reviewer blocked from today (the hint)."""
+    return limits._last_blocked[(reviewer.pk, counting.day_of(timezone.now()))][1]
+
+
+def opted_out_then_back(reviewer: Any, *, first: Image, here: bool, committed: Any) -> None:
     """The reviewer opts out of porn, is handed `first` and decides it, then withdraws the
-    opt-out in another worker: this process last saw porn blocked."""
-    OptOut.objects.create(reviewer=reviewer, category="porn")
+    opt-out, on their own page in this process (`here`) or in another worker."""
+    web(reviewer).post(reverse("exposure_mine"), {"opt_out": ["porn"]})
     claim = limits.claim_next(reviewer=reviewer, images=services.waiting())
     assert claim is not None
     assert claim.image_id == first.pk
     services.decide(image_id=first.pk, reviewer=reviewer, verdict="approve")
-    OptOut.objects.filter(reviewer=reviewer).delete()
-    assert limits._last_blocked[(reviewer.pk, counting.day_of(timezone.now()))] == {"porn"}
+    assert last_seen(reviewer) == {"porn"}
+    if here:
+        with committed(execute=True):
+            web(reviewer).post(reverse("exposure_mine"), {"opt_out": []})
+    else:
+        OptOut.objects.filter(reviewer=reviewer).delete()
+    assert not OptOut.objects.filter(reviewer=reviewer).exists()
 
 
 @pytest.mark.django_db
-def test_a_limit_let_go_since_it_was_last_seen_puts_the_oldest_item_first_again(queued):
-    """The claim, started without porn, hands out a newer item; its own read finds porn allowed
-    again, so it is redone and the older porn item comes first, as the queue's order says."""
+def test_a_limit_let_go_puts_the_oldest_item_first_again(
+    queued, monkeypatch, django_capture_on_commit_callbacks
+):
+    """Withdrawn on the reviewer's page in this process: the next claim reads the limits again
+    and the older porn item comes first. Withdrawn in another worker: this process sees it once
+    what it last saw is HINT_SECONDS old (until then the claim leaves porn out: later, never
+    wrongly)."""
     porn = queued("porn", age=timedelta(hours=3))
     first = queued("ad", age=timedelta(hours=2))
-    queued("ad", age=timedelta(hours=1))
+    newer = queued("ad", age=timedelta(hours=1))
     reviewer = user("rex")
-    opted_out_then_back(reviewer, first=first)
+    opted_out_then_back(
+        reviewer, first=first, here=True, committed=django_capture_on_commit_callbacks
+    )
+    claim = limits.claim_next(reviewer=reviewer, images=services.waiting(), exclude=[first.pk])
+    assert claim is not None
+    assert claim.image_id == porn.pk
+
+    other = user("rio")
+    porn = queued("porn", age=timedelta(hours=3))
+    first = queued("ad", age=timedelta(hours=2))
+    opted_out_then_back(
+        other, first=first, here=False, committed=django_capture_on_commit_callbacks
+    )
+    claim = limits.claim_next(reviewer=other, images=services.waiting(), exclude=[first.pk])
+    assert claim is not None
+    assert claim.image_id == newer.pk
+    services.release(image=claim.image, reviewer=other)
+    monkeypatch.setattr(limits, "HINT_SECONDS", 0.0)
+    claim = limits.claim_next(reviewer=other, images=services.waiting(), exclude=[newer.pk])
+    assert claim is not None
+    assert claim.image_id == porn.pk
+
+
+@pytest.mark.django_db
+def test_when_the_limits_last_seen_leave_nothing_the_claim_reads_them_again(
+    queued, django_capture_on_commit_callbacks
+):
+    porn = queued("porn", age=timedelta(hours=3))
+    first = queued("ad", age=timedelta(hours=2))
+    reviewer = user("rex")
+    opted_out_then_back(
+        reviewer, first=first, here=False, committed=django_capture_on_commit_callbacks
+    )
 
     claim = limits.claim_next(reviewer=reviewer, images=services.waiting(), exclude=[first.pk])
     assert claim is not None
     assert claim.image_id == porn.pk
-    assert Claim.objects.filter(reviewer=reviewer).count() == 1
 
 
 @pytest.mark.django_db
-def test_when_the_limits_last_seen_leave_nothing_the_claim_reads_them_again(queued):
-    porn = queued("porn", age=timedelta(hours=3))
-    first = queued("ad", age=timedelta(hours=2))
+def test_the_database_refuses_a_claim_over_the_limits_of_its_day(queued):
+    """The trigger behind Claim.limits_day: opted-out categories and categories at their cap (own,
+    else the default) are refused, nothing claimed; other categories, images without one, and
+    claims without a day are not."""
+    ExposureCap.objects.create(category="", images=2)
+    ExposureCap.objects.create(category="sexy", images=5)
     reviewer = user("rex")
-    opted_out_then_back(reviewer, first=first)
+    today = counting.day_of(timezone.now())
+    OptOut.objects.create(reviewer=reviewer, category="bloody")
+    for category, n in [("porn", 2), ("sexy", 4), ("ad", 1)]:
+        ExposureCount.objects.create(reviewer=reviewer, day=today, category=category, previews=n)
+    yesterday = today - timedelta(days=1)
+    ExposureCount.objects.create(reviewer=reviewer, day=yesterday, category="ad", previews=9)
 
-    claim = limits.claim_next(reviewer=reviewer, images=services.waiting(), exclude=[first.pk])
-    assert claim is not None
-    assert claim.image_id == porn.pk
+    def claim(*categories: str, day: Any = today) -> int | None:
+        image = queued(*categories)
+        try:
+            made = services.claim_next(
+                reviewer=reviewer, queryset=services.waiting().filter(pk=image.pk), limits_day=day
+            )
+        except services.OverLimit:
+            assert not Claim.objects.filter(reviewer=reviewer).exists()
+            return None
+        assert made is not None
+        Claim.objects.filter(reviewer=reviewer).delete()
+        return made.image_id
+
+    assert claim("porn") is None  # at the default cap
+    assert claim("ad", "porn") is None  # one of its categories is
+    assert claim("bloody") is None  # opted out
+    assert claim("sexy") is not None  # its own cap, not reached
+    assert claim("ad") is not None  # yesterday's counts are not today's
+    assert claim() is not None  # no category
+    assert claim("porn", day=yesterday) is not None
+    image = queued("porn")
+    assert services.claim_next(reviewer=reviewer, queryset=services.waiting().filter(pk=image.pk))
+
+
+@pytest.mark.django_db
+def test_the_database_and_python_agree_on_what_is_blocked(queued):
+    """limits.standing (what a claim leaves out) and the trigger (what the database refuses)
+    are one rule written twice: on random caps, opt-outs and counts they must agree."""
+    rng = random.Random(20261201)
+    names = ["porn", "sexy", "bloody", "ad"]
+    today = counting.day_of(timezone.now())
+    for round_ in range(25):
+        ExposureCap.objects.all().delete()
+        OptOut.objects.all().delete()
+        ExposureCount.objects.all().delete()
+        reviewer = user(f"r{round_}")
+        if rng.random() < 0.7:
+            ExposureCap.objects.create(category="", images=rng.randint(1, 4))
+        for name in rng.sample(names, rng.randint(0, 3)):
+            ExposureCap.objects.create(category=name, images=rng.randint(1, 4))
+        for name in rng.sample(names, rng.randint(0, 2)):
+            OptOut.objects.create(reviewer=reviewer, category=name)
+        for name in rng.sample(names, rng.randint(0, 4)):
+            ExposureCount.objects.create(
+                reviewer=reviewer, day=today, category=name, thumbnails=rng.randint(0, 5)
+            )
+        blocked = limits.standing(reviewer.pk, now=timezone.now()).blocked
+        for name in names:
+            image = queued(name)
+            try:
+                services.claim_next(
+                    reviewer=reviewer,
+                    queryset=services.waiting().filter(pk=image.pk),
+                    limits_day=today,
+                )
+                refused = False
+            except services.OverLimit:
+                refused = True
+            Claim.objects.filter(reviewer=reviewer).delete()
+            assert refused == (name in blocked), (round_, name, blocked)
 
 
 @postgres_only

@@ -3,6 +3,7 @@ daily cap they reached (reviews.exposure.models)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
@@ -29,35 +30,32 @@ class Reached:
     cap: int
 
 
+@dataclass(frozen=True)
+class Standing:
+    """A reviewer's limits as read at one moment."""
+
+    caps: dict[str, int]  # category -> images a day ("" is the default)
+    shown: dict[str, int]  # category -> clear images shown today
+    opted_out: frozenset[str]
+    reached: tuple[Reached, ...]  # the categories at their cap today, by name
+
+    @property
+    def blocked(self) -> frozenset[str]:
+        """What Start reviewing may not hand the reviewer now."""
+        return self.opted_out | {r.category for r in self.reached}
+
+    def cap(self, category: str) -> int | None:
+        return _cap(self.caps, category)
+
+
 def caps() -> dict[str, int]:
     """Every cap, category -> images a day ("" is the default). A few rows."""
     return dict(ExposureCap.objects.values_list("category", "images"))
 
 
-def reached(
-    user_id: int, *, now: datetime | None = None, table: dict[str, int] | None = None
-) -> list[Reached]:
-    """The categories whose cap the user has reached today, by name (`table`: the caps, if
-    already read)."""
-    table = caps() if table is None else table
-    if not table:
-        return []
-    shown = counting.today(user_id, now=now)
-    out = []
-    for category, n in sorted(shown.items()):
-        cap = table.get(category, table.get(""))
-        # Images with no category ("") are not a category a cap can name.
-        if category and cap is not None and n >= cap:
-            out.append(Reached(category, cap))
-    return out
-
-
-def opted_out(user_id: int) -> list[str]:
-    return list(
-        OptOut.objects.filter(reviewer_id=user_id)
-        .order_by("category")
-        .values_list("category", flat=True)
-    )
+def reached(user_id: int, *, now: datetime | None = None) -> list[Reached]:
+    """The categories whose cap the user has reached today, by name."""
+    return list(standing(user_id, now=now or timezone.now()).reached)
 
 
 def allowed(
@@ -65,41 +63,39 @@ def allowed(
 ) -> QuerySet[Image]:
     """`images` without those of a category the user opted out of or reached today's cap for
     (as read now: one read; with nothing to leave out the queryset is unchanged)."""
-    return _without(images, standing(user_id, now=now or timezone.now())[1])
+    return _without(images, standing(user_id, now=now or timezone.now()).blocked)
 
 
-class Stale(Exception):
-    """A claim's own read of the limits found them changed since the ones it was made with: the
-    claim is rolled back and tried again with `blocked`."""
-
-    def __init__(self, blocked: frozenset[str]) -> None:
-        super().__init__(sorted(blocked))
-        self.blocked = blocked
-
-
-def standing(user_id: int, *, now: datetime) -> tuple[dict[str, int], frozenset[str]]:
-    """(the caps, the categories the user may not be handed now) in one plain read: the caps,
-    the user's opt-outs and their counts for today (a UNION ALL of three small index reads,
-    written out so a claim pays one round trip and no query building for it)."""
+def standing(user_id: int, *, now: datetime) -> Standing:
+    """The user's limits now, in one plain read: the caps, their opt-outs and their counts for
+    today (a UNION ALL of three small index reads, written out so a claim pays one round trip
+    and no query building for it)."""
     day = connection.ops.adapt_datefield_value(counting.day_of(now))
     with connection.cursor() as cursor:
         cursor.execute(_STANDING, [user_id, user_id, day])
         rows = cursor.fetchall()
     table: dict[str, int] = {}
     shown: dict[str, int] = {}
-    blocked: set[str] = set()
+    opted: set[str] = set()
     for kind, name, n in rows:
         if kind == "cap":
             table[name] = n
         elif kind == "opt":
-            blocked.add(name)
+            opted.add(name)
         else:
             shown[name] = n
-    for category, n in shown.items():
-        cap = table.get(category, table.get(""))
-        if category and cap is not None and n >= cap:
-            blocked.add(category)
-    return table, frozenset(blocked)
+    at_cap = tuple(
+        Reached(category, cap)
+        for category, n in sorted(shown.items())
+        if (cap := _cap(table, category)) is not None and n >= cap
+    )
+    return Standing(caps=table, shown=shown, opted_out=frozenset(opted), reached=at_cap)
+
+
+def _cap(table: dict[str, int], category: str) -> int | None:
+    """The cap on `category`: its own, else the default; none for images without a category,
+    which no cap can name."""
+    return table.get(category, table.get("")) if category else None
 
 
 _STANDING = f"""
@@ -111,12 +107,15 @@ _STANDING = f"""
     FROM {ExposureCount._meta.db_table} WHERE reviewer_id = %s AND day = %s
 """  # noqa: S608 - table names from the models, values as parameters
 
-# The categories each reviewer was last found blocked from, per day, in this process: where
-# the next claim starts looking. Only a hint: every claim reads the limits again in its own
-# transaction and is redone if they changed (Stale), so a stale or missing entry costs a retry
-# or one read, never a wrong hand-out.
-_last_blocked: dict[tuple[int, date], frozenset[str]] = {}
+
+# The categories each reviewer was last found blocked from, per day, in this process, and when:
+# where the next claim starts looking, so that a claim pays no read for the limits. Only a
+# hint: the database refuses a claim over the limits (Claim.limits_day), and the refusal reads
+# them again; a limit let go elsewhere (a cap raised, an opt-out withdrawn) is seen within
+# HINT_SECONDS.
+_last_blocked: dict[tuple[int, date], tuple[float, frozenset[str]]] = {}
 _LAST_BLOCKED_MAX = 10_000
+HINT_SECONDS = 30.0
 
 
 def claim_next(
@@ -125,43 +124,36 @@ def claim_next(
     """services.claim_next within the reviewer's limits: never a category they opted out of
     or whose cap they reached today.
 
-    The claim is narrowed by the limits last seen (a read first if none were), then, made,
-    checked against the limits read again as the last step of its transaction; if they
-    changed it is undone and tried again with the new ones. That read needs no lock: it comes
-    after the claim's insert, which waits for the reviewer's other claim to be let go, so it
-    sees every reveal that reviewer's other tabs finished before this claim could be made,
-    and a reveal it misses counts as made after the claim. A reveal never waits for a claim.
+    The claim leaves out the categories last seen blocked (read first if not seen in the last
+    HINT_SECONDS) and is made with `limits_day`, so the database refuses it if a category of the
+    image is blocked after all (another tab's reveal reached a cap meanwhile): the limits are
+    then read again and the claim tried once more without that category.
     """
     now = now or timezone.now()
-    key = (reviewer.pk, counting.day_of(now))
-    blocked = _last_blocked.get(key)
-    if blocked is None:
-        blocked = standing(reviewer.pk, now=now)[1]
-    for _ in range(5):  # the limits changing under each try in turn: an admin at work
-        used = blocked
-
-        def check(image: Image, used: frozenset[str] = used) -> None:
-            fresh = standing(reviewer.pk, now=now)[1]
-            # Also redone when a category was let go since (a cap raised, an opt-out
-            # withdrawn): an older item of it may come first.
-            if not used <= fresh or fresh & set(image.imm_categories or []):
-                raise Stale(fresh)
-            _remember(key, fresh)
-
+    day = counting.day_of(now)
+    key = (reviewer.pk, day)
+    seen = _last_blocked.get(key)
+    if seen is None or time.monotonic() - seen[0] > HINT_SECONDS:
+        blocked = _remember(key, standing(reviewer.pk, now=now).blocked)
+    else:
+        blocked = seen[1]
+    for _ in range(5):  # the limits changing under each try in turn: a reviewer at work elsewhere
         try:
             claim = services.claim_next(
-                reviewer=reviewer, queryset=_without(images, used), check=check, now=now,
+                reviewer=reviewer,
+                queryset=_without(images, blocked),
+                limits_day=day,
+                now=now,
                 **options,
-            )  # fmt: skip
-        except Stale as stale:
-            blocked = stale.blocked
-            _remember(key, blocked)
+            )
+        except services.OverLimit:
+            blocked = _remember(key, standing(reviewer.pk, now=now).blocked)
             continue
-        if claim is None and used:
-            # Nothing outside the limits last seen: they may have been let go since.
-            blocked = standing(reviewer.pk, now=now)[1]
-            _remember(key, blocked)
-            if not used <= blocked:
+        if claim is None and seen is not None and blocked:
+            # Nothing outside the limits last seen: look again with the limits as they are now.
+            fresh = _remember(key, standing(reviewer.pk, now=now).blocked)
+            if fresh != blocked:
+                seen, blocked = None, fresh
                 continue
         return claim
     return None
@@ -175,7 +167,15 @@ def _without(images: QuerySet[Image], blocked: frozenset[str]) -> QuerySet[Image
     )
 
 
-def _remember(key: tuple[int, date], blocked: frozenset[str]) -> None:
+def _remember(key: tuple[int, date], blocked: frozenset[str]) -> frozenset[str]:
     if len(_last_blocked) >= _LAST_BLOCKED_MAX:
         _last_blocked.clear()
-    _last_blocked[key] = blocked
+    _last_blocked[key] = (time.monotonic(), blocked)
+    return blocked
+
+
+def forget(user_id: int | None = None) -> None:
+    """Drop what this process last saw of the user's limits, or of everyone's (they changed
+    here; other processes see it within HINT_SECONDS)."""
+    for key in [key for key in _last_blocked if user_id is None or key[0] == user_id]:
+        _last_blocked.pop(key, None)

@@ -19,8 +19,8 @@ class ExposureCount(models.Model):
 
     Kept in the transaction that records each Reveal (reviews.exposure.counting), so the admins'
     page reads a few rows per reviewer and day instead of scanning reveals; each reviewer's rows
-    are their own, never a row all reviewers write. A claim that a cap could refuse locks the
-    reviewer's row for the category (reviews.exposure.limits.accept).
+    are their own, never a row all reviewers write. A claim reads the reviewer's rows for today
+    (reviews.exposure.limits.standing).
     """
 
     reviewer = models.ForeignKey(

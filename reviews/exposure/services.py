@@ -10,6 +10,7 @@ from django.db import IntegrityError, transaction
 from moderation import limits
 from moderation.audit import log as audit
 
+from . import limits as exposure_limits
 from .models import MAX_CAP, ExposureCap, OptOut
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ def set_cap(*, category: str, images: str, actor: User, context: audit.AuditCont
                     detail={"category": category, "images": value},
                     context=context,
                 )
+                transaction.on_commit(exposure_limits.forget)
             return cap
         except IntegrityError:
             if attempt:
@@ -82,6 +84,7 @@ def remove_cap(*, category: str, actor: User, context: audit.AuditContext) -> in
             detail={"category": category},
             context=context,
         )
+        transaction.on_commit(exposure_limits.forget)
     return images
 
 
@@ -115,4 +118,5 @@ def set_opt_outs(
             detail={"added": added, "removed": removed},
             context=context,
         )
+        transaction.on_commit(lambda: exposure_limits.forget(reviewer.pk))
     return added, removed

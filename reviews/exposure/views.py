@@ -128,19 +128,15 @@ def mine(request: AuthedRequest) -> HttpResponse:
             )
             return redirect("exposure_mine")
     known = [label for labels in SCENE_CATEGORIES.values() for label in labels]
-    opted = limits.opted_out(request.user.pk)
-    caps = limits.caps()
+    mine = limits.standing(request.user.pk, now=timezone.now())
     return TemplateResponse(
         request,
         "exposure/mine.html",
         {
-            "shown": [
-                (category, n, caps.get(category, caps.get("")) if category else None)
-                for category, n in sorted(counting.today(request.user.pk).items())
-            ],
-            "reached": limits.reached(request.user.pk),
-            "choices": sorted(set(known) | set(opted), key=str.lower),
-            "opted": set(opted),
+            "shown": [(name, n, mine.cap(name)) for name, n in sorted(mine.shown.items())],
+            "reached": mine.reached,
+            "choices": sorted(set(known) | mine.opted_out, key=str.lower),
+            "opted": mine.opted_out,
             "error": error,
             "nav": "queue",
         },

@@ -313,7 +313,7 @@ def _within_limits(items: QuerySet[Any], person: User, *, now: datetime) -> Quer
     """`items` (with an `image`) without those of a category the person opted out of or whose
     daily limit they reached: blind items obey the same exposure limits as the queue (one read,
     paid only when an item is there to hand out)."""
-    _, blocked = exposure_limits.standing(person.pk, now=now)
+    blocked = exposure_limits.standing(person.pk, now=now).blocked
     if not blocked:
         return items
     return items.exclude(
