@@ -114,6 +114,12 @@ def parse_args() -> argparse.Namespace:
         help="claim runs twice each, side by side: with services.claim_next alone, then as Start "
         "reviewing claims, within exposure caps (a default cap set, so every claim checks it)",
     )
+    parser.add_argument(
+        "--solo-claims",
+        type=int,
+        default=1000,
+        help="--compare-limits: claims per path by one reviewer alone, the paths taking turns",
+    )
     parser.add_argument("--warmup", type=int, default=20, help="untimed requests per page first")
     parser.add_argument(
         "--deep-pages", type=int, default=1000, help="keyset pages to follow for the deep page"
@@ -360,6 +366,7 @@ def compare_limits(who: People, args: argparse.Namespace, plan: list[tuple[float
 
     ExposureCap.objects.update_or_create(category="", defaults={"images": 10_000})
     print("\nClaim path: services.claim_next alone vs within exposure limits (same run)")
+    solo(who.reviewers[0], claims_each=args.solo_claims)
     for think, processes in plan:
         pooled: dict[str, list[float]] = {"plain": [], "limits": []}
         rates: dict[str, list[float]] = {"plain": [], "limits": []}
@@ -391,6 +398,40 @@ def compare_limits(who: People, args: argparse.Namespace, plan: list[tuple[float
                 )
         print(" ".join(line), flush=True)
     os.environ.pop(CLAIM_PATH, None)
+
+
+def solo(reviewer: Any, *, claims_each: int) -> None:
+    """One reviewer alone, claiming and deciding back to back, the two paths taking turns claim
+    by claim (so a drift of the machine falls on both): each claim's wall and CPU time."""
+    from reviews import services
+    from reviews.exposure import limits
+    from reviews.models import Decision
+
+    wall: dict[str, list[float]] = {"plain": [], "limits": []}
+    cpu: dict[str, list[float]] = {"plain": [], "limits": []}
+    last: list[int] = []
+    for i in range(2 * claims_each):
+        path = ("plain", "limits")[i % 2]
+        started, started_cpu = time.perf_counter(), time.process_time()
+        if path == "limits":
+            claim = limits.claim_next(reviewer=reviewer, images=services.waiting(), exclude=last)
+        else:
+            claim = services.claim_next(reviewer=reviewer, exclude=last)
+        wall[path].append(time.perf_counter() - started)
+        cpu[path].append(time.process_time() - started_cpu)
+        if claim is None:
+            break
+        services.decide(
+            image_id=claim.image_id, reviewer=reviewer, verdict=Decision.Verdict.APPROVE
+        )
+        last = [claim.image_id]
+    line = [f"  one reviewer alone, {claims_each} claims each, taking turns:"]
+    for path in ("plain", "limits"):
+        line.append(
+            f"{path} p50 {ms(pct(wall[path], 50))} / p95 {ms(pct(wall[path], 95))} ms "
+            f"(CPU p50 {ms(pct(cpu[path], 50))} ms);"
+        )
+    print(" ".join(line), f"({load()})", flush=True)
 
 
 def pages(args: argparse.Namespace, who: People) -> tuple[list[tuple[PageRun, PageRun]], list]:
