@@ -601,6 +601,33 @@ def test_the_break_reminder_comes_after_the_stretch_and_not_after_a_pause(queued
 
 
 @pytest.mark.django_db
+def test_clear_images_shown_count_as_reviewing_for_the_break_reminder(queued, settings):
+    """QA work (blind items, the QA queue) and long looks are reveals, not queue decisions: a
+    stretch of them, or of reveals between decisions, is a stretch of reviewing all the same."""
+    settings.REVIEW_BREAK_AFTER_MINUTES = 50
+    settings.REVIEW_BREAK_GAP_MINUTES = 10
+    reviewer = user("rex")
+    image = queued("porn")
+    for m in range(0, 56, 6):
+        Reveal.objects.filter(pk=Reveal.objects.create(image=image, reviewer=reviewer).pk).update(
+            revealed_at=NOON + timedelta(minutes=m)
+        )
+    assert breaks.due(reviewer.pk, now=NOON + timedelta(minutes=56))
+    assert not breaks.due(reviewer.pk, now=NOON + timedelta(minutes=70))
+
+    other = user("rio")
+    # Decisions 16 minutes apart, each after a reveal 8 minutes before: no 10-minute pause.
+    decisions_every(other, image, start=NOON, minutes=[0, 16, 32, 48, 56])
+    for m in (8, 24, 40):
+        Reveal.objects.filter(pk=Reveal.objects.create(image=image, reviewer=other).pk).update(
+            revealed_at=NOON + timedelta(minutes=m)
+        )
+    assert breaks.due(other.pk, now=NOON + timedelta(minutes=57))
+    Reveal.objects.filter(reviewer=other).delete()
+    assert not breaks.due(other.pk, now=NOON + timedelta(minutes=57))
+
+
+@pytest.mark.django_db
 def test_the_queue_and_pane_show_the_reminder_and_dismissing_it_hides_it(queued, settings):
     settings.REVIEW_BREAK_AFTER_MINUTES = 50
     reviewer = user("rex")

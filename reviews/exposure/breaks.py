@@ -1,5 +1,6 @@
-"""The break reminder: after REVIEW_BREAK_AFTER_MINUTES of continuous reviewing (decisions with
-no pause of REVIEW_BREAK_GAP_MINUTES or more between them), a calm notice suggests a break.
+"""The break reminder: after REVIEW_BREAK_AFTER_MINUTES of continuous reviewing (decisions and
+clear images shown, QA work included, with no pause of REVIEW_BREAK_GAP_MINUTES or more between
+them), a calm notice suggests a break.
 
 Dismissing it starts a new stretch from then (kept in the session), so it comes back after
 another stretch; a real pause starts one too.
@@ -12,11 +13,12 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from reviews.models import Decision
+from reviews.models import Decision, Reveal
 
 SESSION_KEY = "exposure_break_dismissed_at"
-# A stretch is read from at most this many decisions (a reviewer makes a few a minute).
-MAX_DECISIONS = 2000
+# A stretch is read from at most this many moments (a reviewer decides and reveals a few times a
+# minute).
+MAX_MOMENTS = 2000
 
 
 def stretch() -> timedelta:
@@ -29,11 +31,15 @@ def gap() -> timedelta:
 
 def reviewing_since(user_id: int, *, now: datetime) -> datetime | None:
     """When the user's current stretch of continuous reviewing began, or None if they are not
-    reviewing now (no decision within the gap). Reads only the last stretch+gap of decisions."""
+    reviewing now (nothing within the gap). Reads only the last stretch+gap of the user's
+    decisions and reveals: a reveal is reviewing too (the QA panes, a look before deciding)."""
+    since = now - stretch() - gap()
+    decided = Decision.objects.filter(reviewer_id=user_id, created_at__gte=since)
+    revealed = Reveal.objects.filter(reviewer_id=user_id, revealed_at__gte=since)
     times = list(
-        Decision.objects.filter(reviewer_id=user_id, created_at__gte=now - stretch() - gap())
-        .order_by("-created_at")
-        .values_list("created_at", flat=True)[:MAX_DECISIONS]
+        decided.values_list("created_at", flat=True)
+        .union(revealed.values_list("revealed_at", flat=True), all=True)
+        .order_by("-created_at")[:MAX_MOMENTS]
     )
     if not times or now - times[0] >= gap():
         return None
