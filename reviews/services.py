@@ -172,18 +172,19 @@ def _live(now: datetime) -> Q:
     return Q(expires_at__gt=now, image__status__in=DECIDABLE)
 
 
-def _live_claims(reviewer: User, *, now: datetime) -> QuerySet[Claim]:
+def live_claims(reviewer: User, *, now: datetime) -> QuerySet[Claim]:
+    """The reviewer's claims that still hold their image (at most one)."""
     return Claim.objects.filter(_live(now), reviewer=reviewer).order_by("claimed_at")
 
 
 def current_claim(reviewer: User, *, now: datetime | None = None) -> Claim | None:
-    return _live_claims(reviewer, now=now or timezone.now()).select_related("image").first()
+    return live_claims(reviewer, now=now or timezone.now()).select_related("image").first()
 
 
 def held_image_id(reviewer: User, *, now: datetime | None = None) -> int | None:
     """The id of the image the reviewer holds, if any (current_claim without the rows)."""
     return (
-        _live_claims(reviewer, now=now or timezone.now()).values_list("image_id", flat=True).first()
+        live_claims(reviewer, now=now or timezone.now()).values_list("image_id", flat=True).first()
     )
 
 

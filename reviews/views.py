@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
@@ -48,13 +48,18 @@ def _vary(response: HttpResponse) -> HttpResponse:
     return response
 
 
-def _greyscale(user: User) -> bool:
-    return ReviewerPreference.objects.filter(user=user, greyscale=True).exists()
-
-
-def _preference(user: User) -> ReviewerPreference:
-    """The user's preferences, or the defaults (unsaved) if they never set any."""
-    return ReviewerPreference.objects.filter(user=user).first() or ReviewerPreference(user=user)
+def _preference(request: HttpRequest) -> ReviewerPreference:
+    """The user's preferences, or the defaults (unsaved) if they never set any; read once a
+    request (a decision's request claims the next item in their order, then shows it in their
+    greyscale choice)."""
+    found = getattr(request, "_reviewer_preference", None)
+    if found is None:
+        user = cast("User", request.user)  # the review pages require a signed-in reviewer
+        found = ReviewerPreference.objects.filter(user=user).first() or ReviewerPreference(
+            user=user
+        )
+        setattr(request, "_reviewer_preference", found)  # noqa: B010 - not a declared attribute
+    return found
 
 
 @permission_required(REVIEW, raise_exception=True)
@@ -63,7 +68,7 @@ def queue(request: HtmxHttpRequest) -> HttpResponse:
     """Items waiting for a person, oldest first, with filters, counts and the reviewer's figures."""
     filters = _filters(request, request.GET)
     now = timezone.now()
-    preference = _preference(request.user)
+    preference = _preference(request)
     page = queue_reads.page(
         filters, after=request.GET.get("after", ""), now=now, by_due=preference.order_by_due
     )
@@ -118,7 +123,7 @@ def _pane_context(request: HtmxHttpRequest, image: Image | None, **extra: object
     """Everything the review pane shows for one image (or the empty queue when None)."""
     context: dict[str, object] = {
         "image": image,
-        "greyscale": _greyscale(request.user),
+        "greyscale": _preference(request).greyscale,
         # Live, not the cached filter counts: the number must move as decisions are made.
         "waiting": services.waiting().order_by()[: queue_reads.COUNT_CAP].count(),
         "is_admin": request.user.has_perm(ADMIN),
@@ -202,7 +207,7 @@ def _claim_next(request: HtmxHttpRequest, *, exclude: list[int] | None = None) -
     the order they chose (oldest or most urgent first)."""
     now = timezone.now()
     images = _filters(request, request.POST).apply(services.waiting(), now=now)
-    if _preference(request.user).order_by_due:
+    if _preference(request).order_by_due:
         images = due_order.ordered(images)
         order: dict[str, Any] = {"order": due_order.ORDER}
     else:

@@ -330,6 +330,20 @@ def test_the_first_decider_never_gets_their_own_double_review(blind_setup):
     assert blind.image.pk == blind_setup["image"].pk
 
 
+@pytest.mark.django_db
+def test_an_ordinary_item_the_reviewer_holds_comes_before_a_blind_one(blind_setup, make_image):
+    second = blind_setup["second"]
+    held = make_image(status=Image.Status.AWAITING_REVIEW)
+    claim = reviews.claim_next(reviewer=second)
+    assert claim is not None
+    assert claim.image_id == held.pk
+    assert services.claim_blind(second) is None
+    reviews.release(image=held, reviewer=second)
+    blind = services.claim_blind(second)
+    assert blind is not None
+    assert blind.image.pk == blind_setup["image"].pk
+
+
 def every_response(client: Client, image: Image) -> dict[str, str]:
     """Every page and fragment a reviewer can ask for about the image, by path."""
     paths = {
@@ -684,9 +698,10 @@ def test_the_accuracy_partial_renders_for_admins_only(admin_user, reviewer_user,
 
 
 @pytest.mark.django_db
-def test_start_reviewing_with_nothing_blind_due_costs_four_reads_and_no_lock(make_image):
+def test_start_reviewing_with_nothing_blind_due_costs_one_read_and_no_lock(make_image):
     """The hook on the claim path: with no double review waiting and gold not drawn, it reads
-    (held double, held gold, any double waiting, the gold rate) and takes no lock."""
+    once (an ordinary item held, a double or gold item held, any double waiting, the gold rate,
+    together) and takes no lock."""
     from django.db import connection as db
     from django.test.utils import CaptureQueriesContext
 
@@ -694,7 +709,7 @@ def test_start_reviewing_with_nothing_blind_due_costs_four_reads_and_no_lock(mak
     with CaptureQueriesContext(db) as queries:
         assert services.claim_blind(rex) is None
     sql = [q["sql"].upper() for q in queries.captured_queries]
-    assert len(sql) == 4, sql
+    assert len(sql) == 1, sql
     assert not any("FOR UPDATE" in s or "SAVEPOINT" in s or s.startswith("BEGIN") for s in sql)
 
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from moderation import limits
@@ -24,7 +25,6 @@ from reviews.exposure import limits as exposure_limits
 from reviews.models import Decision
 
 from .models import DoubleReview, GoldAnswer, GoldItem, ImmCheck, Rate
-from .sampling import percent
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -263,21 +263,31 @@ class Blind:
     gold: GoldAnswer | None = None
 
 
-def held_blind(person: User, *, now: datetime) -> Blind | None:
-    double = (
-        DoubleReview.objects.filter(
-            state=DoubleReview.State.WAITING, claimed_by=person, claim_expires_at__gt=now
-        )
-        .select_related("image", "decision")
-        .first()
+def _held_doubles(person: User, *, now: datetime) -> QuerySet[DoubleReview]:
+    return DoubleReview.objects.filter(
+        state=DoubleReview.State.WAITING, claimed_by=person, claim_expires_at__gt=now
     )
+
+
+def _held_gold(person: User, *, now: datetime) -> QuerySet[GoldAnswer]:
+    return GoldAnswer.objects.filter(reviewer=person, verdict="", expires_at__gt=now)
+
+
+def _waiting_doubles(person: User, *, now: datetime) -> QuerySet[DoubleReview]:
+    """Double reviews this person may take: waiting, not held (or the hold expired), of someone
+    else's decision."""
+    return (
+        DoubleReview.objects.filter(state=DoubleReview.State.WAITING)
+        .filter(Q(claimed_by__isnull=True) | Q(claim_expires_at__lte=now))
+        .exclude(first_reviewer=person)
+    )
+
+
+def held_blind(person: User, *, now: datetime) -> Blind | None:
+    double = _held_doubles(person, now=now).select_related("image", "decision").first()
     if double is not None:
         return _blind_double(double)
-    gold = (
-        GoldAnswer.objects.filter(reviewer=person, verdict="", expires_at__gt=now)
-        .select_related("gold__image")
-        .first()
-    )
+    gold = _held_gold(person, now=now).select_related("gold__image").first()
     if gold is not None:
         return Blind(image=gold.gold.image, waiting_since=gold.served_at, gold=gold)
     return None
@@ -291,20 +301,63 @@ def _blind_double(double: DoubleReview) -> Blind:
     )
 
 
+@dataclass(frozen=True)
+class Due:
+    """What the blind hook must know before the queue, read together in one query."""
+
+    holds_item: bool  # an ordinary queue item: it comes first
+    held_double: bool
+    held_gold: bool
+    double_waiting: bool  # someone else's decision waiting for a second look
+    gold_percent: float
+
+
+def _due(person: User, *, now: datetime) -> Due:
+    gold_rate = Rate.objects.filter(kind=Rate.Kind.GOLD, category="").order_by("-percent")
+    row = (
+        get_user_model()
+        .objects.filter(pk=person.pk)
+        .annotate(
+            holds_item=Exists(reviews.live_claims(person, now=now)),
+            held_double=Exists(_held_doubles(person, now=now)),
+            held_gold=Exists(_held_gold(person, now=now)),
+            double_waiting=Exists(_waiting_doubles(person, now=now)),
+            gold_percent=Subquery(gold_rate.values("percent")[:1]),
+        )
+        .values("holds_item", "held_double", "held_gold", "double_waiting", "gold_percent")
+        .first()
+    )
+    if row is None:  # no such person (any more): nothing to hand out
+        return Due(True, False, False, False, 0.0)
+    return Due(
+        holds_item=row["holds_item"],
+        held_double=row["held_double"],
+        held_gold=row["held_gold"],
+        double_waiting=row["double_waiting"],
+        gold_percent=row["gold_percent"] or 0.0,
+    )
+
+
 def claim_blind(
     person: User, *, now: datetime | None = None, chance: random.Random | None = None
 ) -> Blind | None:
     """What "Start reviewing" hands out before the queue: the blind item the reviewer holds, a
     double review of someone else's decision, or (at the gold rate) a gold item they have not
-    answered. None: the ordinary queue."""
+    answered. None: the ordinary queue, also when the reviewer holds an ordinary item (it comes
+    first). With nothing blind due this is one read, and takes no lock."""
     now = now or timezone.now()
-    held = held_blind(person, now=now)
-    if held is not None:
-        return held
-    double = _claim_double(person, now=now)
-    if double is not None:
-        return _blind_double(double)
-    if (chance or random).random() * 100 < percent(Rate.Kind.GOLD):
+    due = _due(person, now=now)
+    if due.holds_item:
+        return None
+    if due.held_double or due.held_gold:
+        held = held_blind(person, now=now)
+        if held is not None:
+            return held
+    if due.double_waiting:
+        double = _claim_double(person, now=now)
+        if double is not None:
+            return _blind_double(double)
+    if (chance or random).random() * 100 < due.gold_percent:
         return _serve_gold(person, now=now)
     return None
 
@@ -322,16 +375,7 @@ def _within_limits(items: QuerySet[Any], person: User, *, now: datetime) -> Quer
 
 
 def _claim_double(person: User, *, now: datetime) -> DoubleReview | None:
-    waiting = (
-        DoubleReview.objects.filter(state=DoubleReview.State.WAITING)
-        .filter(Q(claimed_by__isnull=True) | Q(claim_expires_at__lte=now))
-        .exclude(first_reviewer=person)
-    )
-    # Most of the time none waits: an index-only look, without the transaction (and, on SQLite,
-    # the write lock) a claim takes.
-    if not waiting.exists():
-        return None
-    waiting = _within_limits(waiting, person, now=now)
+    waiting = _within_limits(_waiting_doubles(person, now=now), person, now=now)
     for _ in range(5):
         try:
             with transaction.atomic():
