@@ -176,3 +176,40 @@ def test_readme_screenshot(signed_in, admin_user, reviewer_user, make_image):
     admin.screenshot(path=DOCS / "sla-targets.png", full_page=True)
     admin.goto("/reviews/exposure/")
     admin.screenshot(path=DOCS / "exposure.png", full_page=True)
+
+
+def test_at_a_limit_the_queue_says_why_and_start_reviewing_hands_another_category(
+    signed_in, reviewer_user, make_image, tmp_path
+):
+    """A reviewer at today's porn limit who opted out of gore: the queue says both, Start
+    reviewing hands them the newer ad item (the older porn and gore ones stay for others), and
+    their own page shows the limit reached and the opt-out ticked."""
+    porn, _gore, ad = waiting(
+        make_image,
+        ("porn", timedelta(hours=3)),
+        ("gore", timedelta(hours=2)),
+        ("ad", timedelta(minutes=5)),
+    )
+    ExposureCap.objects.create(category="porn", images=2)
+    for _ in range(2):
+        counting.count(image=porn, user=reviewer_user, variant="preview")
+    from reviews.exposure.models import OptOut
+
+    OptOut.objects.create(reviewer=reviewer_user, category="gore")
+    page = signed_in(reviewer_user.username)
+    page.goto("/reviews/")
+    notice = page.get_by_text("You have reached today's limit for porn (2 images)")
+    expect(notice).to_be_visible()
+    expect(page.get_by_text("You have opted out of gore")).to_be_visible()
+    shots = os.environ.get("SHOTS_DIR")
+    if shots:
+        page.screenshot(path=f"{shots}/queue-at-limit.png", full_page=True)
+    page.get_by_role("button", name=re.compile("Start reviewing")).first.click()
+    expect(page).to_have_url(re.compile(rf"/reviews/{ad.pk}/$"))
+    assert Claim.objects.get(reviewer=reviewer_user).image_id == ad.pk
+
+    page.goto("/reviews/exposure/mine/")
+    expect(page.get_by_text("You have reached today's limit for porn (2 images)")).to_be_visible()
+    expect(page.get_by_role("checkbox", name="gore")).to_be_checked()
+    if shots:
+        page.screenshot(path=f"{shots}/exposure-mine.png", full_page=True)
