@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import random
+import sys
 import threading
+import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -622,3 +624,38 @@ def test_the_queue_and_pane_show_the_reminder_and_dismissing_it_hides_it(queued,
     assert "Time for a short break?" not in client.get(reverse("review_queue")).content.decode()
     response = client.post(reverse("exposure_break"), {"next": "//evil.example/"})
     assert response["Location"] == reverse("review_queue")
+
+
+# ------------------------------------------------------------------------------ found in review
+
+
+def test_forgetting_limits_while_another_thread_remembers_some_does_not_fail():
+    """gthread workers: one thread saves an opt-out (forget, on commit) while others claim
+    (remember what they read). Forgetting must not trip over the dict changing under it: that
+    was a RuntimeError, a 500 answered to a change already saved."""
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def remember() -> None:
+        i = 0
+        while not stop.is_set():
+            limits._remember((i, date(2026, 12, 1)), frozenset())
+            i += 1
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    thread = threading.Thread(target=remember)
+    thread.start()
+    try:
+        until = time.monotonic() + 1.0
+        while time.monotonic() < until and not errors:
+            try:
+                limits.forget(3)
+            except RuntimeError as exc:
+                errors.append(repr(exc))
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(interval)
+        limits.forget()
+    assert errors == []

@@ -3,6 +3,7 @@ daily cap they reached (reviews.exposure.models)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -114,6 +115,9 @@ _STANDING = f"""
 # them again; a limit let go elsewhere (a cap raised, an opt-out withdrawn) is seen within
 # HINT_SECONDS.
 _last_blocked: dict[tuple[int, date], tuple[float, frozenset[str]]] = {}
+# gthread workers share the dict: a thread forgetting (iterating) while another remembers
+# (inserting) would fail with "dictionary changed size during iteration".
+_last_blocked_lock = threading.Lock()
 _LAST_BLOCKED_MAX = 10_000
 HINT_SECONDS = 30.0
 
@@ -168,14 +172,19 @@ def _without(images: QuerySet[Image], blocked: frozenset[str]) -> QuerySet[Image
 
 
 def _remember(key: tuple[int, date], blocked: frozenset[str]) -> frozenset[str]:
-    if len(_last_blocked) >= _LAST_BLOCKED_MAX:
-        _last_blocked.clear()
-    _last_blocked[key] = (time.monotonic(), blocked)
+    with _last_blocked_lock:
+        if len(_last_blocked) >= _LAST_BLOCKED_MAX:
+            _last_blocked.clear()
+        _last_blocked[key] = (time.monotonic(), blocked)
     return blocked
 
 
 def forget(user_id: int | None = None) -> None:
     """Drop what this process last saw of the user's limits, or of everyone's (they changed
     here; other processes see it within HINT_SECONDS)."""
-    for key in [key for key in _last_blocked if user_id is None or key[0] == user_id]:
-        _last_blocked.pop(key, None)
+    with _last_blocked_lock:
+        if user_id is None:
+            _last_blocked.clear()
+            return
+        for key in [key for key in _last_blocked if key[0] == user_id]:
+            del _last_blocked[key]
