@@ -659,3 +659,29 @@ def test_forgetting_limits_while_another_thread_remembers_some_does_not_fail():
         sys.setswitchinterval(interval)
         limits.forget()
     assert errors == []
+
+
+@pytest.mark.django_db
+def test_opting_out_of_the_category_of_the_item_one_holds_lets_it_go(queued):
+    """Start reviewing first hands back the item the reviewer holds: one of a category they
+    have just opted out of must not come back (another tab, a reload, the next morning's
+    first click within the lease); it returns to the queue for others."""
+    porn = queued("porn", "sexy", age=timedelta(hours=2))
+    fine = queued("ad", age=timedelta(hours=1))
+    reviewer = user("rex")
+    client = web(reviewer)
+    client.post(reverse("review_next"))
+    assert Claim.objects.get(reviewer=reviewer).image_id == porn.pk
+
+    assert client.post(reverse("exposure_mine"), {"opt_out": ["porn"]}).status_code == 302
+    assert not Claim.objects.filter(reviewer=reviewer).exists()
+    entry = AuditEntry.objects.get(action="exposure.opt_outs_changed")
+    assert entry.detail["released"] == porn.pk
+    response = client.post(reverse("review_next"))
+    assert response.status_code == 302
+    assert Claim.objects.get(reviewer=reviewer).image_id == fine.pk
+    # The pane left open on it is told at its next renewal.
+    assert client.post(reverse("review_renew", args=[porn.pk])).status_code == 409
+    # An opt-out of another category keeps the item held.
+    client.post(reverse("exposure_mine"), {"opt_out": ["porn", "bloody"]})
+    assert Claim.objects.get(reviewer=reviewer).image_id == fine.pk
