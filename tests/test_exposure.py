@@ -24,7 +24,7 @@ from moderation.models import AuditEntry, Image, ImageCategory
 from reviews import services
 from reviews.exposure import breaks, counting, limits
 from reviews.exposure.models import ExposureCap, ExposureCount, OptOut
-from reviews.models import Claim, Decision, Reveal
+from reviews.models import Claim, Decision, Reveal, record_reveal
 
 from .conftest import PASSWORD, postgres_only
 
@@ -685,3 +685,41 @@ def test_opting_out_of_the_category_of_the_item_one_holds_lets_it_go(queued):
     # An opt-out of another category keeps the item held.
     client.post(reverse("exposure_mine"), {"opt_out": ["porn", "bloody"]})
     assert Claim.objects.get(reviewer=reviewer).image_id == fine.pk
+
+
+@pytest.mark.django_db
+def test_imm_s_later_word_adding_a_blocked_category_to_a_held_item_lets_it_go(make_image):
+    """The trigger checks a claim when it is made. IMM's second word may add a category to an
+    item already held (a routing rule keeps it in review): one the reviewer opted out of, or
+    whose cap they reached, and they have not seen it clear yet, must not stay in their hands
+    (Start reviewing hands a held item back first)."""
+    from .test_calibration_routing import deliver, running_image
+
+    ExposureCap.objects.create(category="sexy", images=1)
+    ada, rex, rio = user("ada2"), user("rex"), user("rio")
+    OptOut.objects.create(reviewer=ada, category="porn")
+    today = counting.day_of(timezone.now())
+    for someone in (rex, rio):
+        ExposureCount.objects.create(reviewer=someone, day=today, category="sexy", previews=1)
+    held = {}
+    for someone in (ada, rex, rio):
+        image, task = running_image(make_image)
+        deliver(task, "review", {"ad": 50})
+        claim = limits.claim_next(reviewer=someone, images=services.waiting())
+        assert claim is not None
+        assert claim.image_id == image.pk
+        held[someone.pk] = (image, task)
+    image, _ = held[rio.pk]
+    record_reveal(None, image=Image.objects.get(pk=image.pk), user=rio, variant="preview")
+
+    deliver(held[ada.pk][1], "review", {"porn": 60, "ad": 50}, end="2026-11-20T08:00:09.000Z")
+    deliver(held[rex.pk][1], "review", {"sexy": 60, "ad": 50}, end="2026-11-20T08:00:09.000Z")
+    deliver(held[rio.pk][1], "review", {"sexy": 60, "ad": 50}, end="2026-11-20T08:00:09.000Z")
+
+    assert Image.objects.get(pk=held[ada.pk][0].pk).status == WAITING
+    assert not Claim.objects.filter(reviewer=ada).exists()  # opted out
+    assert not Claim.objects.filter(reviewer=rex).exists()  # at the cap, not seen yet
+    assert Claim.objects.get(reviewer=rio).image_id == held[rio.pk][0].pk  # already seen
+    claim = limits.claim_next(reviewer=ada, images=services.waiting())
+    assert claim is not None
+    assert claim.image_id == held[rex.pk][0].pk  # not the porn one, let go just now

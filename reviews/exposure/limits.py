@@ -15,14 +15,13 @@ from django.utils import timezone
 
 from moderation.models import Image, ImageCategory
 from reviews import services
+from reviews.models import Claim, Reveal
 
 from . import counting
 from .models import ExposureCap, ExposureCount, OptOut
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
-
-    from reviews.models import Claim
 
 
 @dataclass(frozen=True)
@@ -161,6 +160,26 @@ def claim_next(
                 continue
         return claim
     return None
+
+
+def on_routed(sender: object, *, image: Image, **kwargs: object) -> None:
+    """Receiver of moderation.signals.review_routed (connected in ExposureConfig.ready), in the
+    transaction that routed the image. The trigger holds a claim to the limits when it is made;
+    IMM's later word may give an item someone holds a category they opted out of, or one whose
+    cap they reached and they have not seen it clear yet (a reveal counted it under the
+    categories it had then): that claim is let go, as Start reviewing would hand it back first.
+    """
+    now = timezone.now()
+    claim = Claim.objects.filter(pk=image.pk, limits_day__isnull=False, expires_at__gt=now).first()
+    if claim is None:
+        return
+    categories = set(image.imm_categories or [])
+    mine = standing(claim.reviewer_id, now=now)
+    capped = categories & {r.category for r in mine.reached}
+    if categories & mine.opted_out or (
+        capped and not Reveal.objects.filter(image=image, reviewer_id=claim.reviewer_id).exists()
+    ):
+        Claim.objects.filter(pk=image.pk, reviewer_id=claim.reviewer_id).delete()
 
 
 def _without(images: QuerySet[Image], blocked: frozenset[str]) -> QuerySet[Image]:
