@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 import time_machine
-from django.db import connection
+from django.db import connection, transaction
+from django.http import Http404
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -723,3 +724,71 @@ def test_imm_s_later_word_adding_a_blocked_category_to_a_held_item_lets_it_go(ma
     claim = limits.claim_next(reviewer=ada, images=services.waiting())
     assert claim is not None
     assert claim.image_id == held[rex.pk][0].pk  # not the porn one, let go just now
+
+
+@pytest.mark.django_db
+def test_a_reveal_of_an_item_decided_since_the_page_read_it_is_refused_and_not_counted(
+    queued,
+):
+    image = queued("porn")
+    reviewer = user("rex")
+    claim = limits.claim_next(reviewer=reviewer, images=services.waiting())
+    assert claim is not None
+    as_read = Image.objects.get(pk=image.pk)  # what image_file read, a moment before
+    services.decide(image_id=image.pk, reviewer=reviewer, verdict="approve")  # another tab
+    with pytest.raises(Http404):
+        record_reveal(None, image=as_read, user=reviewer, variant="preview")
+    assert not Reveal.objects.exists()
+    assert counting.today(reviewer.pk) == {}
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_a_decision_taken_while_the_item_s_reveal_is_under_way_waits_for_it_to_count(
+    make_image,
+):
+    """Tab A reveals the item (one below the porn cap) while tab B approves it and is handed
+    the next: that claim must see the reveal's count, or the reviewer is shown one porn image
+    over the cap. The reveal checked the image and is counting, not yet committed; the
+    decision used to go ahead and the claim read the count without it."""
+    ExposureCap.objects.create(category="porn", images=2)
+    reviewer = user("rex")
+    images = []
+    for i, category in enumerate(["porn", "porn", "porn", "ad"]):
+        image = make_image(status=WAITING)
+        Image.objects.filter(pk=image.pk).update(
+            imm_categories=[category],
+            status_changed_at=timezone.now() - timedelta(minutes=60 - i),
+        )
+        ImageCategory.objects.create(image=image, category=category)
+        image.refresh_from_db()
+        images.append(image)
+    counting.count(image=images[0], user=reviewer, variant="preview")
+    Image.objects.filter(pk=images[0].pk).update(status=Image.Status.APPROVED)
+    claim = limits.claim_next(reviewer=reviewer, images=services.waiting())
+    assert claim is not None
+    assert claim.image_id == images[1].pk
+    counted, errors = threading.Event(), []
+
+    def tab_a() -> None:
+        try:
+            with transaction.atomic():
+                record_reveal(None, image=images[1], user=reviewer, variant="preview")
+                counted.set()
+                time.sleep(0.5)  # the bytes' transaction still open while tab B decides
+        except BaseException as exc:
+            errors.append(repr(exc))
+        finally:
+            counted.set()
+            connection.close()
+
+    thread = threading.Thread(target=tab_a)
+    thread.start()
+    assert counted.wait(10)
+    services.decide(image_id=images[1].pk, reviewer=reviewer, verdict="approve")
+    claim = limits.claim_next(reviewer=reviewer, images=services.waiting(), exclude=[images[1].pk])
+    thread.join(timeout=30)
+    assert errors == []
+    assert counting.today(reviewer.pk) == {"porn": 2}
+    assert claim is not None
+    assert claim.image_id == images[3].pk  # not the third porn image
