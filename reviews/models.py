@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import connection, models, transaction
+from django.http import Http404
 
 from moderation import limits
 from moderation.models import Image
@@ -138,8 +139,29 @@ def record_reveal(
     from .exposure import counting
 
     with transaction.atomic():
+        if not _still_as_read(image, user):
+            raise Http404("no such image")
         Reveal.objects.create(image=image, reviewer=user, variant=variant)
         counting.count(image=image, user=user, variant=variant)
+
+
+def _still_as_read(image: Image, user: User) -> bool:
+    """Whether `user` may still be shown `image`, with its row share-locked until the reveal
+    commits. The view read the image a moment ago: a decision taken since (another tab's
+    Approve) must either wait for this reveal to be counted, so that the claim made after it
+    sees the count (the exposure trigger reads what is committed), or be seen here and the
+    pixels refused. A decision locks the row FOR UPDATE; SQLite has one writer at a time."""
+    table = connection.ops.quote_name(Image._meta.db_table)
+    lock = " FOR SHARE" if connection.vendor == "postgresql" else ""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT status FROM {table} WHERE id = %s{lock}",  # noqa: S608 - a name, not data
+            [image.pk],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    return row[0] == image.status or Image.objects.visible_to(user).filter(pk=image.pk).exists()
 
 
 class ReviewerPreference(models.Model):

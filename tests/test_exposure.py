@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import random
+import sys
 import threading
+import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
 import time_machine
-from django.db import connection
+from django.db import connection, transaction
+from django.http import Http404
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -22,7 +25,7 @@ from moderation.models import AuditEntry, Image, ImageCategory
 from reviews import services
 from reviews.exposure import breaks, counting, limits
 from reviews.exposure.models import ExposureCap, ExposureCount, OptOut
-from reviews.models import Claim, Decision, Reveal
+from reviews.models import Claim, Decision, Reveal, record_reveal
 
 from .conftest import PASSWORD, postgres_only
 
@@ -649,3 +652,170 @@ def test_the_queue_and_pane_show_the_reminder_and_dismissing_it_hides_it(queued,
     assert "Time for a short break?" not in client.get(reverse("review_queue")).content.decode()
     response = client.post(reverse("exposure_break"), {"next": "//evil.example/"})
     assert response["Location"] == reverse("review_queue")
+
+
+# ------------------------------------------------------------------------------ found in review
+
+
+def test_forgetting_limits_while_another_thread_remembers_some_does_not_fail():
+    """gthread workers: one thread saves an opt-out (forget, on commit) while others claim
+    (remember what they read). Forgetting must not trip over the dict changing under it: that
+    was a RuntimeError, a 500 answered to a change already saved."""
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def remember() -> None:
+        i = 0
+        while not stop.is_set():
+            limits._remember((i, date(2026, 12, 1)), frozenset())
+            i += 1
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    thread = threading.Thread(target=remember)
+    thread.start()
+    try:
+        until = time.monotonic() + 1.0
+        while time.monotonic() < until and not errors:
+            try:
+                limits.forget(3)
+            except RuntimeError as exc:
+                errors.append(repr(exc))
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(interval)
+        limits.forget()
+    assert errors == []
+
+
+@pytest.mark.django_db
+def test_opting_out_of_the_category_of_the_item_one_holds_lets_it_go(queued):
+    """Start reviewing first hands back the item the reviewer holds: one of a category they
+    have just opted out of must not come back (another tab, a reload, the next morning's
+    first click within the lease); it returns to the queue for others."""
+    porn = queued("porn", "sexy", age=timedelta(hours=2))
+    fine = queued("ad", age=timedelta(hours=1))
+    reviewer = user("rex")
+    client = web(reviewer)
+    client.post(reverse("review_next"))
+    assert Claim.objects.get(reviewer=reviewer).image_id == porn.pk
+
+    assert client.post(reverse("exposure_mine"), {"opt_out": ["porn"]}).status_code == 302
+    assert not Claim.objects.filter(reviewer=reviewer).exists()
+    entry = AuditEntry.objects.get(action="exposure.opt_outs_changed")
+    assert entry.detail["released"] == porn.pk
+    response = client.post(reverse("review_next"))
+    assert response.status_code == 302
+    assert Claim.objects.get(reviewer=reviewer).image_id == fine.pk
+    # The pane left open on it is told at its next renewal.
+    assert client.post(reverse("review_renew", args=[porn.pk])).status_code == 409
+    # An opt-out of another category keeps the item held.
+    client.post(reverse("exposure_mine"), {"opt_out": ["porn", "bloody"]})
+    assert Claim.objects.get(reviewer=reviewer).image_id == fine.pk
+
+
+@pytest.mark.django_db
+def test_imm_s_later_word_adding_a_blocked_category_to_a_held_item_lets_it_go(make_image):
+    """The trigger checks a claim when it is made. IMM's second word may add a category to an
+    item already held (a routing rule keeps it in review): one the reviewer opted out of, or
+    whose cap they reached, and they have not seen it clear yet, must not stay in their hands
+    (Start reviewing hands a held item back first)."""
+    from .test_calibration_routing import deliver, running_image
+
+    ExposureCap.objects.create(category="sexy", images=1)
+    ada, rex, rio = user("ada2"), user("rex"), user("rio")
+    OptOut.objects.create(reviewer=ada, category="porn")
+    today = counting.day_of(timezone.now())
+    for someone in (rex, rio):
+        ExposureCount.objects.create(reviewer=someone, day=today, category="sexy", previews=1)
+    held = {}
+    for someone in (ada, rex, rio):
+        image, task = running_image(make_image)
+        deliver(task, "review", {"ad": 50})
+        claim = limits.claim_next(reviewer=someone, images=services.waiting())
+        assert claim is not None
+        assert claim.image_id == image.pk
+        held[someone.pk] = (image, task)
+    image, _ = held[rio.pk]
+    record_reveal(None, image=Image.objects.get(pk=image.pk), user=rio, variant="preview")
+
+    deliver(held[ada.pk][1], "review", {"porn": 60, "ad": 50}, end="2026-11-20T08:00:09.000Z")
+    deliver(held[rex.pk][1], "review", {"sexy": 60, "ad": 50}, end="2026-11-20T08:00:09.000Z")
+    deliver(held[rio.pk][1], "review", {"sexy": 60, "ad": 50}, end="2026-11-20T08:00:09.000Z")
+
+    assert Image.objects.get(pk=held[ada.pk][0].pk).status == WAITING
+    assert not Claim.objects.filter(reviewer=ada).exists()  # opted out
+    assert not Claim.objects.filter(reviewer=rex).exists()  # at the cap, not seen yet
+    assert Claim.objects.get(reviewer=rio).image_id == held[rio.pk][0].pk  # already seen
+    claim = limits.claim_next(reviewer=ada, images=services.waiting())
+    assert claim is not None
+    assert claim.image_id == held[rex.pk][0].pk  # not the porn one, let go just now
+
+
+@pytest.mark.django_db
+def test_a_reveal_of_an_item_decided_since_the_page_read_it_is_refused_and_not_counted(
+    queued,
+):
+    image = queued("porn")
+    reviewer = user("rex")
+    claim = limits.claim_next(reviewer=reviewer, images=services.waiting())
+    assert claim is not None
+    as_read = Image.objects.get(pk=image.pk)  # what image_file read, a moment before
+    services.decide(image_id=image.pk, reviewer=reviewer, verdict="approve")  # another tab
+    with pytest.raises(Http404):
+        record_reveal(None, image=as_read, user=reviewer, variant="preview")
+    assert not Reveal.objects.exists()
+    assert counting.today(reviewer.pk) == {}
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_a_decision_taken_while_the_item_s_reveal_is_under_way_waits_for_it_to_count(
+    make_image,
+):
+    """Tab A reveals the item (one below the porn cap) while tab B approves it and is handed
+    the next: that claim must see the reveal's count, or the reviewer is shown one porn image
+    over the cap. The reveal checked the image and is counting, not yet committed; the
+    decision used to go ahead and the claim read the count without it."""
+    ExposureCap.objects.create(category="porn", images=2)
+    reviewer = user("rex")
+    images = []
+    for i, category in enumerate(["porn", "porn", "porn", "ad"]):
+        image = make_image(status=WAITING)
+        Image.objects.filter(pk=image.pk).update(
+            imm_categories=[category],
+            status_changed_at=timezone.now() - timedelta(minutes=60 - i),
+        )
+        ImageCategory.objects.create(image=image, category=category)
+        image.refresh_from_db()
+        images.append(image)
+    counting.count(image=images[0], user=reviewer, variant="preview")
+    Image.objects.filter(pk=images[0].pk).update(status=Image.Status.APPROVED)
+    claim = limits.claim_next(reviewer=reviewer, images=services.waiting())
+    assert claim is not None
+    assert claim.image_id == images[1].pk
+    counted, errors = threading.Event(), []
+
+    def tab_a() -> None:
+        try:
+            with transaction.atomic():
+                record_reveal(None, image=images[1], user=reviewer, variant="preview")
+                counted.set()
+                time.sleep(0.5)  # the bytes' transaction still open while tab B decides
+        except BaseException as exc:
+            errors.append(repr(exc))
+        finally:
+            counted.set()
+            connection.close()
+
+    thread = threading.Thread(target=tab_a)
+    thread.start()
+    assert counted.wait(10)
+    services.decide(image_id=images[1].pk, reviewer=reviewer, verdict="approve")
+    claim = limits.claim_next(reviewer=reviewer, images=services.waiting(), exclude=[images[1].pk])
+    thread.join(timeout=30)
+    assert errors == []
+    assert counting.today(reviewer.pk) == {"porn": 2}
+    assert claim is not None
+    assert claim.image_id == images[3].pk  # not the third porn image

@@ -3,6 +3,7 @@ daily cap they reached (reviews.exposure.models)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -14,14 +15,13 @@ from django.utils import timezone
 
 from moderation.models import Image, ImageCategory
 from reviews import services
+from reviews.models import Claim, Reveal
 
 from . import counting
 from .models import ExposureCap, ExposureCount, OptOut
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
-
-    from reviews.models import Claim
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,9 @@ _STANDING = f"""
 # them again; a limit let go elsewhere (a cap raised, an opt-out withdrawn) is seen within
 # HINT_SECONDS.
 _last_blocked: dict[tuple[int, date], tuple[float, frozenset[str]]] = {}
+# gthread workers share the dict: a thread forgetting (iterating) while another remembers
+# (inserting) would fail with "dictionary changed size during iteration".
+_last_blocked_lock = threading.Lock()
 _LAST_BLOCKED_MAX = 10_000
 HINT_SECONDS = 30.0
 
@@ -159,6 +162,26 @@ def claim_next(
     return None
 
 
+def on_routed(sender: object, *, image: Image, **kwargs: object) -> None:
+    """Receiver of moderation.signals.review_routed (connected in ExposureConfig.ready), in the
+    transaction that routed the image. The trigger holds a claim to the limits when it is made;
+    IMM's later word may give an item someone holds a category they opted out of, or one whose
+    cap they reached and they have not seen it clear yet (a reveal counted it under the
+    categories it had then): that claim is let go, as Start reviewing would hand it back first.
+    """
+    now = timezone.now()
+    claim = Claim.objects.filter(pk=image.pk, limits_day__isnull=False, expires_at__gt=now).first()
+    if claim is None:
+        return
+    categories = set(image.imm_categories or [])
+    mine = standing(claim.reviewer_id, now=now)
+    capped = categories & {r.category for r in mine.reached}
+    if categories & mine.opted_out or (
+        capped and not Reveal.objects.filter(image=image, reviewer_id=claim.reviewer_id).exists()
+    ):
+        Claim.objects.filter(pk=image.pk, reviewer_id=claim.reviewer_id).delete()
+
+
 def _without(images: QuerySet[Image], blocked: frozenset[str]) -> QuerySet[Image]:
     if not blocked:
         return images
@@ -168,14 +191,19 @@ def _without(images: QuerySet[Image], blocked: frozenset[str]) -> QuerySet[Image
 
 
 def _remember(key: tuple[int, date], blocked: frozenset[str]) -> frozenset[str]:
-    if len(_last_blocked) >= _LAST_BLOCKED_MAX:
-        _last_blocked.clear()
-    _last_blocked[key] = (time.monotonic(), blocked)
+    with _last_blocked_lock:
+        if len(_last_blocked) >= _LAST_BLOCKED_MAX:
+            _last_blocked.clear()
+        _last_blocked[key] = (time.monotonic(), blocked)
     return blocked
 
 
 def forget(user_id: int | None = None) -> None:
     """Drop what this process last saw of the user's limits, or of everyone's (they changed
     here; other processes see it within HINT_SECONDS)."""
-    for key in [key for key in _last_blocked if user_id is None or key[0] == user_id]:
-        _last_blocked.pop(key, None)
+    with _last_blocked_lock:
+        if user_id is None:
+            _last_blocked.clear()
+            return
+        for key in [key for key in _last_blocked if key[0] == user_id]:
+            del _last_blocked[key]

@@ -6,9 +6,12 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef
 
 from moderation import limits
 from moderation.audit import log as audit
+from moderation.models import ImageCategory
+from reviews.models import Claim
 
 from . import limits as exposure_limits
 from .models import MAX_CAP, ExposureCap, OptOut
@@ -109,13 +112,21 @@ def set_opt_outs(
         OptOut.objects.bulk_create(
             [OptOut(reviewer=reviewer, category=c) for c in added], ignore_conflicts=True
         )
+        # Start reviewing first hands back the item the reviewer holds: one of a category they
+        # now opt out of goes back to the queue (the trigger only sees new claims).
+        held = Claim.objects.filter(reviewer=reviewer).filter(
+            Exists(ImageCategory.objects.filter(image=OuterRef("image"), category__in=added))
+        )
+        released = held.values_list("image_id", flat=True).first() if added else None
+        if released is not None:
+            Claim.objects.filter(pk=released, reviewer=reviewer).delete()
         audit.record(
             action="exposure.opt_outs_changed",
             actor=reviewer,
             state_before=", ".join(sorted(have)),
             state_after=", ".join(sorted(wanted)),
             reason="categories Start reviewing no longer hands this reviewer",
-            detail={"added": added, "removed": removed},
+            detail={"added": added, "removed": removed, "released": released},
             context=context,
         )
         transaction.on_commit(lambda: exposure_limits.forget(reviewer.pk))
