@@ -27,7 +27,9 @@ GROUPS = {
 # One row: every item of the nav (links and menus' names) sits on the same line, and the nav is
 # as tall as its tallest item, within a pixel or two of rounding.
 ROW = """nav => {
-  const items = [...nav.children].map(child => (child.matches("details") ? child.querySelector("summary") : child));
+  const items = [...nav.children].map(
+    child => (child.matches("details") ? child.querySelector("summary") : child)
+  );
   const boxes = items.map(item => item.getBoundingClientRect());
   const header = nav.closest("header");
   const outside = [header.querySelector(".brand"), header.querySelector(".signout")];
@@ -36,7 +38,10 @@ ROW = """nav => {
     item: Math.max(...boxes.map(b => b.height)),
     tops: boxes.map(b => Math.round(b.top)),
     names: items.map(item => item.textContent.trim()),
-    middles: [nav, ...outside].map(e => { const b = e.getBoundingClientRect(); return Math.round(b.top + b.height / 2); }),
+    middles: [nav, ...outside].map(e => {
+      const b = e.getBoundingClientRect();
+      return Math.round(b.top + b.height / 2);
+    }),
     scrollWidth: document.documentElement.scrollWidth,
   };
 }"""
@@ -78,9 +83,7 @@ def summary(page: Page, group: str) -> Locator:
 
 
 def menu(page: Page, group: str) -> Locator:
-    return main_nav(page).locator("details").filter(
-        has=page.locator("summary", has_text=group)
-    )
+    return main_nav(page).locator("details").filter(has=page.locator("summary", has_text=group))
 
 
 def focused_text(page: Page) -> str:
@@ -225,7 +228,9 @@ def test_on_a_narrow_screen_every_menu_opens_inside_the_screen(signed_in, admin_
             link = main_nav(page).get_by_role("link", name=name, exact=True)
             expect(link).to_be_visible()
             box = link.bounding_box()
-            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, box
+            assert box is not None
+            assert box["x"] >= 0, box
+            assert box["x"] + box["width"] <= 390, box
         # The open menu lies over the page, in front of it.
         panel = main_nav(page).locator("details[open] ul")
         topmost = panel.evaluate(
