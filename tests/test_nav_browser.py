@@ -4,17 +4,21 @@ current page's group marked, a narrow screen, and the reviewers' few links as th
 
 Drives Debian's Chromium (/usr/bin/chromium) through Playwright against pytest-django's
 live_server; never downloads a browser. Skipped when Chromium is not installed.
+
+README screenshot: `SCREENSHOTS=1 .venv/bin/python -m pytest tests/test_nav_browser.py
+-k screenshot` writes docs/navigation.png (nothing is written otherwise).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
 from .browser import *  # noqa: F403 - Chromium, its fixtures and pytestmark
-from .browser import VIEWPORT
+from .browser import DOCS, VIEWPORT
 from .conftest import PASSWORD
 
 GROUPS = {
@@ -253,14 +257,27 @@ def test_reviewers_keep_their_few_links_in_a_row(signed_in, reviewer_user):
     assert abs(row["nav"] - row["item"]) <= 2, row
 
 
-def test_screenshots_at_1280_px(signed_in, admin_user, reviewer_user):
-    """For a person to look at (/tmp/nav-*.png); nothing is asserted beyond the page loading."""
+@pytest.mark.skipif(
+    os.environ.get("SCREENSHOTS") != "1",
+    reason="writes docs/navigation.png only with SCREENSHOTS=1",
+)
+def test_readme_screenshot(signed_in, admin_user, reviewer_user):
+    """docs/navigation.png: an admin's queue with the Review menu open. The dashboard and
+    reviewer's queue go to /tmp, for a person to look at."""
     admin = signed_in("ada")
     admin.goto("/dashboard/")
     admin.screenshot(path="/tmp/nav-admin-dashboard.png")
     admin.goto("/reviews/")
-    summary(admin, "Review").click()
     admin.screenshot(path="/tmp/nav-admin-queue.png")
+    summary(admin, "Review").click()
+    expect(menu(admin, "Review")).to_have_attribute("open", "")
+    DOCS.mkdir(exist_ok=True)
+    admin.screenshot(
+        path=DOCS / "navigation.png", clip={"x": 0, "y": 0, "width": 1280, "height": 220}
+    )
+    admin.set_viewport_size({"width": 1024, "height": 860})
+    admin.goto("/reviews/calibration/")
+    admin.screenshot(path="/tmp/nav-admin-1024.png")
     reviewer = signed_in("rex")
     reviewer.goto("/reviews/")
     reviewer.screenshot(path="/tmp/nav-reviewer-queue.png")
