@@ -64,6 +64,7 @@ def test_the_docs_render_from_local_files_under_the_policy(page, live_server):
 @pytest.mark.django_db(transaction=True)
 def test_an_admin_makes_a_key_sees_it_once_and_revokes_it(page, admin_user):
     sign_in(page, "ada")
+    page.locator("nav summary", has_text="Platform").click()
     page.get_by_role("link", name="API keys").click()
     expect(page.get_by_role("heading", name="API keys")).to_be_visible()
     page.get_by_label("Client").fill("shop-backend")

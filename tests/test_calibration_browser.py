@@ -72,6 +72,7 @@ def test_the_backtest_previews_as_the_admin_types_and_saves_what_it_showed(
     page.get_by_label("Username").fill("ada")
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
+    page.locator("nav summary", has_text="Policy").click()
     page.get_by_role("link", name="Calibration", exact=True).click()
     expect(page.get_by_role("heading", name="IMM calibration")).to_be_visible()
     expect(page.get_by_role("heading", name="porn n = 70")).to_be_visible()
@@ -110,6 +111,7 @@ def test_the_backtest_previews_as_the_admin_types_and_saves_what_it_showed(
     assert (rule.category, rule.approve_below, rule.reject_from) == ("porn", 40.0, 97.5)
     assert AuditEntry.objects.filter(action="routing.thresholds_set", actor=admin_user).count() == 1
 
+    page.locator("nav summary", has_text="Policy").click()
     page.get_by_role("link", name="Routing", exact=True).click()
     expect(page.locator("table.plain")).to_contain_text(
         "approve below 40; reject from 97.5; a person decides rates from 40 to below 97.5"

@@ -87,6 +87,7 @@ def test_the_webhooks_page_adds_an_endpoint_and_resends_a_failed_delivery(
     page.get_by_label("Username").fill("ada")
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
+    page.locator("nav summary", has_text="Platform").click()
     page.get_by_role("link", name="Webhooks", exact=True).click()
     expect(page.get_by_role("alert")).to_contain_text("Webhooks are not being delivered")
     expect(page.locator(f"#endpoint-{platform.pk}")).to_contain_text("Failing")
