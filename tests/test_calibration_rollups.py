@@ -328,3 +328,20 @@ def test_the_page_says_the_figures_are_being_prepared_until_the_first_pass(
     page = admin_client.get("/reviews/calibration/")
     assert "being prepared" not in page.content.decode()
     assert "<code>weapon</code>" in page.content.decode()
+
+
+def test_a_pass_after_a_gap_longer_than_the_dashboard_looks_back_fills_every_day_again(
+    admin_user,
+):
+    rng = random.Random(11)
+    with time_machine.travel(NOW, tick=False) as clock:
+        img = image(rng, uploaded_at=NOW - timedelta(days=3))
+        dashboard.run_pass(now=NOW)
+        later = NOW + timedelta(days=40)
+        clock.move_to(later)
+        # Changed while no pass ran, and stamped before the month the dashboard looks back.
+        decide(rng, img, admin_user, at=NOW + timedelta(days=2))
+        report = dashboard.run_pass(now=later)
+        assert report.calibration is not None
+        assert report.calibration.decided_days == rollups.KEPT_DAYS + 1
+        assert_same_as_direct(later)

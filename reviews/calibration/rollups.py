@@ -250,7 +250,9 @@ def refresh(*, since: datetime, now: datetime) -> Report:
     first_day = today - timedelta(days=KEPT_DAYS)
     RollupState.objects.get_or_create(pk=1)  # the lock row, there after the dashboard's pass
     state, _ = CalibrationState.objects.get_or_create(pk=1)
-    if state.first_day is None or state.first_day > first_day:
+    # Filled from scratch the first time, and after a gap the dashboard's pass does not cover
+    # (it looks back a month at most: a loop stopped longer may have missed touched images).
+    if state.first_day is None or state.last_pass_at is None or state.last_pass_at < since:
         decided = uploaded = set(_days(first_day, today))
     else:
         decided, uploaded = touched_days(since=since, first_day=first_day)
