@@ -65,7 +65,11 @@ class UploadedDay(models.Model):
     n = models.PositiveIntegerField()
 
     class Meta:
-        indexes = [models.Index(fields=["category", "day"], name="calibration_uploaded_day")]
+        indexes = [
+            models.Index(fields=["category", "day"], name="calibration_uploaded_day"),
+            # A pass replaces a day's rows.
+            models.Index(fields=["day"], name="calibration_uploaded_day_only"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.day} {self.category} rate {self.rate_floor}+ {self.status}: {self.n}"
@@ -85,7 +89,10 @@ class UploadedRate(models.Model):
 
     class Meta:
         indexes = [
-            models.Index(fields=["category", "rate_floor", "day"], name="calibration_uploaded_rate")
+            models.Index(
+                fields=["category", "rate_floor", "day"], name="calibration_uploaded_rate"
+            ),
+            models.Index(fields=["day"], name="calibration_rate_day"),
         ]
 
     def __str__(self) -> str:
