@@ -4,8 +4,12 @@ The past items are the images uploaded in the range whose standing IMM verdict n
 category (moderation.ImageCategory), with that category's rate. Each gets the rule's word as
 RoutingRule.call gives it (reject from Y, approve below X, else a person; no rate: a person) and
 is compared with what actually happened: the image's status now, which is a person's decision
-where there was one and otherwise the status IMM's verdict gave. Counted by the database in one
-grouped query.
+where there was one and otherwise the status IMM's verdict gave.
+
+Read from the daily rollups (models.UploadedDay and UploadedRate, kept by the oversight_rollups
+pass: see rollups.py): the items by whole rate, status and whether a person decided, added up
+over the range's days by the database; a whole rate a threshold falls inside (30.5: the rates
+from 30 to 31) is read again by exact rate. Two small grouped queries at most.
 
 It judges this category's rule alone: the image's other categories and their rules are left
 out (with them, route() may still send an image to people or reject it).
@@ -13,16 +17,17 @@ out (with them, route() may still send an image to people or reject it).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
-from django.db.models import BooleanField, Case, CharField, Count, F, Q, Value, When
+from django.db.models import Sum
 
-from moderation.models import Image, ImageCategory, thresholds_text
+from moderation.models import thresholds_text
 from moderation.routing import Thresholds
 
-OPEN = (Image.Status.AWAITING_REVIEW, Image.Status.ESCALATED)
-COUNTED = (Image.Status.APPROVED, Image.Status.REJECTED, *OPEN)
+from .models import UploadedDay, UploadedRate
+from .rollups import OPEN
 
 
 @dataclass
@@ -63,39 +68,52 @@ def _form_value(value: float | None) -> str:
     return "" if value is None else f"{value:g}"
 
 
-def run(*, category: str, thresholds: Thresholds, since: datetime) -> Backtest:
-    """The backtest of `thresholds` for `category` over the images uploaded since `since`."""
+def word(rate: float | None, thresholds: Thresholds) -> str:
+    """The rule's word on a rate: reject from Y, else approve below X, else people (no rate too)."""
     low, high = thresholds
-    words = []
-    if high is not None:
-        words.append(When(rate__gte=high, then=Value("reject")))
-    if low is not None:
-        words.append(When(rate__lt=low, then=Value("approve")))
-    would = Case(*words, default=Value("people"), output_field=CharField())
-    rows = (
-        ImageCategory.objects.filter(
-            category=category, image__uploaded_at__gte=since, image__status__in=COUNTED
-        )
-        .values(
-            would=would,
-            status=F("image__status"),
-            by_person=Case(
-                When(Q(image__human_decided_at__isnull=False), then=Value(True)),
-                default=Value(False),
-                output_field=BooleanField(),
-            ),
-            rated=Case(
-                When(rate__isnull=False, then=Value(True)),
-                default=Value(False),
-                output_field=BooleanField(),
-            ),
-        )
-        .annotate(n=Count("id"))
+    if rate is None:
+        return "people"
+    if high is not None and rate >= high:
+        return "reject"
+    if low is not None and rate < low:
+        return "approve"
+    return "people"
+
+
+def split_whole_rates(thresholds: Thresholds) -> set[int]:
+    """The whole rates whose rates from n to n + 1 the thresholds do not all give one word."""
+    return {math.floor(t) for t in thresholds if t is not None and t != math.floor(t)}
+
+
+def run(*, category: str, thresholds: Thresholds, since: datetime) -> Backtest:
+    """The backtest of `thresholds` for `category` over the images uploaded on `since`'s UTC day
+    and after (the rollups count whole days: rollups.range_start)."""
+    first_day = since.astimezone(UTC).date()
+    split = split_whole_rates(thresholds)
+    result = Backtest(category=category, thresholds=thresholds)
+    whole = (
+        UploadedDay.objects.filter(category=category, day__gte=first_day)
+        .values_list("rate_floor", "status", "by_person")
+        .annotate(n=Sum("n"))
         .order_by()
     )
-    result = Backtest(category=category, thresholds=thresholds)
-    for row in rows:
-        _count(result, row["would"], row["status"], row["by_person"], row["rated"], row["n"])
+    for rate_floor, status, by_person, n in whole:
+        if rate_floor in split:
+            continue
+        # Every rate from rate_floor up to rate_floor + 1 gets the word rate_floor gets.
+        would = word(None if rate_floor is None else float(rate_floor), thresholds)
+        _count(result, would, status, by_person, rate_floor is not None, n)
+    if split:
+        exact = (
+            UploadedRate.objects.filter(
+                category=category, rate_floor__in=sorted(split), day__gte=first_day
+            )
+            .values_list("rate", "status", "by_person")
+            .annotate(n=Sum("n"))
+            .order_by()
+        )
+        for rate, status, by_person, n in exact:
+            _count(result, word(rate, thresholds), status, by_person, True, n)
     return result
 
 

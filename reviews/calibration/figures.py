@@ -1,10 +1,10 @@
 """How often people agreed with IMM, per category and rate band: what a threshold is chosen from.
 
-Read straight from the decisions of a bounded time range, counted by the database (one grouped
-query; the page never walks the rows). A person's decision is a standing approve, reject or
-admin override that ended approved or rejected; where people decided an image more than once
-in the range, the latest decision counts. The category, its rate and the suggestion are those
-of the IMM verdict that stands on the image (moderation.ImageCategory).
+Read from the daily rollups (models.DecidedDay, kept by the oversight_rollups pass: see
+rollups.py), one grouped query over the range's days. What is counted: a person's decision is a
+standing approve, reject or admin override that ended approved or rejected; where people decided
+an image more than once in the range, the latest decision counts. The category, its rate and the
+suggestion are those of the IMM verdict that stands on the image (moderation.ImageCategory).
 
 Agreement: IMM's `pass` agrees with a person's approval and `block` with a rejection. IMM's
 `review` is no verdict to agree with (IMM asked a person), so those decisions are left out of
@@ -16,32 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from django.db.models import Case, Count, Exists, IntegerField, OuterRef, QuerySet, Value, When
+from django.db.models import Sum
 
-from moderation.models import Image, ImageCategory
-from reviews.models import Decision
+from moderation.models import Image
 
-BANDS = 10  # 0-10, 10-20, ... 90-100 of IMM's 0-100 rate
-SETTLING = (Decision.Verdict.APPROVE, Decision.Verdict.REJECT, Decision.Verdict.OVERRIDE)
-SETTLED = (Image.Status.APPROVED, Image.Status.REJECTED)
-
-
-def rate_band(rate_field: str) -> Case:
-    """The band a rate falls in, 0 (below 10) to 9 (90 and up), or NULL without a rate."""
-    width = 100 // BANDS
-    below = [
-        When(**{f"{rate_field}__lt": (band + 1) * width}, then=Value(band))
-        for band in range(BANDS - 1)
-    ]
-    return Case(
-        *below,
-        When(**{f"{rate_field}__isnull": False}, then=Value(BANDS - 1)),
-        default=None,
-        output_field=IntegerField(),
-    )
+from .models import DecidedDay
+from .rollups import BANDS
 
 
 def band_label(band: int | None) -> str:
@@ -103,36 +86,16 @@ class CategoryFigures:
         return Band.share(sum(band.agreed for band in self.bands), judged)
 
 
-def people_decisions(*, since: datetime) -> QuerySet[Decision]:
-    """The decisions counted: standing, settling an image, each image's latest in the range."""
-    # NOT EXISTS on the undo's unique index: undone_by__isnull would join every decision ever.
-    undone = Decision.objects.filter(undoes=OuterRef("pk"))
-    in_range = Decision.objects.filter(
-        created_at__gte=since, verdict__in=SETTLING, status_after__in=SETTLED
-    ).filter(~Exists(undone))
-    later = in_range.filter(image=OuterRef("image"), id__gt=OuterRef("id"))
-    return in_range.filter(~Exists(later))
-
-
 def agreement(*, since: datetime) -> list[CategoryFigures]:
-    """Per category (most decisions first) and rate band, people's decisions against IMM's.
-
-    One grouped query per outcome (approved, rejected) over the category rows of the images
-    decided so: each image has one counted decision, so `IN` counts it once, and the images
-    table is never read (the category row keeps the verdict's suggestion and rate).
-    """
-    decided = people_decisions(since=since)
-    rows: list[dict[str, Any]] = []
-    for outcome in SETTLED:
-        counted = (
-            ImageCategory.objects.filter(
-                image_id__in=decided.filter(status_after=outcome).values("image_id")
-            )
-            .values("category", "suggestion", band=rate_band("rate"))
-            .annotate(n=Count("id"))
-            .order_by()
-        )
-        rows.extend({**row, "outcome": outcome} for row in counted)
+    """Per category (most decisions first) and rate band, people's decisions against IMM's, over
+    the days from `since`'s UTC day on (the rollups count whole days: rollups.range_start)."""
+    rows = (
+        DecidedDay.objects.filter(day__gte=since.astimezone(UTC).date())
+        .values("category", "band", "suggestion", "outcome")
+        .annotate(n=Sum("n"))
+        .exclude(n=0)
+        .order_by()
+    )
     return _tables(rows)
 
 

@@ -3,14 +3,13 @@ for routing rules with a backtest before they are saved."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
-from django.utils import timezone
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_POST, require_safe
 
@@ -18,7 +17,7 @@ from moderation import routing
 from moderation.audit import log as audit
 from moderation.models import RoutingRule
 
-from . import backtest, figures
+from . import backtest, figures, rollups
 
 if TYPE_CHECKING:
     from django.http import HttpRequest, HttpResponse, QueryDict
@@ -56,7 +55,8 @@ def calibration(request: HtmxHttpRequest) -> HttpResponse:
     except BadRequest as exc:
         days, status = DEFAULT_DAYS, 400
         context["range_error"] = str(exc)
-    since = timezone.now() - timedelta(days=days)
+    since = rollups.range_start(days)
+    ready = context["ready"] = rollups.is_ready()
     if "category" in request.GET:
         try:
             thresholds = routing.parse_thresholds(
@@ -68,9 +68,10 @@ def calibration(request: HtmxHttpRequest) -> HttpResponse:
             status = 400
             context["error"] = str(exc)
         else:
-            context["backtest"] = backtest.run(
-                category=request.GET["category"], thresholds=thresholds, since=since
-            )
+            if ready:
+                context["backtest"] = backtest.run(
+                    category=request.GET["category"], thresholds=thresholds, since=since
+                )
     if request.htmx and "category" in request.GET:
         return _render(request, "calibration/page.html#backtest", {**context, "days": days}, status)
     return _page(request, {**context, "days": days}, status, since=since)
@@ -79,8 +80,10 @@ def calibration(request: HtmxHttpRequest) -> HttpResponse:
 def _page(
     request: HttpRequest, context: dict[str, Any], status: int, *, since: datetime
 ) -> HttpResponse:
+    if "ready" not in context:
+        context["ready"] = rollups.is_ready()
     context.update(
-        tables=figures.agreement(since=since),
+        tables=figures.agreement(since=since) if context["ready"] else [],
         rules=RoutingRule.objects.exclude(approve_below=None, reject_from=None),
         ranges=RANGES,
         categories=routing.IMM_LABELS,
@@ -111,7 +114,7 @@ def thresholds(request: HttpRequest) -> HttpResponse:
                 request,
                 {"days": DEFAULT_DAYS, "form": {}, "error": "There is no such rule."},
                 404,
-                since=timezone.now() - timedelta(days=DEFAULT_DAYS),
+                since=rollups.range_start(DEFAULT_DAYS),
             )
         messages.success(request, f"Rule for “{removed}” removed.")
         return redirect("calibration")
@@ -132,7 +135,7 @@ def thresholds(request: HttpRequest) -> HttpResponse:
             request,
             {"days": DEFAULT_DAYS, "form": request.POST, "error": str(exc)},
             400,
-            since=timezone.now() - timedelta(days=DEFAULT_DAYS),
+            since=rollups.range_start(DEFAULT_DAYS),
         )
     messages.success(
         request,

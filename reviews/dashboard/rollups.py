@@ -30,6 +30,7 @@ from django.db.models.functions import TruncHour
 from django.utils import timezone
 
 from moderation.models import AuditEntry, Image
+from reviews.calibration import rollups as calibration
 from reviews.models import Decision
 from reviews.sla import policy
 
@@ -86,6 +87,8 @@ class PassReport:
     seconds: float = 0.0
     settled_until: datetime | None = None
     waiting: int = 0
+    # The calibration page's daily rollups, kept by the same pass from the same first hour.
+    calibration: calibration.Report | None = None
 
 
 def run_pass(*, now: datetime | None = None) -> PassReport:
@@ -112,6 +115,7 @@ def run_pass(*, now: datetime | None = None) -> PassReport:
             _replace_hours(chunk_start, chunk_end, targets)
             _replace_days(chunk_start, chunk_end)
         chunk_start = chunk_end
+    recalibrated = calibration.refresh(since=start, now=now)
     with transaction.atomic():
         state = RollupState.objects.select_for_update().get(pk=1)
         waiting = _snapshot_queue(now, targets)
@@ -127,6 +131,7 @@ def run_pass(*, now: datetime | None = None) -> PassReport:
             seconds=time.monotonic() - started,
             settled_until=settled,
             waiting=waiting,
+            calibration=recalibrated,
         )
         windows = [periods.window(r, now=now) for r in periods.RANGES.values()]
         reviewers.store(windows)
