@@ -169,7 +169,9 @@ def test_the_default_cap_applies_to_categories_without_their_own(queued):
     reviewer = user("rex")
     reveal(queued("bloody"), reviewer)
     reveal(queued("sexy"), reviewer)
-    assert limits.reached(reviewer.pk) == [limits.Reached("bloody", 1)]
+    assert list(limits.standing(reviewer.pk, now=timezone.now()).reached) == [
+        limits.Reached("bloody", 1)
+    ]
 
 
 @pytest.mark.django_db
@@ -179,9 +181,11 @@ def test_caps_start_again_the_next_day(queued):
     image = queued("porn")
     with time_machine.travel(datetime(2026, 12, 1, 10, 0, tzinfo=UTC), tick=False):
         reveal(image, reviewer)
-        assert limits.reached(reviewer.pk) == [limits.Reached("porn", 1)]
+        assert list(limits.standing(reviewer.pk, now=timezone.now()).reached) == [
+            limits.Reached("porn", 1)
+        ]
     with time_machine.travel(datetime(2026, 12, 2, 10, 0, tzinfo=UTC), tick=False):
-        assert limits.reached(reviewer.pk) == []
+        assert list(limits.standing(reviewer.pk, now=timezone.now()).reached) == []
 
 
 @pytest.mark.django_db
@@ -475,7 +479,10 @@ def test_opted_out_categories_are_never_handed_out_and_the_change_is_audited(que
     services.decide(image_id=fine.pk, reviewer=reviewer, verdict="approve")
     assert (
         services.claim_next(
-            reviewer=reviewer, queryset=limits.allowed(reviewer.pk, services.waiting())
+            reviewer=reviewer,
+            queryset=limits.without(
+                services.waiting(), limits.standing(reviewer.pk, now=timezone.now()).blocked
+            ),
         )
         is None
     )

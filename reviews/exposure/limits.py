@@ -53,19 +53,6 @@ def caps() -> dict[str, int]:
     return dict(ExposureCap.objects.values_list("category", "images"))
 
 
-def reached(user_id: int, *, now: datetime | None = None) -> list[Reached]:
-    """The categories whose cap the user has reached today, by name."""
-    return list(standing(user_id, now=now or timezone.now()).reached)
-
-
-def allowed(
-    user_id: int, images: QuerySet[Image], *, now: datetime | None = None
-) -> QuerySet[Image]:
-    """`images` without those of a category the user opted out of or reached today's cap for
-    (as read now: one read; with nothing to leave out the queryset is unchanged)."""
-    return _without(images, standing(user_id, now=now or timezone.now()).blocked)
-
-
 def standing(user_id: int, *, now: datetime) -> Standing:
     """The user's limits now, in one plain read: the caps, their opt-outs and their counts for
     today (a UNION ALL of three small index reads, written out so a claim pays one round trip
@@ -144,7 +131,7 @@ def claim_next(
         try:
             claim = services.claim_next(
                 reviewer=reviewer,
-                queryset=_without(images, blocked),
+                queryset=without(images, blocked),
                 limits_day=day,
                 now=now,
                 **options,
@@ -182,11 +169,13 @@ def on_routed(sender: object, *, image: Image, **kwargs: object) -> None:
         Claim.objects.filter(pk=image.pk, reviewer_id=claim.reviewer_id).delete()
 
 
-def _without(images: QuerySet[Image], blocked: frozenset[str]) -> QuerySet[Image]:
+def without(items: QuerySet[Any], blocked: frozenset[str], *, image: str = "pk") -> QuerySet[Any]:
+    """`items` without those whose image (`image`: the field naming it; images themselves by
+    default) has a category in `blocked`; unchanged when nothing is blocked."""
     if not blocked:
-        return images
-    return images.exclude(
-        Exists(ImageCategory.objects.filter(image=OuterRef("pk"), category__in=blocked))
+        return items
+    return items.exclude(
+        Exists(ImageCategory.objects.filter(image=OuterRef(image), category__in=blocked))
     )
 
 

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, OuterRef, Q, Subquery
+from django.db.models import Exists, Q, Subquery
 from django.utils import timezone
 
 from moderation import limits
 from moderation.audit import log as audit
-from moderation.models import Image, ImageCategory
+from moderation.models import Image
 from reviews import services as reviews
 from reviews.exposure import limits as exposure_limits
 from reviews.models import Decision
@@ -367,11 +367,7 @@ def _within_limits(items: QuerySet[Any], person: User, *, now: datetime) -> Quer
     daily limit they reached: blind items obey the same exposure limits as the queue (one read,
     paid only when an item is there to hand out)."""
     blocked = exposure_limits.standing(person.pk, now=now).blocked
-    if not blocked:
-        return items
-    return items.exclude(
-        Exists(ImageCategory.objects.filter(image=OuterRef("image"), category__in=blocked))
-    )
+    return exposure_limits.without(items, blocked, image="image")
 
 
 def _claim_double(person: User, *, now: datetime) -> DoubleReview | None:
